@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/memcachedlock/memcachedlock/proxy"
+	"github.com/memcachedlock/memcachedlock/ring"
+)
+
+func env(name string) []string { return []string{"MEMCACHEDLOCK_" + name} }
+
+// ringFlags are shared by serve and ring: they decide where keys go.
+func ringFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "servers", Value: "127.0.0.1:11211", EnvVars: env("SERVERS"),
+			Usage: "memcached servers, comma separated, each `host:port[:weight] [name]`"},
+		&cli.StringFlag{Name: "distribution", Value: proxy.DefaultDistribution, EnvVars: env("DISTRIBUTION"),
+			Usage: "key distribution: ketama (libmemcached, twemproxy) or modula (python-memcached, gomemcache)"},
+		&cli.StringFlag{Name: "hash", Value: proxy.DefaultHash, EnvVars: env("HASH"),
+			Usage: "key hash: " + strings.Join(ring.Hashes(), ", ")},
+	}
+}
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the proxy",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:11311", EnvVars: env("LISTEN"), Usage: "`address` to accept clients on"},
+			&cli.DurationFlag{Name: "timeout", Value: proxy.DefaultTimeout, EnvVars: env("TIMEOUT"), Usage: "longest wait for a memcached server's reply"},
+			&cli.StringFlag{Name: "max-item-size", Value: "1m", EnvVars: env("MAX_ITEM_SIZE"), Usage: "largest value accepted (bytes, or with k/m suffix)"},
+			&cli.IntFlag{Name: "server-connections", Value: proxy.DefaultServerConns, EnvVars: env("SERVER_CONNECTIONS"), Usage: "pipelined connections to each memcached server"},
+			&cli.IntFlag{Name: "max-connections", Value: 0, EnvVars: env("MAX_CONNECTIONS"), Usage: "most client connections at once; 0 is no limit"},
+			&cli.StringFlag{Name: "lock-servers", EnvVars: env("LOCK_SERVERS"), Usage: "servers that hold lock state (default: --servers)"},
+			&cli.StringFlag{Name: "lock-prefix", Value: proxy.DefaultLockPrefix, EnvVars: env("LOCK_PREFIX"), Usage: "reserved key prefix for lock state"},
+			&cli.IntFlag{Name: "lock-ttl", Value: proxy.DefaultLockTTL, EnvVars: env("LOCK_TTL"), Usage: "default lock lifetime, seconds"},
+			&cli.IntFlag{Name: "lock-ttl-max", Value: proxy.DefaultLockTTLMax, EnvVars: env("LOCK_TTL_MAX"), Usage: "longest lock lifetime, seconds"},
+			&cli.DurationFlag{Name: "lock-wait", Value: proxy.DefaultLockWait, EnvVars: env("LOCK_WAIT"), Usage: "default wait for a lock"},
+			&cli.DurationFlag{Name: "lock-wait-max", Value: proxy.DefaultLockWaitMax, EnvVars: env("LOCK_WAIT_MAX"), Usage: "longest wait for a lock"},
+			&cli.DurationFlag{Name: "lock-poll", Value: proxy.DefaultLockPoll, EnvVars: env("LOCK_POLL"), Usage: "longest pause between looks at a lock held through another proxy"},
+			&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: env("SHUTDOWN_TIMEOUT"), Usage: "on SIGINT/SIGTERM, how long in-flight commands may take"},
+			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error"},
+		}, ringFlags()...),
+		Action: serve,
+	}
+}
+
+func serve(cc *cli.Context) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cc.String("log-level"))); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cfg, err := configFrom(cc)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = logger
+	srv, err := proxy.New(cfg)
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", cc.String("listen"))
+	if err != nil {
+		return err
+	}
+	logger.Info("serving", "listen", l.Addr().String(), "servers", serverList(cfg.Servers),
+		"distribution", cfg.Distribution, "hash", cfg.Hash, "lock_servers", lockServerList(cfg))
+
+	ctx, stop := signal.NotifyContext(cc.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down", "deadline", cc.Duration("shutdown-timeout"))
+	sctx, cancel := context.WithTimeout(context.Background(), cc.Duration("shutdown-timeout"))
+	defer cancel()
+	err = srv.Shutdown(sctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		logger.Warn("shutdown deadline passed; connections closed")
+		return nil
+	}
+	return err
+}
+
+func configFrom(cc *cli.Context) (proxy.Config, error) {
+	servers, err := parseServers(cc.String("servers"))
+	if err != nil {
+		return proxy.Config{}, err
+	}
+	var lockServers []ring.Server
+	if v := cc.String("lock-servers"); v != "" {
+		if lockServers, err = parseServers(v); err != nil {
+			return proxy.Config{}, err
+		}
+	}
+	size, err := parseSize(cc.String("max-item-size"))
+	if err != nil {
+		return proxy.Config{}, fmt.Errorf("--max-item-size: %w", err)
+	}
+	return proxy.Config{
+		Servers:      servers,
+		Distribution: cc.String("distribution"),
+		Hash:         cc.String("hash"),
+		Timeout:      cc.Duration("timeout"),
+		MaxItemSize:  size,
+		ServerConns:  cc.Int("server-connections"),
+		MaxConns:     cc.Int("max-connections"),
+		LockServers:  lockServers,
+		LockPrefix:   cc.String("lock-prefix"),
+		LockTTL:      cc.Int("lock-ttl"),
+		LockTTLMax:   cc.Int("lock-ttl-max"),
+		LockWait:     cc.Duration("lock-wait"),
+		LockWaitMax:  cc.Duration("lock-wait-max"),
+		LockPoll:     cc.Duration("lock-poll"),
+	}, nil
+}
+
+func parseServers(list string) ([]ring.Server, error) {
+	return ring.ParseServers(strings.Split(list, ","))
+}
+
+func serverList(servers []ring.Server) string {
+	names := make([]string, len(servers))
+	for i, s := range servers {
+		names[i] = s.String()
+	}
+	return strings.Join(names, ",")
+}
+
+// parseSize reads "1048576", "512k" or "1m".
+func parseSize(v string) (int, error) {
+	mult := 1
+	switch {
+	case strings.HasSuffix(strings.ToLower(v), "k"):
+		mult, v = 1<<10, v[:len(v)-1]
+	case strings.HasSuffix(strings.ToLower(v), "m"):
+		mult, v = 1<<20, v[:len(v)-1]
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("%q is not a size", v)
+	}
+	return n * mult, nil
+}
+
+func lockServerList(cfg proxy.Config) string {
+	if len(cfg.LockServers) == 0 {
+		return "(same as servers)"
+	}
+	return serverList(cfg.LockServers)
+}

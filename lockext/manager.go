@@ -1,0 +1,386 @@
+package lockext
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config holds the Manager's limits.
+type Config struct {
+	Prefix  string        // namespace of lock items in memcached
+	MaxTTL  int           // longest grant, in seconds
+	MaxWait time.Duration // longest wait
+	Poll    time.Duration // longest pause between looks at a lock held elsewhere
+	// Instance names this process in the owners of connection-held locks;
+	// it must differ between processes that share lock servers.
+	Instance string
+}
+
+// Request asks for a lock.
+type Request struct {
+	Name      string
+	TTL       int           // seconds, 1 to Config.MaxTTL
+	Wait      time.Duration // 0 tries once
+	Owner     string        // empty: the lock belongs to the session
+	Reentrant bool
+
+	kind  byte
+	owner string
+}
+
+// Grant is a lock held.
+type Grant struct {
+	Name  string
+	Fence uint64 // grows with every new grant of the name
+	TTL   int    // seconds left
+	Count int    // reentrancy depth; 1 for exclusive locks
+	Owner string
+}
+
+// Stats are the Manager's counters.
+type Stats struct {
+	Grants, Waits, Timeouts, Handoffs, Waiters uint64
+}
+
+// Manager grants locks whose state lives in a Store.
+type Manager struct {
+	store Store
+	cfg   Config
+
+	mu        sync.Mutex
+	keys      map[string]*keyState
+	lastFence uint64
+	closed    bool
+	sessions  atomic.Uint64
+
+	grants, waits, timeouts, handoffs atomic.Uint64
+	waiters                           atomic.Int64
+}
+
+// keyState is what this process knows of one lock name: the grant it made,
+// if that grant is still believed current, and its queue of waiters.
+type keyState struct {
+	key     Key
+	held    *holding
+	queue   []*waiter // queue[0] is the head: the only one that tries
+	seen    uint64    // highest fence seen on this name, so ours go above it
+	handing bool      // a release is handing the lock on; the head must not try
+	trying  bool      // the head is trying; a release must not hand over meanwhile
+}
+
+// holding is a grant made by this process, with the cas it left in memcached.
+type holding struct {
+	rec     record
+	cas     uint64
+	ttl     int
+	expires time.Time
+}
+
+type waiter struct {
+	req   *Request
+	wake  chan struct{} // a signal: something changed, look again
+	grant *Grant        // set under the mutex by a handoff
+}
+
+// New returns a Manager over store.
+func New(store Store, cfg Config) *Manager {
+	if cfg.Instance == "" {
+		cfg.Instance = fmt.Sprintf("%08x", rand.Uint32())
+	}
+	return &Manager{store: store, cfg: cfg, keys: make(map[string]*keyState)}
+}
+
+// Stats returns the counters.
+func (m *Manager) Stats() Stats {
+	return Stats{Grants: m.grants.Load(), Waits: m.waits.Load(), Timeouts: m.timeouts.Load(),
+		Handoffs: m.handoffs.Load(), Waiters: uint64(max(m.waiters.Load(), 0))}
+}
+
+// Close makes every wait end with ErrClosed and refuses new ones.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	for _, st := range m.keys {
+		for _, w := range st.queue {
+			signal(w.wake)
+		}
+	}
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func (m *Manager) validate(req *Request) error {
+	switch {
+	case req.TTL < 1 || req.TTL > m.cfg.MaxTTL:
+		return fmt.Errorf("%w: ttl must be 1 to %d", ErrBadRequest, m.cfg.MaxTTL)
+	case req.Wait < 0 || req.Wait > m.cfg.MaxWait:
+		return fmt.Errorf("%w: wait must be 0 to %d ms", ErrBadRequest, m.cfg.MaxWait.Milliseconds())
+	case len(req.Owner) > 64:
+		return fmt.Errorf("%w: owner longer than 64 bytes", ErrBadRequest)
+	}
+	return nil
+}
+
+// state returns the name's state, creating it; m.mu must be held.
+func (m *Manager) state(name string) *keyState {
+	st := m.keys[name]
+	if st == nil {
+		st = &keyState{key: Key{Name: name, Item: itemKey(m.cfg.Prefix, name)}}
+		m.keys[name] = st
+	}
+	return st
+}
+
+// forget drops a state nobody holds or waits for; m.mu must be held.
+func (m *Manager) forget(st *keyState) {
+	if st.held == nil && len(st.queue) == 0 && !st.handing {
+		delete(m.keys, st.key.Name)
+	}
+}
+
+// nextFence returns a fence above every fence this process has issued or
+// seen for the name. Fences start from the clock in microseconds, so they
+// keep growing after the lock item is evicted or its server restarts, and
+// across processes whose clocks agree.
+func (m *Manager) nextFence(st *keyState) uint64 {
+	f := max(uint64(time.Now().UnixMicro()), m.lastFence+1, st.seen+1)
+	m.lastFence = f
+	st.seen = f
+	return f
+}
+
+// lock takes the lock for req, waiting in line behind earlier requests.
+func (m *Manager) lock(ctx context.Context, req *Request) (Grant, error) {
+	if err := m.validate(req); err != nil {
+		return Grant{}, err
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return Grant{}, ErrClosed
+	}
+	st := m.state(req.Name)
+	if h := st.held; h != nil && h.rec.sameHolder(req) && !st.handing {
+		m.mu.Unlock()
+		if g, err, done := m.refresh(ctx, st, req); done {
+			return g, err
+		}
+		m.mu.Lock()
+	}
+	w := &waiter{req: req, wake: make(chan struct{}, 1)}
+	st.queue = append(st.queue, w)
+	m.waiters.Add(1)
+	m.mu.Unlock()
+	defer m.waiters.Add(-1)
+
+	deadline := time.Now().Add(req.Wait)
+	backoff := time.Millisecond
+	holderTTL := -1
+	waited := false
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		m.mu.Lock()
+		if w.grant != nil {
+			m.mu.Unlock()
+			return *w.grant, nil
+		}
+		if m.closed {
+			m.leave(st, w)
+			m.mu.Unlock()
+			return Grant{}, ErrClosed
+		}
+		// Only the head tries; the others sleep until a signal makes one of
+		// them the head, or their wait runs out.
+		try := st.queue[0] == w && !st.handing
+		sleep := time.Duration(math.MaxInt64)
+		if h := st.held; h != nil {
+			// Held here: the holder's release hands over, so only its expiry
+			// (the owner vanished) is worth waking for.
+			holderTTL = max(int(time.Until(h.expires).Seconds()+0.5), 0)
+			if until := time.Until(h.expires); until > 0 {
+				try, sleep = false, until
+			} else if try {
+				st.held = nil
+			}
+		}
+		st.trying = try
+		m.mu.Unlock()
+
+		if try {
+			g, ttl, err := m.attempt(ctx, st, req)
+			m.mu.Lock()
+			st.trying = false
+			m.mu.Unlock()
+			if err == nil || !errors.Is(err, ErrNotLocked) {
+				m.mu.Lock()
+				m.leave(st, w)
+				m.mu.Unlock()
+				if err == nil {
+					m.grants.Add(1)
+				}
+				return g, err
+			}
+			holderTTL = ttl
+		}
+		remaining := time.Until(deadline)
+		if remaining <= 0 || ctx.Err() != nil {
+			m.mu.Lock()
+			granted := w.grant
+			m.leave(st, w)
+			m.mu.Unlock()
+			if granted != nil { // the grant won the race with the timeout: keep it
+				return *granted, nil
+			}
+			if ctx.Err() != nil {
+				return Grant{}, ctx.Err()
+			}
+			m.timeouts.Add(1)
+			return Grant{}, &NotLockedError{HolderTTL: holderTTL}
+		}
+		if !waited {
+			waited = true
+			m.waits.Add(1)
+		}
+		if try {
+			// Held elsewhere: look again after a jittered, growing pause.
+			sleep = backoff/2 + rand.N(backoff/2+1)
+			backoff = min(backoff*2, m.cfg.Poll)
+		}
+		timer.Reset(min(sleep, remaining))
+		select {
+		case <-w.wake:
+		case <-timer.C:
+		case <-ctx.Done():
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// leave takes w out of the queue and wakes the new head; m.mu must be held.
+func (m *Manager) leave(st *keyState, w *waiter) {
+	for i, q := range st.queue {
+		if q == w {
+			st.queue = append(st.queue[:i], st.queue[i+1:]...)
+			if i == 0 && len(st.queue) > 0 {
+				signal(st.queue[0].wake)
+			}
+			break
+		}
+	}
+	m.forget(st)
+}
+
+// attempt tries once to take the lock in memcached. It returns ErrNotLocked
+// with the holder's ttl when somebody else holds it.
+func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Grant, int, error) {
+	for tries := 0; tries < 8; tries++ {
+		m.mu.Lock()
+		rec := record{fence: m.nextFence(st), mode: mode(req), count: 1, kind: req.kind, owner: req.owner}
+		m.mu.Unlock()
+		cas, err := m.store.Add(ctx, st.key, rec.encode(), req.TTL)
+		if err == nil {
+			return m.granted(st, rec, cas, req.TTL), 0, nil
+		}
+		if !errors.Is(err, ErrStoreExists) {
+			return Grant{}, 0, unavailable(err)
+		}
+		it, err := m.store.Get(ctx, st.key)
+		if errors.Is(err, ErrStoreMiss) {
+			continue // released in between: add again
+		}
+		if err != nil {
+			return Grant{}, 0, unavailable(err)
+		}
+		cur, err := decodeRecord(it.Value)
+		if err != nil {
+			return Grant{}, 0, err
+		}
+		m.mu.Lock()
+		st.seen = max(st.seen, cur.fence)
+		m.mu.Unlock()
+		if !cur.sameHolder(req) {
+			return Grant{}, it.TTL, ErrNotLocked
+		}
+		// Ours already, taken through another process or before a lost reply.
+		g, err := m.renew(ctx, st, req, cur, it.CAS)
+		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
+			continue
+		}
+		return g, 0, err
+	}
+	return Grant{}, -1, ErrNotLocked
+}
+
+// refresh serves a request from the holder of the local grant: the same
+// grant back, ttl refreshed, one level deeper for rlock. done is false when
+// the local grant turned out stale and the request must queue.
+func (m *Manager) refresh(ctx context.Context, st *keyState, req *Request) (Grant, error, bool) {
+	m.mu.Lock()
+	h := st.held
+	m.mu.Unlock()
+	if h == nil {
+		return Grant{}, nil, false
+	}
+	g, err := m.renew(ctx, st, req, h.rec, h.cas)
+	if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
+		m.mu.Lock()
+		if st.held == h {
+			st.held = nil
+		}
+		m.mu.Unlock()
+		return Grant{}, nil, false
+	}
+	return g, err, true
+}
+
+// renew writes cur back for its holder: ttl refreshed, and one level deeper
+// for a reentrant request.
+func (m *Manager) renew(ctx context.Context, st *keyState, req *Request, cur record, cas uint64) (Grant, error) {
+	if cur.mode != mode(req) {
+		return Grant{}, ErrModeMismatch
+	}
+	if req.Reentrant {
+		cur.count++
+	}
+	newCAS, err := m.store.CompareAndSwap(ctx, st.key, cur.encode(), req.TTL, cas)
+	if err != nil {
+		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
+			return Grant{}, err
+		}
+		return Grant{}, unavailable(err)
+	}
+	return m.granted(st, cur, newCAS, req.TTL), nil
+}
+
+// granted records a grant made by this process.
+func (m *Manager) granted(st *keyState, rec record, cas uint64, ttl int) Grant {
+	m.mu.Lock()
+	st.held = &holding{rec: rec, cas: cas, ttl: ttl, expires: time.Now().Add(time.Duration(ttl) * time.Second)}
+	m.mu.Unlock()
+	return Grant{Name: st.key.Name, Fence: rec.fence, TTL: ttl, Count: rec.count, Owner: rec.owner}
+}
+
+func mode(req *Request) byte {
+	if req.Reentrant {
+		return modeReentrant
+	}
+	return modeExclusive
+}

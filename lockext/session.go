@@ -1,0 +1,66 @@
+package lockext
+
+import (
+	"context"
+	"strconv"
+	"sync"
+)
+
+// Session is one client connection. Locks it takes without an owner belong
+// to it and are released when it closes; locks with an owner are leases that
+// outlive it.
+type Session struct {
+	m  *Manager
+	id string
+
+	mu   sync.Mutex
+	held map[string]uint64 // connection-owned grants: name -> fence
+}
+
+// NewSession starts a session.
+func (m *Manager) NewSession() *Session {
+	id := m.cfg.Instance + ":" + strconv.FormatUint(m.sessions.Add(1), 10)
+	return &Session{m: m, id: id, held: make(map[string]uint64)}
+}
+
+// Lock takes a lock, waiting up to req.Wait; see Request.
+func (s *Session) Lock(ctx context.Context, req Request) (Grant, error) {
+	req.kind, req.owner = kindOwner, req.Owner
+	if req.Owner == "" {
+		req.kind, req.owner = kindConn, s.id
+	}
+	g, err := s.m.lock(ctx, &req)
+	if err == nil && req.kind == kindConn {
+		s.mu.Lock()
+		s.held[g.Name] = g.Fence
+		s.mu.Unlock()
+		g.Owner = "conn:" + g.Owner
+	}
+	return g, err
+}
+
+// Unlock releases one level of a grant, as Manager.Unlock, and forgets a
+// connection-owned grant that is gone.
+func (s *Session) Unlock(ctx context.Context, name string, fence uint64) (int, error) {
+	left, err := s.m.Unlock(ctx, name, fence)
+	if err == nil && left == 0 {
+		s.mu.Lock()
+		if s.held[name] == fence {
+			delete(s.held, name)
+		}
+		s.mu.Unlock()
+	}
+	return left, err
+}
+
+// Close releases every lock the session owns. A lock whose server cannot be
+// reached now is left to its ttl.
+func (s *Session) Close(ctx context.Context) {
+	s.mu.Lock()
+	held := s.held
+	s.held = make(map[string]uint64)
+	s.mu.Unlock()
+	for name, fence := range held {
+		s.m.release(ctx, name, fence, true)
+	}
+}

@@ -1,0 +1,128 @@
+package proxy
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hashicorp/go-multierror"
+
+	"github.com/memcachedlock/memcachedlock/ring"
+)
+
+// Config is everything the proxy needs to run. Zero fields take the
+// defaults below; Validate reports every bad field at once.
+type Config struct {
+	Servers      []ring.Server // the memcached servers that hold cache keys
+	Distribution string        // ring.Ketama or ring.Modula
+	Hash         string        // a name from ring.Hashes()
+	Timeout      time.Duration // longest wait for a memcached server's reply
+	MaxItemSize  int           // largest value accepted, in bytes
+	ServerConns  int           // pipelined connections to each server
+	MaxConns     int           // most client connections at once; 0 is no limit
+
+	LockServers []ring.Server // servers that hold lock state; default Servers
+	LockPrefix  string        // reserved key prefix of lock items
+	LockTTL     int           // default grant lifetime, seconds
+	LockTTLMax  int           // longest grant lifetime, seconds
+	LockWait    time.Duration // default wait
+	LockWaitMax time.Duration // longest wait
+	LockPoll    time.Duration // longest pause between looks at a lock held elsewhere
+
+	Logger *slog.Logger
+}
+
+// Defaults.
+const (
+	DefaultDistribution = ring.Ketama
+	DefaultHash         = "md5"
+	DefaultTimeout      = time.Second
+	DefaultMaxItemSize  = 1 << 20
+	DefaultServerConns  = 2
+	DefaultLockPrefix   = "__memcachedlock:"
+	DefaultLockTTL      = 30
+	DefaultLockTTLMax   = 3600
+	DefaultLockWait     = 30 * time.Second
+	DefaultLockWaitMax  = 300 * time.Second
+	DefaultLockPoll     = 50 * time.Millisecond
+)
+
+func (c *Config) setDefaults() {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defInt := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if c.Distribution == "" {
+		c.Distribution = DefaultDistribution
+	}
+	if c.Hash == "" {
+		c.Hash = DefaultHash
+	}
+	if c.LockPrefix == "" {
+		c.LockPrefix = DefaultLockPrefix
+	}
+	if len(c.LockServers) == 0 {
+		c.LockServers = c.Servers
+	}
+	def(&c.Timeout, DefaultTimeout)
+	def(&c.LockWait, DefaultLockWait)
+	def(&c.LockWaitMax, DefaultLockWaitMax)
+	def(&c.LockPoll, DefaultLockPoll)
+	defInt(&c.MaxItemSize, DefaultMaxItemSize)
+	defInt(&c.ServerConns, DefaultServerConns)
+	defInt(&c.LockTTL, DefaultLockTTL)
+	defInt(&c.LockTTLMax, DefaultLockTTLMax)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate fills in defaults and reports every field that is wrong.
+func (c *Config) Validate() error {
+	c.setDefaults()
+	var errs *multierror.Error
+	bad := func(format string, args ...any) { errs = multierror.Append(errs, fmt.Errorf(format, args...)) }
+	if len(c.Servers) == 0 {
+		bad("no servers")
+	}
+	if c.Distribution != ring.Ketama && c.Distribution != ring.Modula {
+		bad("distribution %q: want %s or %s", c.Distribution, ring.Ketama, ring.Modula)
+	}
+	if _, err := ring.LookupHash(c.Hash); err != nil {
+		bad("hash %q: want one of %v", c.Hash, ring.Hashes())
+	}
+	if c.Timeout < 0 {
+		bad("timeout must be positive")
+	}
+	if c.MaxItemSize < 1 || c.MaxItemSize > 1<<30 {
+		bad("max item size must be 1 byte to 1 GiB")
+	}
+	if c.ServerConns < 1 || c.ServerConns > 64 {
+		bad("server connections must be 1 to 64")
+	}
+	if c.MaxConns < 0 {
+		bad("max connections must not be negative")
+	}
+	if validKey([]byte(c.LockPrefix)) == false || len(c.LockPrefix) > 64 {
+		bad("lock prefix %q must be a memcached key of at most 64 bytes", c.LockPrefix)
+	}
+	if c.LockTTLMax < 1 {
+		bad("lock ttl max must be at least 1 second")
+	}
+	if c.LockTTL < 1 || c.LockTTL > c.LockTTLMax {
+		bad("lock ttl %d must be 1 to lock ttl max (%d)", c.LockTTL, c.LockTTLMax)
+	}
+	if c.LockWait < 0 || c.LockWait > c.LockWaitMax {
+		bad("lock wait %s must be 0 to lock wait max (%s)", c.LockWait, c.LockWaitMax)
+	}
+	if c.LockPoll < time.Millisecond {
+		bad("lock poll must be at least 1ms")
+	}
+	return errs.ErrorOrNil()
+}

@@ -1,0 +1,289 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/memcachedlock/memcachedlock/lockext"
+)
+
+var lockUsage = map[command]string{
+	cmdLock:     "lock <key> [<ttl> [<wait_ms> [<owner>]]]",
+	cmdRLock:    "rlock <key> <ttl> <wait_ms> <owner>",
+	cmdUnlock:   "unlock <key> <fence>",
+	cmdExtend:   "extend <key> <fence> <ttl>",
+	cmdLockInfo: "lockinfo <key>",
+}
+
+// lockArity is the least and most arguments of each lock command.
+var lockArity = map[command][2]int{
+	cmdLock: {1, 4}, cmdRLock: {4, 4}, cmdUnlock: {2, 2}, cmdExtend: {3, 3}, cmdLockInfo: {1, 1},
+}
+
+// lockCommand carries out a lock command. Waits happen here, in the
+// reader: later commands from the same client wait for the lock too, which
+// is what a client that pipelines "lock" and then its writes means.
+func (c *clientConn) lockCommand() {
+	r := &c.req
+	args := r.tokens[1:]
+	if len(args) > 0 && string(args[len(args)-1]) == "noreply" {
+		c.send(replyNoReplyErr)
+		return
+	}
+	if arity := lockArity[r.cmd]; len(args) < arity[0] || len(args) > arity[1] {
+		c.send(staticReply("CLIENT_ERROR usage: " + lockUsage[r.cmd] + "\r\n"))
+		return
+	}
+	if !validKey(args[0]) {
+		c.send(replyFormat)
+		return
+	}
+	name := string(args[0])
+	cfg := &c.s.cfg
+	var out []byte
+	switch r.cmd {
+	case cmdLock, cmdRLock:
+		req := lockext.Request{Name: name, TTL: cfg.LockTTL, Wait: cfg.LockWait, Reentrant: r.cmd == cmdRLock}
+		if len(args) > 1 {
+			ttl, ok := parseUint(args[1], 31)
+			if !ok || ttl < 1 || int(ttl) > cfg.LockTTLMax {
+				c.send(staticReply(fmt.Sprintf("CLIENT_ERROR ttl must be 1 to %d\r\n", cfg.LockTTLMax)))
+				return
+			}
+			req.TTL = int(ttl)
+		}
+		if len(args) > 2 {
+			ms, ok := parseUint(args[2], 40)
+			if !ok || time.Duration(ms)*time.Millisecond > cfg.LockWaitMax {
+				c.send(staticReply(fmt.Sprintf("CLIENT_ERROR wait_ms must be 0 to %d\r\n", cfg.LockWaitMax.Milliseconds())))
+				return
+			}
+			req.Wait = time.Duration(ms) * time.Millisecond
+		}
+		if len(args) > 3 {
+			if !validOwner(args[3]) {
+				c.send(staticReply("CLIENT_ERROR owner must be 1 to 64 printable bytes\r\n"))
+				return
+			}
+			req.Owner = string(args[3])
+		}
+		g, err := c.lock(req)
+		if err == nil {
+			c.send(&grantReply{line: fmt.Appendf(nil, "LOCKED %d %d %d\r\n", g.Fence, g.TTL, g.Count), name: name, fence: g.Fence})
+			return
+		}
+		out = lockError(err)
+	case cmdUnlock, cmdExtend:
+		fence, ok := parseUint(args[1], 64)
+		if !ok {
+			c.send(staticReply("CLIENT_ERROR invalid fence\r\n"))
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*cfg.Timeout+time.Second)
+		defer cancel()
+		if r.cmd == cmdUnlock {
+			left, err := c.lockSession().Unlock(ctx, name, fence)
+			out = fmt.Appendf(nil, "UNLOCKED %d\r\n", left)
+			if err != nil {
+				out = lockError(err)
+			}
+			break
+		}
+		ttl, ok := parseUint(args[2], 31)
+		if !ok || ttl < 1 || int(ttl) > cfg.LockTTLMax {
+			out = fmt.Appendf(nil, "CLIENT_ERROR ttl must be 1 to %d\r\n", cfg.LockTTLMax)
+			break
+		}
+		left, err := c.s.locks.Extend(ctx, name, fence, int(ttl))
+		out = fmt.Appendf(nil, "EXTENDED %d\r\n", left)
+		if err != nil {
+			out = lockError(err)
+		}
+	case cmdLockInfo:
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout+time.Second)
+		defer cancel()
+		info, err := c.s.locks.Info(ctx, name)
+		out = fmt.Appendf(nil, "LOCK %d %d %d %s %d\r\n", info.Fence, info.TTL, info.Count, info.Owner, info.Waiters)
+		if err != nil {
+			out = lockError(err)
+		}
+	}
+	c.send(staticReply(out))
+}
+
+// lock waits for a grant while a background read watches for the client
+// hanging up, which ends the wait.
+func (c *clientConn) lock(req lockext.Request) (lockext.Grant, error) {
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	c.cr.startBackgroundRead(cancel)
+	g, err := c.lockSession().Lock(ctx, req)
+	c.cr.stopBackgroundRead()
+	if c.stopping.Load() {
+		c.nc.SetReadDeadline(time.Now()) // shutdown began during the wait
+	}
+	return g, err
+}
+
+func (c *clientConn) lockSession() *lockext.Session {
+	if c.session == nil {
+		c.session = c.s.locks.NewSession()
+	}
+	return c.session
+}
+
+func validOwner(b []byte) bool {
+	if len(b) == 0 || len(b) > 64 {
+		return false
+	}
+	for _, ch := range b {
+		if ch <= ' ' || ch >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// lockError turns the lock manager's errors into reply lines.
+func lockError(err error) []byte {
+	var nl *lockext.NotLockedError
+	switch {
+	case errors.As(err, &nl):
+		return fmt.Appendf(nil, "NOT_LOCKED %d\r\n", nl.HolderTTL)
+	case errors.Is(err, lockext.ErrNotFound):
+		return []byte("NOT_FOUND\r\n")
+	case errors.Is(err, lockext.ErrNotOwner):
+		return []byte("NOT_OWNER\r\n")
+	case errors.Is(err, lockext.ErrModeMismatch):
+		return []byte("CLIENT_ERROR lock is held in another mode\r\n")
+	case errors.Is(err, lockext.ErrBadRequest):
+		return []byte("CLIENT_ERROR bad command line format\r\n")
+	case errors.Is(err, lockext.ErrClosed):
+		return []byte("SERVER_ERROR proxy shutting down\r\n")
+	case errors.Is(err, context.Canceled):
+		return []byte("SERVER_ERROR client gone\r\n") // never read
+	default:
+		return []byte("SERVER_ERROR lock server unavailable\r\n")
+	}
+}
+
+// grantReply is a LOCKED line; if it cannot be delivered, the grant is
+// released again so that nobody holds a lock they do not know of.
+type grantReply struct {
+	line  []byte
+	name  string
+	fence uint64
+}
+
+func (g *grantReply) write(w *bufio.Writer) { w.Write(g.line) }
+
+func (c *clientConn) releaseGrant(g *grantReply) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*c.s.cfg.Timeout)
+	defer cancel()
+	c.lockSession().Unlock(ctx, g.name, g.fence)
+}
+
+// lockStore keeps lock state in memcached with meta commands, on the lock
+// server the lock ring picks for the lock name. It never falls back to
+// another server: two servers each holding a grant is what must not happen.
+type lockStore struct {
+	s   *Server
+	pin uint64
+}
+
+func (ls *lockStore) do(k lockext.Key, shape replyShape, out []byte) ([]byte, error) {
+	s := ls.s
+	b := s.lockers[s.lockRing.Pick([]byte(k.Name))]
+	c := newCall(shape, s.cfg.Timeout)
+	c.out = append(c.out, out...)
+	b.do(0, c)
+	reply, err := append([]byte(nil), c.reply...), c.err
+	c.release()
+	if err != nil {
+		return nil, err
+	}
+	return reply, nil
+}
+
+func (ls *lockStore) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
+	reply, err := ls.do(k, shapeSingle, fmt.Appendf(nil, "mg %s v c t\r\n", k.Item))
+	if err != nil {
+		return lockext.Item{}, err
+	}
+	line, data, _ := cutLine(reply)
+	if string(line) == "EN" {
+		return lockext.Item{}, lockext.ErrStoreMiss
+	}
+	f := tokenize(line, nil)
+	if len(f) < 2 || string(f[0]) != "VA" {
+		return lockext.Item{}, fmt.Errorf("mg: %q", line)
+	}
+	it := lockext.Item{Value: data[:max(len(data)-2, 0)], TTL: -1}
+	for _, flag := range f[2:] {
+		switch flag[0] {
+		case 'c':
+			it.CAS, _ = strconv.ParseUint(string(flag[1:]), 10, 64)
+		case 't':
+			it.TTL, _ = strconv.Atoi(string(flag[1:]))
+		}
+	}
+	return it, nil
+}
+
+func (ls *lockStore) Add(ctx context.Context, k lockext.Key, value []byte, ttl int) (uint64, error) {
+	return ls.set(k, value, fmt.Sprintf("T%d ME c", ttl))
+}
+
+func (ls *lockStore) CompareAndSwap(ctx context.Context, k lockext.Key, value []byte, ttl int, cas uint64) (uint64, error) {
+	return ls.set(k, value, fmt.Sprintf("T%d C%d c", ttl, cas))
+}
+
+func (ls *lockStore) set(k lockext.Key, value []byte, flags string) (uint64, error) {
+	out := fmt.Appendf(nil, "ms %s %d %s\r\n%s\r\n", k.Item, len(value), flags, value)
+	reply, err := ls.do(k, shapeSingle, out)
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := cutLine(reply)
+	f := tokenize(line, nil)
+	switch {
+	case len(f) >= 2 && string(f[0]) == "HD" && f[1][0] == 'c':
+		return strconv.ParseUint(string(f[1][1:]), 10, 64)
+	case len(f) >= 1 && (string(f[0]) == "NS" || string(f[0]) == "EX"):
+		return 0, lockext.ErrStoreExists
+	case len(f) >= 1 && string(f[0]) == "NF":
+		return 0, lockext.ErrStoreMiss
+	}
+	return 0, fmt.Errorf("ms: %q", line)
+}
+
+func (ls *lockStore) CompareAndDelete(ctx context.Context, k lockext.Key, cas uint64) error {
+	reply, err := ls.do(k, shapeSingle, fmt.Appendf(nil, "md %s C%d\r\n", k.Item, cas))
+	if err != nil {
+		return err
+	}
+	line, _, _ := cutLine(reply)
+	switch string(line) {
+	case "HD":
+		return nil
+	case "EX":
+		return lockext.ErrStoreExists
+	case "NF":
+		return lockext.ErrStoreMiss
+	}
+	return fmt.Errorf("md: %q", line)
+}
+
+// cutLine splits a reply into its first line (without CRLF) and the rest.
+func cutLine(b []byte) (line, rest []byte, ok bool) {
+	for i := 0; i+1 < len(b); i++ {
+		if b[i] == '\r' && b[i+1] == '\n' {
+			return b[:i], b[i+2:], true
+		}
+	}
+	return b, nil, false
+}

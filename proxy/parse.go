@@ -1,0 +1,332 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/base64"
+	"errors"
+)
+
+// Limits as memcached has them.
+const (
+	maxKeyLen  = 250
+	maxLineLen = 2048 // command lines other than retrievals
+)
+
+type command uint8
+
+const (
+	cmdGet command = iota + 1
+	cmdGets
+	cmdGat
+	cmdGats
+	cmdSet
+	cmdAdd
+	cmdReplace
+	cmdAppend
+	cmdPrepend
+	cmdCas
+	cmdIncr
+	cmdDecr
+	cmdTouch
+	cmdDelete
+	cmdMetaGet
+	cmdMetaSet
+	cmdMetaDelete
+	cmdMetaArithmetic
+	cmdMetaDebug
+	cmdMetaNoop
+	cmdFlushAll
+	cmdVersion
+	cmdVerbosity
+	cmdStats
+	cmdQuit
+	cmdLock
+	cmdRLock
+	cmdUnlock
+	cmdExtend
+	cmdLockInfo
+)
+
+var commands = map[string]command{
+	"get": cmdGet, "gets": cmdGets, "gat": cmdGat, "gats": cmdGats,
+	"set": cmdSet, "add": cmdAdd, "replace": cmdReplace, "append": cmdAppend,
+	"prepend": cmdPrepend, "cas": cmdCas,
+	"incr": cmdIncr, "decr": cmdDecr, "touch": cmdTouch, "delete": cmdDelete,
+	"mg": cmdMetaGet, "ms": cmdMetaSet, "md": cmdMetaDelete, "ma": cmdMetaArithmetic,
+	"me": cmdMetaDebug, "mn": cmdMetaNoop,
+	"flush_all": cmdFlushAll, "version": cmdVersion, "verbosity": cmdVerbosity,
+	"stats": cmdStats, "quit": cmdQuit,
+	"lock": cmdLock, "rlock": cmdRLock, "unlock": cmdUnlock, "extend": cmdExtend,
+	"lockinfo": cmdLockInfo,
+}
+
+// isRetrieval reports the commands whose lines may be longer than maxLineLen.
+func (c command) isRetrieval() bool { return c >= cmdGet && c <= cmdGats }
+
+func (c command) isLock() bool { return c >= cmdLock && c <= cmdLockInfo }
+
+// Refusals, worded as memcached words them.
+var (
+	errUnknown   = errors.New("ERROR")
+	errFormat    = errors.New("CLIENT_ERROR bad command line format")
+	errDelete    = errors.New("CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]")
+	errReserved  = errors.New("CLIENT_ERROR key is reserved for locks")
+	errKeyDecode = errors.New("CLIENT_ERROR error decoding key")
+)
+
+// request is one parsed command line. Its slices point into the line, which
+// the connection owns until the request has been sent on.
+type request struct {
+	cmd     command
+	tokens  [][]byte // all tokens, the verb first
+	keys    [][]byte // retrievals: the keys
+	key     []byte   // the routing key of a single-key command, decoded
+	noreply bool     // classic noreply, or meta quiet mode
+	dataLen int      // length of the data block that follows, or -1
+}
+
+// tokenize splits a line on spaces as memcached does, reusing dst.
+func tokenize(line []byte, dst [][]byte) [][]byte {
+	dst = dst[:0]
+	for i := 0; i < len(line); {
+		for i < len(line) && line[i] == ' ' {
+			i++
+		}
+		start := i
+		for i < len(line) && line[i] != ' ' {
+			i++
+		}
+		if i > start {
+			dst = append(dst, line[start:i])
+		}
+	}
+	return dst
+}
+
+// parse turns one command line (without its line ending) into r. The error,
+// if any, is the exact reply memcached gives for such a line; the connection
+// goes on with the next line either way, as memcached does.
+func parse(line []byte, r *request) error {
+	r.tokens = tokenize(line, r.tokens)
+	r.keys, r.key, r.noreply, r.dataLen = r.keys[:0], nil, false, -1
+	if len(r.tokens) == 0 {
+		return errUnknown
+	}
+	cmd, ok := commands[string(r.tokens[0])]
+	if !ok {
+		return errUnknown
+	}
+	r.cmd = cmd
+	t := r.tokens
+	n := len(t)
+	switch cmd {
+	case cmdGet, cmdGets, cmdGat, cmdGats:
+		first := 1
+		if cmd == cmdGat || cmd == cmdGats {
+			first = 2
+		}
+		if n < 2 {
+			return errUnknown
+		}
+		for _, k := range t[min(first, n):] {
+			if !validKey(k) {
+				return errFormat
+			}
+			r.keys = append(r.keys, k)
+		}
+	case cmdSet, cmdAdd, cmdReplace, cmdAppend, cmdPrepend, cmdCas:
+		want := 5
+		if cmd == cmdCas {
+			want = 6
+		}
+		if n != want && n != want+1 {
+			return errUnknown
+		}
+		r.noreply = n == want+1 && string(t[n-1]) == "noreply"
+		if !validKey(t[1]) {
+			return errFormat
+		}
+		if _, ok := parseUint(t[2], 32); !ok {
+			return errFormat
+		}
+		if _, ok := parseInt(t[3]); !ok {
+			return errFormat
+		}
+		size, ok := parseInt(t[4])
+		if !ok || size < 0 || size > 1<<31-3 {
+			return errFormat
+		}
+		if cmd == cmdCas {
+			if _, ok := parseUint(t[5], 64); !ok {
+				return errFormat
+			}
+		}
+		r.key, r.dataLen = t[1], int(size)
+	case cmdIncr, cmdDecr, cmdTouch:
+		if n != 3 && n != 4 {
+			return errUnknown
+		}
+		if !validKey(t[1]) {
+			return errFormat
+		}
+		r.key, r.noreply = t[1], n == 4 && string(t[3]) == "noreply"
+	case cmdDelete:
+		if n < 2 || n > 4 {
+			return errUnknown
+		}
+		if !validKey(t[1]) {
+			return errFormat
+		}
+		r.key, r.noreply = t[1], string(t[n-1]) == "noreply"
+		// memcached accepts a legacy "0" hold time and nothing else.
+		if rest := n - 2 - b2i(r.noreply); rest > 1 || rest == 1 && string(t[2]) != "0" {
+			return errDelete
+		}
+	case cmdMetaGet, cmdMetaSet, cmdMetaDelete, cmdMetaArithmetic, cmdMetaDebug:
+		return parseMeta(r)
+	case cmdMetaNoop, cmdVersion, cmdQuit:
+	case cmdFlushAll:
+		r.noreply = string(t[n-1]) == "noreply"
+	case cmdVerbosity:
+		if n != 2 && n != 3 {
+			return errUnknown
+		}
+		if _, ok := parseUint(t[1], 32); !ok {
+			return errFormat
+		}
+		r.noreply = string(t[n-1]) == "noreply"
+	case cmdStats:
+	default: // lock commands check their own arguments
+		if n >= 2 {
+			r.key = t[1]
+		}
+	}
+	return nil
+}
+
+// touchesReserved reports whether an ordinary command names a key in the
+// lock namespace; only the lock commands may reach lock state.
+func (r *request) touchesReserved(prefix []byte) bool {
+	if len(prefix) == 0 || r.cmd.isLock() {
+		return false
+	}
+	if r.key != nil && bytes.HasPrefix(r.key, prefix) {
+		return true
+	}
+	for _, k := range r.keys {
+		if bytes.HasPrefix(k, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseMeta reads the key (decoding base64 keys for routing), the quiet flag
+// and, for ms, the data length. Other flags are memcached's to judge.
+func parseMeta(r *request) error {
+	t := r.tokens
+	if len(t) < 2 {
+		return errUnknown
+	}
+	if len(t[1]) > maxKeyLen {
+		return errFormat
+	}
+	flags := t[2:]
+	if r.cmd == cmdMetaSet {
+		if len(t) < 3 {
+			return errFormat
+		}
+		size, ok := parseInt(t[2])
+		if !ok || size < 0 || size > 1<<31-3 {
+			return errFormat
+		}
+		r.dataLen = int(size)
+		flags = t[3:]
+	}
+	base64Key := false
+	for _, f := range flags {
+		switch f[0] {
+		case 'q':
+			r.noreply = true
+		case 'b':
+			base64Key = true
+		}
+	}
+	r.key = t[1]
+	if base64Key {
+		dec := make([]byte, base64.StdEncoding.DecodedLen(len(t[1])))
+		n, err := base64.StdEncoding.Decode(dec, t[1])
+		if err != nil || n == 0 {
+			return errKeyDecode
+		}
+		r.key = dec[:n]
+	} else if !validKey(r.key) {
+		return errFormat
+	}
+	return nil
+}
+
+// validKey: 1 to 250 bytes, no spaces or control characters.
+func validKey(k []byte) bool {
+	if len(k) == 0 || len(k) > maxKeyLen {
+		return false
+	}
+	for _, c := range k {
+		if c <= ' ' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// parseUint accepts what C's strtoul accepts in a whole token (an optional
+// '+', digits) and refuses what memcached's safe_strtoul refuses: signs that
+// wrap, overflow, trailing junk.
+func parseUint(b []byte, bits uint) (uint64, bool) {
+	if len(b) > 0 && b[0] == '+' {
+		b = b[1:]
+	}
+	if len(b) == 0 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := uint64(c - '0')
+		if v > (1<<64-1-d)/10 {
+			return 0, false
+		}
+		v = v*10 + d
+	}
+	if bits < 64 && v >= 1<<bits {
+		return 0, false
+	}
+	return v, true
+}
+
+// parseInt accepts what C's strtol accepts in a whole token.
+func parseInt(b []byte) (int64, bool) {
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
+		b = b[1:]
+	} else if len(b) > 0 && b[0] == '+' {
+		b = b[1:]
+	}
+	v, ok := parseUint(b, 64)
+	if !ok || v > 1<<63 || (!neg && v == 1<<63) {
+		return 0, false
+	}
+	if neg {
+		return -int64(v), true
+	}
+	return int64(v), true
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

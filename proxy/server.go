@@ -1,0 +1,196 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/memcachedlock/memcachedlock/lockext"
+	"github.com/memcachedlock/memcachedlock/ring"
+)
+
+// Version is the proxy's own version, reported in stats as proxy_version.
+var Version = "0.1.0"
+
+// Server is a running proxy. Create it with New and start it with Serve.
+type Server struct {
+	cfg      Config
+	prefix   []byte
+	ring     *ring.Ring
+	cache    []*backend // by ring index
+	lockRing *ring.Ring
+	lockers  []*backend // by lock ring index
+	locks    *lockext.Manager
+	quit     chan struct{} // closed when the proxy stops talking to memcached
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*clientConn]struct{}
+	closing   bool
+	wg        sync.WaitGroup
+	started   time.Time
+
+	connsTotal   atomic.Uint64
+	connsCurr    atomic.Int64
+	connsRefused atomic.Uint64
+	commands     atomic.Uint64
+	getMisses    atomic.Uint64 // keys of a multi-get answered as misses because their server failed
+	nextPin      atomic.Uint64
+}
+
+// New checks cfg and connects to the servers it names.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r, err := ring.New(cfg.Servers, cfg.Distribution, cfg.Hash)
+	if err != nil {
+		return nil, err
+	}
+	lr, err := ring.New(cfg.LockServers, cfg.Distribution, cfg.Hash)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg: cfg, prefix: []byte(cfg.LockPrefix), ring: r, lockRing: lr,
+		quit:      make(chan struct{}),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*clientConn]struct{}),
+		started:   time.Now(),
+	}
+	// One pool per address, shared when a server holds both caches and locks.
+	pools := make(map[string]*backend)
+	pool := func(addr string) *backend {
+		if pools[addr] == nil {
+			pools[addr] = newBackend(addr, cfg.ServerConns, cfg.Timeout, s.quit)
+		}
+		return pools[addr]
+	}
+	for _, srv := range r.Servers() {
+		s.cache = append(s.cache, pool(srv.Addr))
+	}
+	for _, srv := range lr.Servers() {
+		s.lockers = append(s.lockers, pool(srv.Addr))
+	}
+	s.locks = lockext.New(&lockStore{s: s}, lockext.Config{
+		Prefix: cfg.LockPrefix, MaxTTL: cfg.LockTTLMax, MaxWait: cfg.LockWaitMax, Poll: cfg.LockPoll,
+	})
+	return s, nil
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Serve accepts client connections on l until Shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
+				// Out of file descriptors or similar: back off, keep serving.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.cfg.Logger.Warn("accept failed; retrying", "err", err, "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		if !s.track(nc) {
+			nc.Close()
+		}
+	}
+}
+
+var refusal = []byte("SERVER_ERROR too many open connections\r\n")
+
+// track starts serving nc unless the proxy is closing or full.
+func (s *Server) track(nc net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	if s.cfg.MaxConns > 0 && len(s.conns) >= s.cfg.MaxConns {
+		s.connsRefused.Add(1)
+		nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		nc.Write(refusal)
+		return false
+	}
+	c := newClientConn(s, nc)
+	s.conns[c] = struct{}{}
+	s.connsTotal.Add(1)
+	s.connsCurr.Add(1)
+	s.wg.Add(1)
+	go c.serve()
+	return true
+}
+
+func (s *Server) untrack(c *clientConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.connsCurr.Add(-1)
+	s.wg.Done()
+}
+
+// Addr returns the address of one listener, or nil before Serve.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for l := range s.listeners {
+		return l.Addr()
+	}
+	return nil
+}
+
+// Shutdown stops accepting, ends lock waits with SERVER_ERROR, lets every
+// connection finish the commands it has sent, releases connection-owned
+// locks, and closes. If ctx ends first, connections are closed at once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.stopReading()
+	}
+	s.mu.Unlock()
+	s.locks.Close()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.nc.Close()
+		}
+		s.mu.Unlock()
+		<-done
+	}
+	close(s.quit)
+	return err
+}

@@ -1,0 +1,40 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"time"
+)
+
+// writeProxyStats adds the proxy's own counters to the general stats group.
+func (s *Server) writeProxyStats(w *bufio.Writer) {
+	stat := func(name string, v any) { fmt.Fprintf(w, "STAT proxy_%s %v\r\n", name, v) }
+	stat("version", Version)
+	stat("uptime", int64(time.Since(s.started).Seconds()))
+	stat("curr_connections", s.connsCurr.Load())
+	stat("total_connections", s.connsTotal.Load())
+	stat("rejected_connections", s.connsRefused.Load())
+	stat("cmd_total", s.commands.Load())
+	stat("get_server_error_misses", s.getMisses.Load())
+	seen := make(map[*backend]bool)
+	for _, b := range append(append([]*backend(nil), s.cache...), s.lockers...) {
+		if seen[b] {
+			continue
+		}
+		seen[b] = true
+		up := 0
+		if b.up.Load() {
+			up = 1
+		}
+		stat("server:"+b.addr+":up", up)
+		stat("server:"+b.addr+":requests", b.requests.Load())
+		stat("server:"+b.addr+":errors", b.errors.Load())
+		stat("server:"+b.addr+":timeouts", b.timeouts.Load())
+	}
+	ls := s.locks.Stats()
+	stat("lock_grants", ls.Grants)
+	stat("lock_waits", ls.Waits)
+	stat("lock_timeouts", ls.Timeouts)
+	stat("lock_handoffs", ls.Handoffs)
+	stat("lock_waiters", ls.Waiters)
+}
