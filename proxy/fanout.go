@@ -47,10 +47,10 @@ func statsShape(args [][]byte) replyShape {
 }
 
 type fanout struct {
-	s       *Server
-	cmd     command
-	group   string // stats group; "" is the general one, which adds the proxy's own counters
-	calls   []*call
+	s     *Server
+	cmd   command
+	group string // stats group; "" is the general one, which adds the proxy's own counters
+	calls []*call
 }
 
 func (f *fanout) write(w *bufio.Writer) {
