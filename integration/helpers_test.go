@@ -1,0 +1,72 @@
+// Package integration runs the proxy end to end against real memcached
+// processes and real clients.
+package integration
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
+	"github.com/memcachedlock/memcachedlock/proxy"
+	"github.com/memcachedlock/memcachedlock/ring"
+)
+
+// cluster is n memcached servers.
+type cluster []*testmc.Memcached
+
+func startCluster(t testing.TB, n int) cluster {
+	t.Helper()
+	c := make(cluster, n)
+	for i := range c {
+		c[i] = testmc.Start(t)
+	}
+	return c
+}
+
+func (c cluster) addrs() []string {
+	out := make([]string, len(c))
+	for i, m := range c {
+		out[i] = m.Addr
+	}
+	return out
+}
+
+func (c cluster) servers(t testing.TB) []ring.Server {
+	s, err := ring.ParseServers(c.addrs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// startProxy runs a proxy until the test ends and returns its address.
+func startProxy(t testing.TB, cfg proxy.Config) (string, *proxy.Server) {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	srv, err := proxy.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		if err := <-served; !errors.Is(err, proxy.ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return l.Addr().String(), srv
+}
