@@ -66,7 +66,9 @@ func (c *clientConn) store(line []byte) bool {
 		if !c.skipData(n) {
 			return false
 		}
-		c.send(replyTooLarge)
+		if !r.noreply {
+			c.send(replyTooLarge)
+		}
 		return true
 	}
 	b := c.s.cache[c.s.ring.Pick(r.key)] // before the data overwrites the line

@@ -146,7 +146,7 @@ func parse(line []byte, r *request) error {
 		if !validKey(t[1]) {
 			return errFormat
 		}
-		if _, ok := parseUint(t[2], 32); !ok {
+		if _, ok := parseUint(t[2], 64); !ok { // memcached takes any 64-bit value and keeps 32 bits
 			return errFormat
 		}
 		if _, ok := parseInt(t[3]); !ok {

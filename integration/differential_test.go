@@ -1,0 +1,134 @@
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/memcachedlock/memcachedlock/proxy"
+)
+
+// Memcached is the specification: each case goes byte for byte to a real
+// memcached and to the proxy in front of real memcached (one server, and
+// three so that multi-key commands are split and merged), and the replies
+// must be the same bytes.
+func TestDifferentialAgainstMemcached(t *testing.T) {
+	direct := startCluster(t, 1)[0].Addr
+	one := startCluster(t, 1)
+	three := startCluster(t, 3)
+	proxyOne, _ := startProxy(t, proxy.Config{Servers: one.servers(t)})
+	proxyThree, _ := startProxy(t, proxy.Config{Servers: three.servers(t)})
+
+	for i, tc := range differentialCases() {
+		name := fmt.Sprintf("%02d:%.40q", i, tc)
+		want := exchange(t, direct, tc)
+		for _, target := range []struct{ name, addr string }{{"1 server", proxyOne}, {"3 servers", proxyThree}} {
+			got := exchange(t, target.addr, tc)
+			if got != want {
+				t.Errorf("case %s via proxy (%s):\n sent %q\n memcached %q\n proxy     %q", name, target.name, tc, want, got)
+			}
+		}
+	}
+}
+
+func key(n int) string { return strings.Repeat("k", n) }
+
+func differentialCases() []string {
+	long := key(250)
+	tooLong := key(251)
+	cases := []string{
+		// storage and retrieval
+		"set a 0 0 1\r\nx\r\nget a\r\n",
+		"set a 5 0 3\r\nabc\r\nset b 6 0 3\r\ndef\r\nset c 7 0 0\r\n\r\nget a b zz c a b\r\ngets a c\r\n",
+		"set e 0 0 0\r\n\r\nget e\r\n",
+		"add a 0 0 1\r\nx\r\nadd a 0 0 1\r\ny\r\nreplace zz 0 0 1\r\nx\r\nreplace a 0 0 2\r\nyy\r\nget a\r\n",
+		"append zz 0 0 1\r\nx\r\nset a 0 0 1\r\nb\r\nappend a 0 0 1\r\nc\r\nprepend a 0 0 1\r\na\r\nget a\r\n",
+		"set a 0 0 1\r\nx\r\ncas a 0 0 1 abc\r\ny\r\ncas a 0 0 1\r\ny\r\ncas a 0 0 1 1\r\ny\r\ncas zz 0 0 1 1\r\ny\r\n",
+		"set a 0 -1 1\r\nx\r\nget a\r\n",
+		"set a 4294967295 0 1\r\nx\r\nget a\r\nset a 4294967296 0 1\r\nx\r\nset a -1 0 1\r\nx\r\nget a\r\n",
+		"set a 18446744073709551615 0 1\r\nx\r\nget a\r\nset a 18446744073709551616 0 1\r\nx\r\n",
+		"set a 0 99999999999999999999 1\r\nx\r\nset a 0 abc 1\r\nx\r\nset a 0 0 -1\r\nx\r\nset a 0 0 abc\r\nx\r\n",
+		"set a 0 0 01\r\nx\r\nset a 00 +5 1\r\ny\r\nget a\r\n",
+		"set a abc 0 1\r\nx\r\nset a 0 0\r\nx\r\nset a 0 0 1 2 3\r\nx\r\nset a 0 0 1 foo\r\nx\r\nget a\r\n",
+		"set a 0 0 1 noreply extra\r\nx\r\n",
+		"set " + long + " 0 0 1\r\nx\r\nget " + long + "\r\n",
+		"set " + tooLong + " 0 0 1\r\nx\r\nget b\r\n",
+		"get " + tooLong + "\r\nget a\r\n",
+		"get a " + tooLong + " b\r\n",
+		"set big 0 0 2000000\r\n" + strings.Repeat("x", 2000000) + "\r\nget big\r\n",
+		"set big 0 0 2000000 noreply\r\n" + strings.Repeat("x", 2000000) + "\r\nget big\r\n",
+		"set big 0 0 1048576\r\n" + strings.Repeat("x", 1048576) + "\r\n",
+		// noreply everywhere
+		"set a 0 0 1 noreply\r\nx\r\nadd a 0 0 1 noreply\r\ny\r\nadd b 0 0 1 noreply\r\ny\r\nreplace a 0 0 1 noreply\r\nz\r\nappend a 0 0 1 noreply\r\n1\r\nprepend a 0 0 1 noreply\r\n0\r\nget a b\r\n",
+		"set n 0 0 1 noreply\r\n5\r\nincr n 5 noreply\r\ndecr n 1 noreply\r\ntouch n 10 noreply\r\nget n\r\ndelete n noreply\r\nget n\r\n",
+		"cas a 0 0 1 1 noreply\r\nx\r\nincr zz 1 noreply\r\nincr a x noreply\r\ntouch a abc noreply\r\ndelete zz noreply\r\n",
+		// arithmetic
+		"incr zz 1\r\nset n 0 0 2\r\n10\r\nincr n 5\r\ndecr n 100\r\nincr n 18446744073709551615\r\n",
+		"set n 0 0 20\r\n18446744073709551615\r\nincr n 1\r\nincr n -1\r\nincr n abc\r\nincr n\r\nincr n 1 2\r\nincr\r\n",
+		"set s 0 0 1\r\nx\r\nincr s 1\r\ndecr s 1\r\nincr s 01\r\n",
+		// touch, delete
+		"set a 0 0 1\r\nx\r\ntouch a 10\r\ntouch zz 10\r\ntouch a abc\r\ntouch a\r\ntouch a 1 2 3\r\ntouch a -1\r\nget a\r\n",
+		"set a 0 0 1\r\nx\r\ndelete a 0\r\ndelete a 5\r\ndelete a b c\r\ndelete\r\ndelete a\r\n",
+		// gat
+		"set a 0 0 1\r\nx\r\nset b 0 0 1\r\ny\r\ngat 100 a b zz\r\ngats 0 a\r\ngat abc a b\r\ngat\r\ngat 1\r\ngats\r\n",
+		// unknown and odd lines
+		"foo\r\nGET a\r\n\r\n  get a\r\nget  a  \r\nget a\n",
+		"get\r\ngets\r\n",
+		// meta commands
+		"ms m 2\r\nhi\r\nmg m v\r\nmg m v f t s k O123\r\nmg zz v\r\nmg zz v q\r\nmg m v q k\r\n",
+		"ms m 2 q\r\nhi\r\nms m 2 MX\r\nhi\r\nmd m q\r\nmd m q\r\nmd m\r\nma x\r\nma x q\r\nma x N0 J5 v\r\nma x v\r\nma x MD v\r\n",
+		"ms m 2 zz\r\nhi\r\nms m 2 T-abc\r\nhi\r\nms m bad\r\nhi\r\nms m\r\nmd\r\nmg\r\n",
+		"ms YWJj 2 b\r\nhi\r\nmg YWJj b v k\r\nmg abc v\r\nmd YWJj b q\r\nmg abc v\r\nmg !!!! b v\r\n",
+		"ms " + tooLong + " 2\r\nhi\r\nmg " + tooLong + " v\r\n",
+		"ms m 2 I\r\nhi\r\nms m 2 c\r\nhi\r\nmg m c v\r\n",
+		"mn\r\nmn\r\n",
+		// whole-cache commands
+		"set a 0 0 1\r\nx\r\nflush_all\r\nget a\r\nflush_all 0\r\nflush_all abc\r\nflush_all noreply\r\nflush_all 0 noreply\r\n",
+		"version\r\nverbosity\r\nverbosity 1\r\nverbosity 1 noreply\r\nverbosity a\r\nverbosity 1 2 3\r\n",
+		// a long pipelined mix
+		strings.Repeat("set p 0 0 1\r\n1\r\nincr p 1\r\nget p zz\r\ndelete p\r\nmg p v\r\n", 50),
+		"quit\r\nget a\r\n",
+	}
+	var many strings.Builder
+	many.WriteString("get")
+	for i := 0; i < 100; i++ {
+		cases = append(cases, fmt.Sprintf("set m%d 0 0 %d\r\n%d\r\n", i, len(fmt.Sprint(i)), i))
+		fmt.Fprintf(&many, " m%d x%d", i, i)
+	}
+	return append(cases, many.String()+"\r\n")
+}
+
+// These differ between runs and servers: cas values, access times.
+var volatile = regexp.MustCompile(`(?m)( c| cas=| la=|^VALUE \S+ \d+ \d+ )\d+`)
+
+// exchange sends one case (then an mn, so the end of the replies is
+// known) and returns what came back, with volatile numbers blanked.
+func exchange(t *testing.T, addr, in string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	go c.Write([]byte(in + "mn\r\n"))
+	var got []byte
+	buf := make([]byte, 64<<10)
+	for !bytes.HasSuffix(got, []byte("MN\r\n")) {
+		n, err := c.Read(buf)
+		got = append(got, buf[:n]...)
+		if err == io.EOF {
+			got = append(got, "<closed>"...)
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s: %v after %q", addr, err, got)
+		}
+	}
+	return volatile.ReplaceAllString(string(got), "${1}N")
+}
