@@ -119,7 +119,8 @@ func exchange(t *testing.T, addr, in string) string {
 	go c.Write([]byte(in + "mn\r\n"))
 	var got []byte
 	buf := make([]byte, 64<<10)
-	for !bytes.HasSuffix(got, []byte("MN\r\n")) {
+	noops := 1 + strings.Count(in, "mn\r\n")
+	for !bytes.HasSuffix(got, []byte("MN\r\n")) || bytes.Count(got, []byte("MN\r\n")) < noops {
 		n, err := c.Read(buf)
 		got = append(got, buf[:n]...)
 		if err == io.EOF {

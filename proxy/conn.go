@@ -46,6 +46,7 @@ type clientConn struct {
 	cancel   context.CancelFunc
 	stopping atomic.Bool
 	long     []byte // scratch for retrieval lines longer than the read buffer
+	sawEOF   bool   // the client closed its side
 }
 
 func newClientConn(s *Server, nc net.Conn) *clientConn {
@@ -78,7 +79,7 @@ func (c *clientConn) serve() {
 		}
 		close(c.replies)
 		<-writerDone
-		c.nc.Close()
+		c.close()
 		c.cancel()
 		if c.session != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), c.s.cfg.Timeout)
@@ -89,6 +90,7 @@ func (c *clientConn) serve() {
 	for !c.stopping.Load() {
 		line, err := c.readLine()
 		if err != nil {
+			c.sawEOF = errors.Is(err, io.EOF)
 			if errors.Is(err, errLineTooLong) {
 				c.send(staticReply("CLIENT_ERROR line too long\r\n"))
 			}
@@ -102,6 +104,19 @@ func (c *clientConn) serve() {
 }
 
 func (c *clientConn) send(r reply) { c.replies <- r }
+
+// close ends the connection. When the client may still be sending (the
+// proxy gave up on its stream), the proxy stops writing and drains a little
+// first: closing a socket with unread input resets it, and a reset can
+// destroy the last reply before the client reads it.
+func (c *clientConn) close() {
+	if tc, ok := c.nc.(*net.TCPConn); ok && !c.sawEOF {
+		tc.CloseWrite()
+		tc.SetReadDeadline(time.Now().Add(time.Second))
+		io.Copy(io.Discard, io.LimitReader(tc, 1<<20))
+	}
+	c.nc.Close()
+}
 
 // writeLoop writes replies in order, flushing only when no further reply is
 // already waiting, so pipelined replies share a write.

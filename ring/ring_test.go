@@ -58,7 +58,6 @@ func TestParseServersReportsEveryError(t *testing.T) {
 	}
 }
 
-
 func TestKetamaNameDropsDefaultPort(t *testing.T) {
 	for spec, want := range map[string]string{
 		"10.0.0.1:11211":       "10.0.0.1",

@@ -1,0 +1,33 @@
+# memcachedlock: see README.md.
+GO ?= go
+
+.PHONY: all build test test-go test-python run bench bench-locks lint deps clean
+
+all: build
+
+build:
+	$(GO) build -o bin/memcachedlock ./cmd/memcachedlock
+
+## deps: install memcached, nutcracker, libmemcached-tools and the Python clients when missing
+deps:
+	scripts/deps.sh
+
+## test: every test, with the race detector, against real memcached processes
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+## run: the proxy on 127.0.0.1:11311 in front of two local memcached servers
+run: build
+	scripts/run.sh
+
+## bench: Go micro-benchmarks of the ring and the request path
+bench: deps
+	$(GO) test -run XXX -bench . -benchmem ./ring ./proxy
+
+lint:
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin

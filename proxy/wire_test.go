@@ -1,0 +1,221 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
+	"github.com/memcachedlock/memcachedlock/ring"
+)
+
+// startProxy runs a proxy over the given memcached servers until the test ends.
+func startProxy(t *testing.T, cfg Config, mcs ...*testmc.Memcached) (string, *Server) {
+	t.Helper()
+	for _, m := range mcs {
+		cfg.Servers = append(cfg.Servers, ring.Server{Addr: m.Addr, Weight: 1})
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(l)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	return l.Addr().String(), s
+}
+
+// conn is a raw client connection; every read has a deadline.
+type conn struct {
+	t  *testing.T
+	nc net.Conn
+	br *bufio.Reader
+}
+
+func dial(t *testing.T, addr string) *conn {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &conn{t: t, nc: nc, br: bufio.NewReader(nc)}
+}
+
+func (c *conn) send(s string) {
+	c.t.Helper()
+	if _, err := c.nc.Write([]byte(s)); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// expect reads exactly len(want) bytes and compares.
+func (c *conn) expect(want string) {
+	c.t.Helper()
+	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, len(want))
+	n, err := io.ReadFull(c.br, got)
+	if err != nil || string(got) != want {
+		c.t.Fatalf("want %q\n got %q (%v)", want, got[:n], err)
+	}
+}
+
+// line reads one reply line.
+func (c *conn) line() string {
+	c.t.Helper()
+	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	l, err := c.br.ReadString('\n')
+	if err != nil {
+		c.t.Fatalf("reading a line: %v (got %q)", err, l)
+	}
+	return l
+}
+
+func (c *conn) expectClosed() {
+	c.t.Helper()
+	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := c.br.ReadByte(); err != io.EOF {
+		c.t.Fatalf("connection still open: read %q, %v", b, err)
+	}
+}
+
+func TestWireBadDataChunkCloses(t *testing.T) {
+	addr, _ := startProxy(t, Config{}, testmc.Start(t))
+	c := dial(t, addr)
+	c.send("set a 0 0 2\r\nxxx\r\nget a\r\n")
+	c.expect("CLIENT_ERROR bad data chunk\r\n")
+	c.expectClosed()
+}
+
+func TestWireReservedKeys(t *testing.T) {
+	addr, _ := startProxy(t, Config{}, testmc.Start(t))
+	c := dial(t, addr)
+	const refused = "CLIENT_ERROR key is reserved for locks\r\n"
+	c.send("get __memcachedlock:x\r\nset __memcachedlock:x 0 0 3\r\nabc\r\ndelete __memcachedlock:x\r\n" +
+		"get a __memcachedlock:x\r\nmg __memcachedlock:x v\r\nmg X19tZW1jYWNoZWRsb2NrOng= b v\r\nmn\r\n")
+	c.expect(strings.Repeat(refused, 6) + "MN\r\n")
+}
+
+func TestWireLineLimits(t *testing.T) {
+	addr, _ := startProxy(t, Config{}, testmc.Start(t))
+	// A get line far longer than the read buffer is fine.
+	c := dial(t, addr)
+	c.send("set " + strings.Repeat("k", 250) + " 0 0 1\r\nx\r\n")
+	c.expect("STORED\r\n")
+	c.send("get" + strings.Repeat(" "+strings.Repeat("k", 250), 200) + "\r\n")
+	c.expect(strings.Repeat("VALUE "+strings.Repeat("k", 250)+" 0 1\r\nx\r\n", 200) + "END\r\n")
+	// Any other line over 2048 bytes is refused, and framing is lost.
+	c = dial(t, addr)
+	c.send("set " + strings.Repeat("k", 3000) + " 0 0 1\r\nx\r\n")
+	c.expect("CLIENT_ERROR line too long\r\n")
+	c.expectClosed()
+	c = dial(t, addr)
+	c.send(strings.Repeat("x", 100000))
+	c.expect("CLIENT_ERROR line too long\r\n")
+	c.expectClosed()
+	// Control characters are not allowed in keys (PROTOCOL.md).
+	c = dial(t, addr)
+	c.send("get a\x01b\r\nset a\x7f 0 0 1\r\nx\r\n")
+	c.expect("CLIENT_ERROR bad command line format\r\nCLIENT_ERROR bad command line format\r\nERROR\r\n")
+}
+
+// The same script, sent one byte per write, gets the same replies.
+func TestWireOneByteAtATime(t *testing.T) {
+	addr, _ := startProxy(t, Config{}, testmc.Start(t), testmc.Start(t))
+	script := "set a 0 0 3\r\nabc\r\nset b 1 0 0\r\n\r\nget a b zz\r\nincr n 1\r\nms m 2 T0\r\nhi\r\nmg m v\r\n" +
+		"delete a noreply\r\nget a\r\nmn\r\n"
+	want := "STORED\r\nSTORED\r\nVALUE a 0 3\r\nabc\r\nVALUE b 1 0\r\n\r\nEND\r\nNOT_FOUND\r\nHD\r\nVA 2\r\nhi\r\nEND\r\nMN\r\n"
+	c := dial(t, addr)
+	c.nc.(*net.TCPConn).SetNoDelay(true)
+	for i := 0; i < len(script); i++ {
+		c.send(script[i : i+1])
+		if i%7 == 0 {
+			time.Sleep(time.Millisecond) // let some bytes arrive alone
+		}
+	}
+	c.expect(want)
+}
+
+func TestWireStatsMergedWithProxyCounters(t *testing.T) {
+	m1, m2 := testmc.Start(t), testmc.Start(t)
+	addr, _ := startProxy(t, Config{}, m1, m2)
+	c := dial(t, addr)
+	for _, k := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
+		c.send("set " + k + " 0 0 1\r\nx\r\n")
+		c.expect("STORED\r\n")
+	}
+	c.send("stats\r\n")
+	stats := map[string]string{}
+	for {
+		l := c.line()
+		if l == "END\r\n" {
+			break
+		}
+		f := strings.Fields(l)
+		if len(f) != 3 || f[0] != "STAT" {
+			t.Fatalf("stats line %q", l)
+		}
+		stats[f[1]] = f[2]
+	}
+	if stats["curr_items"] != "8" {
+		t.Errorf("curr_items %q, want 8 summed over both servers", stats["curr_items"])
+	}
+	if stats["proxy_version"] != Version || stats["proxy_curr_connections"] != "1" {
+		t.Errorf("proxy counters missing: %v", stats)
+	}
+	if stats["proxy_server:"+m1.Addr+":requests"] == "" || stats["proxy_lock_grants"] != "0" {
+		t.Errorf("per-server or lock counters missing: %v", stats)
+	}
+	c.send("stats settings\r\nstats reset\r\nversion\r\n")
+	for !strings.HasPrefix(c.line(), "END") {
+	}
+	c.expect("RESET\r\nVERSION ")
+}
+
+func TestWireMaxConnections(t *testing.T) {
+	addr, _ := startProxy(t, Config{MaxConns: 1}, testmc.Start(t))
+	a := dial(t, addr)
+	a.send("version\r\n")
+	a.line()
+	b := dial(t, addr)
+	b.expect("SERVER_ERROR too many open connections\r\n")
+	b.expectClosed()
+	a.send("mn\r\n")
+	a.expect("MN\r\n")
+}
+
+// A client that sends without ever reading fills its own pipeline and
+// socket, and is then simply not read: others carry on.
+func TestWireClientThatDoesNotRead(t *testing.T) {
+	addr, _ := startProxy(t, Config{}, testmc.Start(t))
+	c := dial(t, addr)
+	c.send("set big 0 0 500000\r\n" + strings.Repeat("x", 500000) + "\r\n")
+	c.expect("STORED\r\n")
+	go func() {
+		for i := 0; i < 2000; i++ {
+			if _, err := c.nc.Write([]byte("get big\r\n")); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	other := dial(t, addr)
+	for i := 0; i < 100; i++ {
+		other.send("get big\r\n")
+		other.expect("VALUE big 0 500000\r\n" + strings.Repeat("x", 500000) + "\r\nEND\r\n")
+	}
+}
