@@ -3,10 +3,14 @@ package proxy
 import (
 	"bufio"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -68,6 +72,7 @@ type backend struct {
 	addr    string
 	timeout time.Duration
 	conns   []*serverConn
+	logger  *slog.Logger
 
 	requests atomic.Uint64
 	errors   atomic.Uint64
@@ -75,8 +80,8 @@ type backend struct {
 	up       atomic.Bool
 }
 
-func newBackend(addr string, nconns int, timeout time.Duration, quit <-chan struct{}) *backend {
-	b := &backend{addr: addr, timeout: timeout}
+func newBackend(addr string, nconns int, timeout time.Duration, quit <-chan struct{}, logger *slog.Logger) *backend {
+	b := &backend{addr: addr, timeout: timeout, logger: logger}
 	b.up.Store(true)
 	for i := 0; i < nconns; i++ {
 		sc := &serverConn{b: b, queue: make(chan *call, 1024), quit: quit}
@@ -115,14 +120,18 @@ func (sc *serverConn) run() {
 	for {
 		nc, err := net.DialTimeout("tcp", sc.b.addr, sc.b.timeout)
 		if err == nil {
-			sc.b.up.Store(true)
+			sc.b.setUp(true, nil)
+			start := time.Now()
 			err = sc.serve(nc)
+			if errors.Is(err, errServerClosed) {
+				sc.failQueued(errServerClosed)
+				return
+			}
+			if time.Since(start) > retryDelay {
+				continue // it worked for a while: redial at once
+			}
 		}
-		if errors.Is(err, errServerClosed) {
-			sc.failQueued(errServerClosed)
-			return
-		}
-		sc.b.up.Store(false)
+		sc.b.setUp(false, err)
 		// Until the next dial, fail what arrives at once rather than let
 		// clients wait for a server that is not there.
 		t := time.NewTimer(retryDelay)
@@ -143,6 +152,18 @@ func (sc *serverConn) run() {
 	}
 }
 
+// setUp records the server's state, logging each change once.
+func (b *backend) setUp(up bool, err error) {
+	if b.up.Swap(up) == up {
+		return
+	}
+	if up {
+		b.logger.Info("memcached server up", "server", b.addr)
+	} else {
+		b.logger.Warn("memcached server down", "server", b.addr, "err", err)
+	}
+}
+
 func (sc *serverConn) failQueued(err error) {
 	for {
 		select {
@@ -156,74 +177,159 @@ func (sc *serverConn) failQueued(err error) {
 
 // serve runs one connection until it breaks, or until the proxy quits.
 func (sc *serverConn) serve(nc net.Conn) error {
-	inflight := make(chan *call, cap(sc.queue))
-	broken, readerDone := make(chan struct{}), make(chan struct{})
+	p := &pipeline{nc: nc, broken: make(chan struct{})}
+	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
-		sc.read(nc, inflight, broken)
+		sc.read(p)
 	}()
-	err := sc.write(nc, inflight, broken)
-	close(inflight)
-	nc.Close()
+	err := sc.write(p)
+	p.fail(err)
 	<-readerDone
 	return err
 }
 
-func (sc *serverConn) write(nc net.Conn, inflight chan<- *call, broken <-chan struct{}) error {
-	bw := bufio.NewWriterSize(nc, 16<<10)
+// pipeline is the calls written to one connection and not yet answered.
+// The reader always waits on the socket, even when nothing is in flight,
+// so a server that closes an idle connection (it restarted) is noticed at
+// once and redialled before the next request, not by failing it. The read
+// deadline is the oldest call's; none while idle.
+type pipeline struct {
+	nc     net.Conn
+	mu     sync.Mutex
+	calls  []*call
+	err    error         // set once the connection is done for
+	broken chan struct{} // closed with err
+}
+
+// push adds a call about to be written; false if the connection is broken.
+func (p *pipeline) push(c *call) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		return false
+	}
+	if len(p.calls) == 0 {
+		p.nc.SetReadDeadline(c.deadline)
+	}
+	p.calls = append(p.calls, c)
+	return true
+}
+
+// head returns the oldest call in flight, or nil.
+func (p *pipeline) head() *call {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.calls) == 0 {
+		return nil
+	}
+	return p.calls[0]
+}
+
+// pop removes the answered oldest call and moves the deadline on.
+func (p *pipeline) pop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls[0] = nil
+	p.calls = p.calls[1:]
+	if len(p.calls) > 0 {
+		p.nc.SetReadDeadline(p.calls[0].deadline)
+	} else {
+		p.nc.SetReadDeadline(time.Time{})
+	}
+}
+
+// fail breaks the connection: every call in flight fails with err.
+func (p *pipeline) fail(err error) {
+	p.mu.Lock()
+	if p.err != nil {
+		p.mu.Unlock()
+		return
+	}
+	p.err = err
+	calls := p.calls
+	p.calls = nil
+	close(p.broken)
+	p.mu.Unlock()
+	p.nc.Close()
+	for _, c := range calls {
+		c.finish(err)
+	}
+}
+
+func (sc *serverConn) write(p *pipeline) error {
+	bw := bufio.NewWriterSize(p.nc, 16<<10)
 	for {
 		var c *call
 		select {
 		case c = <-sc.queue:
-		case <-broken:
+		case <-p.broken:
 			return errServerDown
 		case <-sc.quit:
 			return errServerClosed
 		}
 		// Write this call and whatever else is queued, then flush once.
 		deadline := c.deadline
-		for c != nil {
+		for n := 0; c != nil; n++ {
+			if !p.push(c) {
+				sc.b.errors.Add(1)
+				c.finish(errServerDown)
+				return errServerDown
+			}
 			bw.Write(c.out)
 			if c.shape == shapeQuiet {
 				bw.Write(noop)
 			}
-			inflight <- c
 			c = nil
-			if len(inflight) < cap(inflight) {
+			if n < 1024 {
 				select {
 				case c = <-sc.queue:
 				default:
 				}
 			}
 		}
-		nc.SetWriteDeadline(deadline)
+		p.nc.SetWriteDeadline(deadline)
 		if err := bw.Flush(); err != nil {
-			return err
+			return sc.classify(err)
 		}
 	}
 }
 
-func (sc *serverConn) read(nc net.Conn, inflight <-chan *call, broken chan<- struct{}) {
-	br := bufio.NewReaderSize(nc, 16<<10)
-	var failed error
-	for c := range inflight {
-		if failed == nil {
-			nc.SetReadDeadline(c.deadline)
-			failed = readReply(br, c)
-			if failed == nil {
-				c.finish(nil)
-				continue
-			}
-			if errors.Is(failed, os.ErrDeadlineExceeded) {
-				failed = errServerTimeout
-				sc.b.timeouts.Add(1)
-			} else if !errors.Is(failed, errServerReply) {
-				failed = errServerDown
-			}
-			nc.Close()
-			close(broken)
+func (sc *serverConn) read(p *pipeline) {
+	br := bufio.NewReaderSize(p.nc, 16<<10)
+	for {
+		_, err := br.Peek(1)
+		c := p.head()
+		if err == nil && c == nil {
+			err = fmt.Errorf("%w: reply to no request", errServerReply)
 		}
-		sc.b.errors.Add(1)
-		c.finish(failed)
+		if err == nil {
+			err = readReply(br, c)
+		}
+		if err != nil {
+			if c != nil || !isClosedOrEOF(err) {
+				sc.b.errors.Add(1)
+			}
+			p.fail(sc.classify(err))
+			return
+		}
+		p.pop()
+		c.finish(nil)
 	}
+}
+
+// classify turns a socket error into what clients are told.
+func (sc *serverConn) classify(err error) error {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		sc.b.timeouts.Add(1)
+		return errServerTimeout
+	case errors.Is(err, errServerReply), errors.Is(err, errServerClosed):
+		return err
+	}
+	return errServerDown
+}
+
+func isClosedOrEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET)
 }

@@ -25,6 +25,7 @@ type Server struct {
 	lockers  []*backend // by lock ring index
 	locks    *lockext.Manager
 	quit     chan struct{} // closed when the proxy stops talking to memcached
+	quitOnce sync.Once
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -65,7 +66,7 @@ func New(cfg Config) (*Server, error) {
 	pools := make(map[string]*backend)
 	pool := func(addr string) *backend {
 		if pools[addr] == nil {
-			pools[addr] = newBackend(addr, cfg.ServerConns, cfg.Timeout, s.quit)
+			pools[addr] = newBackend(addr, cfg.ServerConns, cfg.Timeout, s.quit, cfg.Logger)
 		}
 		return pools[addr]
 	}
@@ -191,6 +192,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		<-done
 	}
-	close(s.quit)
+	s.quitOnce.Do(func() { close(s.quit) })
 	return err
 }

@@ -1,0 +1,357 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+
+	"github.com/memcachedlock/memcachedlock/lockclient"
+	"github.com/memcachedlock/memcachedlock/proxy"
+)
+
+func dialLock(t *testing.T, addr string) *lockclient.Client {
+	t.Helper()
+	c, err := lockclient.Dial(context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// N clients over two proxies increment a plain counter in memcached (get,
+// then set: not atomic) under one lock: no update may be lost.
+func TestLockMutualExclusionAcrossProxies(t *testing.T) {
+	c := startCluster(t, 2)
+	p1, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
+	p2, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
+	mc := memcache.New(p1)
+	mc.Set(&memcache.Item{Key: "counter", Value: []byte("0")})
+
+	const workers = 8
+	var done atomic.Int64
+	var wg sync.WaitGroup
+	stop := time.Now().Add(2 * time.Second)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			addr := []string{p1, p2}[w%2]
+			lc := dialLock(t, addr)
+			cache := memcache.New(addr)
+			for time.Now().Before(stop) {
+				g, err := lc.Lock(context.Background(), "counter-lock", lockclient.Options{TTL: 10 * time.Second, Wait: 10 * time.Second})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				it, err := cache.Get("counter")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				n, _ := strconv.Atoi(string(it.Value))
+				cache.Set(&memcache.Item{Key: "counter", Value: []byte(strconv.Itoa(n + 1))})
+				done.Add(1)
+				if _, err := lc.Unlock(context.Background(), g); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	it, err := mc.Get("counter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(it.Value); got != strconv.FormatInt(done.Load(), 10) {
+		t.Fatalf("counter %s after %d locked increments: updates were lost", got, done.Load())
+	}
+	t.Logf("%d increments under the lock through two proxies, none lost", done.Load())
+}
+
+// Waiters queued on one proxy get the lock in the order they asked, and
+// each release hands over at once: the poll interval is an hour here, so
+// a grant that waited for a poll would never come.
+func TestLockOrderAndHandoff(t *testing.T) {
+	c := startCluster(t, 1)
+	addr, srv := startProxy(t, proxy.Config{Servers: c.servers(t), LockPoll: time.Hour})
+	holder := dialLock(t, addr)
+	g, err := holder.Lock(context.Background(), "k", lockclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []int
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := 0; i < 6; i++ {
+		wg.Add(1)
+		lc := dialLock(t, addr)
+		go func(i int) {
+			defer wg.Done()
+			g, err := lc.Lock(context.Background(), "k", lockclient.Options{Wait: 20 * time.Second})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			order = append(order, i)
+			mu.Unlock()
+			lc.Unlock(context.Background(), g)
+		}(i)
+		waitStat(t, addr, "proxy_lock_waiters", strconv.Itoa(i+1))
+	}
+	holder.Unlock(context.Background(), g)
+	wg.Wait()
+	if fmt.Sprint(order) != "[0 1 2 3 4 5]" {
+		t.Fatalf("granted in order %v", order)
+	}
+	if got := statValue(t, addr, "proxy_lock_handoffs"); got != "6" {
+		t.Errorf("proxy_lock_handoffs %s, want 6", got)
+	}
+	_ = srv
+}
+
+func statValue(t *testing.T, addr, name string) string {
+	t.Helper()
+	for _, l := range strings.Split(ask(t, addr, "stats\r\n", "END"), "\r\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[1] == name {
+			return f[2]
+		}
+	}
+	return ""
+}
+
+func waitStat(t *testing.T, addr, name, want string) {
+	t.Helper()
+	for i := 0; i < 500; i++ {
+		if statValue(t, addr, name) == want {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("stat %s never became %s", name, want)
+}
+
+// The transcript of PROTOCOL.md 2.4, typed as telnet would.
+func TestLockTelnetTranscript(t *testing.T) {
+	c := startCluster(t, 2)
+	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
+	conn := dialRaw(t, addr)
+	locked := conn.roundTrip("lock catalog 30 5000 zeo1:4711:140230")
+	var fence uint64
+	if _, err := fmt.Sscanf(locked, "LOCKED %d 30 1", &fence); err != nil {
+		t.Fatalf("lock: %q", locked)
+	}
+	if got := conn.roundTrip("lockinfo catalog"); !regexpMatch(`^LOCK `+strconv.FormatUint(fence, 10)+` (29|30) 1 zeo1:4711:140230 0$`, got) {
+		t.Fatalf("lockinfo: %q", got)
+	}
+	other := dialRaw(t, addr)
+	if got := other.roundTrip("lock catalog 30 0 zeo2:99:1"); !regexpMatch(`^NOT_LOCKED (29|30)$`, got) {
+		t.Fatalf("lock by another owner: %q", got)
+	}
+	f := strconv.FormatUint(fence, 10)
+	for _, step := range [][2]string{
+		{"extend catalog " + f + " 1", "EXTENDED 1"},
+		{"unlock catalog " + f, "UNLOCKED 0"},
+		{"unlock catalog " + f, "NOT_FOUND"},
+		{"lock catalog 30 0 a b", "CLIENT_ERROR usage: lock <key> [<ttl> [<wait_ms> [<owner>]]]"},
+		{"lock catalog noreply", "CLIENT_ERROR noreply not allowed"},
+		{"lock catalog 0", "CLIENT_ERROR ttl must be 1 to 3600"},
+		{"lock catalog 30 999999999", "CLIENT_ERROR wait_ms must be 0 to 300000"},
+		{"rlock catalog 30 0", "CLIENT_ERROR usage: rlock <key> <ttl> <wait_ms> <owner>"},
+		{"unlock catalog x", "CLIENT_ERROR invalid fence"},
+		{"lockinfo catalog", "NOT_FOUND"},
+		{"lock " + strings.Repeat("k", 251), "CLIENT_ERROR bad command line format"},
+	} {
+		if got := conn.roundTrip(step[0]); got != step[1] {
+			t.Errorf("%s: got %q, want %q", step[0], got, step[1])
+		}
+	}
+}
+
+func TestLockReentrantAndModes(t *testing.T) {
+	c := startCluster(t, 1)
+	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
+	conn := dialRaw(t, addr)
+	first := conn.roundTrip("rlock r 30 0 me")
+	fence := strings.Fields(first)[1]
+	for _, step := range [][2]string{
+		{"rlock r 30 0 me", "LOCKED " + fence + " 30 2"},
+		{"rlock r 30 0 me", "LOCKED " + fence + " 30 3"},
+		{"lock r 30 0 me", "CLIENT_ERROR lock is held in another mode"},
+		{"rlock r 30 0 you", "NOT_LOCKED 30"},
+		{"unlock r 1", "NOT_OWNER"},
+		{"unlock r " + fence, "UNLOCKED 2"},
+		{"unlock r " + fence, "UNLOCKED 1"},
+		{"unlock r " + fence, "UNLOCKED 0"},
+		{"unlock r " + fence, "NOT_FOUND"},
+	} {
+		if got := conn.roundTrip(step[0]); got != step[1] {
+			t.Errorf("%s: got %q, want %q", step[0], got, step[1])
+		}
+	}
+}
+
+// A lease whose owner vanished is free when its ttl runs out; extend
+// lengthens and shortens it.
+func TestLockTTLAndExtend(t *testing.T) {
+	c := startCluster(t, 1)
+	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
+	owner := dialRaw(t, addr)
+	fence := strings.Fields(owner.roundTrip("lock lease 1 0 gone:1:1"))[1]
+	owner.roundTrip("extend lease " + fence + " 100")
+	if got := dialRaw(t, addr).roundTrip("lockinfo lease"); !regexpMatch(` (99|100) 1 gone:1:1 0$`, got) {
+		t.Fatalf("after extend to 100: %q", got)
+	}
+	if got := owner.roundTrip("extend lease " + fence + " 1"); got != "EXTENDED 1" {
+		t.Fatalf("shorten: %q", got)
+	}
+	owner.nc.Close() // a lease outlives its connection; only the ttl frees it
+	waiter := dialRaw(t, addr)
+	if got := waiter.roundTrip("lock lease 30 5000 next:1:1"); !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatalf("waiting for an expiring lease: %q", got)
+	}
+	if got := waiter.roundTrip("unlock lease " + fence); got != "NOT_OWNER" {
+		t.Fatalf("the expired grant's fence: %q", got)
+	}
+	if got := waiter.roundTrip("extend lease " + fence + " 5"); got != "NOT_OWNER" {
+		t.Fatalf("extend with the expired grant's fence: %q", got)
+	}
+}
+
+// An ownerless lock is freed when its connection drops; a waiter whose
+// connection drops leaves the queue.
+func TestLockConnectionOwnership(t *testing.T) {
+	c := startCluster(t, 1)
+	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
+	holder := dialRaw(t, addr)
+	if got := holder.roundTrip("lock conn"); !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatal(got)
+	}
+	waiter := dialRaw(t, addr)
+	waiter.send("lock conn 30 60000\r\n")
+	waitStat(t, addr, "proxy_lock_waiters", "1")
+	waiter.nc.Close()
+	waitStat(t, addr, "proxy_lock_waiters", "0")
+	if got := dialRaw(t, addr).roundTrip("lockinfo conn"); !regexpMatch(`^LOCK \d+ \d+ 1 conn:\S+ 0$`, got) {
+		t.Fatalf("lockinfo: %q", got)
+	}
+	holder.nc.Close()
+	next := dialRaw(t, addr)
+	if got := next.roundTrip("lock conn 30 5000"); !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatalf("after the holder's connection closed: %q", got)
+	}
+}
+
+// Fences grow across proxies, after the lock state is deleted behind the
+// proxy's back, and after memcached restarts.
+func TestLockFencesKeepGrowing(t *testing.T) {
+	c := startCluster(t, 1)
+	p1, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
+	p2, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
+	var last uint64
+	take := func(addr, why string) {
+		t.Helper()
+		lc := dialLock(t, addr)
+		g, err := lc.Lock(context.Background(), "fenced", lockclient.Options{TTL: 30 * time.Second, TryOnce: true, Owner: "o"})
+		if err != nil {
+			t.Fatalf("%s: %v", why, err)
+		}
+		if g.Fence <= last {
+			t.Fatalf("%s: fence %d not above %d", why, g.Fence, last)
+		}
+		last = g.Fence
+		lc.Unlock(context.Background(), g)
+	}
+	take(p1, "first grant")
+	take(p2, "through the other proxy")
+	take(p1, "back through the first")
+	lc := dialLock(t, p1)
+	g, _ := lc.Lock(context.Background(), "fenced", lockclient.Options{Owner: "x", TryOnce: true})
+	memcache.New(c[0].Addr).Delete("__memcachedlock:fenced")
+	if _, err := lc.Unlock(context.Background(), g); !errors.Is(err, lockclient.ErrNotFound) {
+		t.Fatalf("unlock after the state was deleted: %v", err)
+	}
+	last = g.Fence
+	take(p2, "after the state was deleted")
+	c[0].Restart(t)
+	for _, p := range []string{p1, p2} {
+		for i := 0; i < 100; i++ { // until the proxies have reconnected
+			if _, err := dialLock(t, p).Info(context.Background(), "x"); errors.Is(err, lockclient.ErrNotFound) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	take(p2, "after memcached restarted")
+	take(p1, "after memcached restarted, other proxy")
+}
+
+// With its lock server down, a lock is refused, never granted elsewhere.
+func TestLockServerDown(t *testing.T) {
+	c := startCluster(t, 2)
+	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t), Timeout: 200 * time.Millisecond})
+	// Find a name whose lock lives on server 1, then stop server 1.
+	names := keysOn(t, c.servers(t), 1, 1)
+	c[1].Stop()
+	conn := dialRaw(t, addr)
+	for _, cmd := range []string{"lock " + names[0] + " 30 500", "lockinfo " + names[0], "unlock " + names[0] + " 1"} {
+		if got := conn.roundTrip(cmd); got != "SERVER_ERROR lock server unavailable" {
+			t.Fatalf("%s with its server down: %q", cmd, got)
+		}
+	}
+	// Nothing was written to the other server.
+	if it, err := memcache.New(c[0].Addr).Get("__memcachedlock:" + names[0]); err == nil {
+		t.Fatalf("lock state appeared on another server: %q", it.Value)
+	}
+	// Locks that live on the healthy server still work.
+	if got := conn.roundTrip("lock " + keysOn(t, c.servers(t), 0, 1)[0] + " 30 0"); !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatalf("lock on the healthy server: %q", got)
+	}
+}
+
+// Ordinary commands cannot touch lock state.
+func TestLockStateIsReserved(t *testing.T) {
+	c := startCluster(t, 1)
+	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
+	conn := dialRaw(t, addr)
+	conn.roundTrip("lock mine")
+	for _, cmd := range []string{"get __memcachedlock:mine", "delete __memcachedlock:mine", "touch __memcachedlock:mine 1"} {
+		if got := conn.roundTrip(cmd); got != "CLIENT_ERROR key is reserved for locks" {
+			t.Errorf("%s: %q", cmd, got)
+		}
+	}
+}
+
+// Shutdown ends waits with SERVER_ERROR and releases connection locks.
+func TestLockShutdown(t *testing.T) {
+	c := startCluster(t, 1)
+	addr, srv := startProxy(t, proxy.Config{Servers: c.servers(t)})
+	holder := dialRaw(t, addr)
+	holder.roundTrip("lock s")
+	waiter := dialRaw(t, addr)
+	waiter.send("lock s 30 60000\r\n")
+	waitStat(t, addr, "proxy_lock_waiters", "1")
+	go srv.Shutdown(context.Background())
+	if got := waiter.line(); got != "SERVER_ERROR proxy shutting down" {
+		t.Fatalf("waiter at shutdown: %q", got)
+	}
+	// The holder's connection-owned lock is gone from memcached.
+	for i := 0; i < 200; i++ {
+		if _, err := memcache.New(c[0].Addr).Get("__memcachedlock:s"); errors.Is(err, memcache.ErrCacheMiss) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("connection-owned lock still in memcached after shutdown")
+}
