@@ -1,7 +1,7 @@
 # memcachedlock: see README.md.
 GO ?= go
 
-.PHONY: all build test test-go test-python run bench bench-locks lint deps clean
+.PHONY: all build test run bench bench-locks lint deps clean
 
 all: build
 
@@ -31,3 +31,8 @@ lint:
 
 clean:
 	rm -rf bin
+
+## bench-locks: W=8 workers contend for one lock (hold 1ms, think 5ms) through the proxy, beside 50ms polling
+bench-locks: build deps
+	$(GO) build -o bin/memcachedlock-bench ./cmd/memcachedlock-bench
+	bin/memcachedlock-bench locks --workers 8 --hold 1ms --think 5ms --duration 4s

@@ -29,6 +29,10 @@ type Request struct {
 	Wait      time.Duration // 0 tries once
 	Owner     string        // empty: the lock belongs to the session
 	Reentrant bool
+	// OnWait, if set, is called once when the request starts to wait,
+	// before it sleeps: the proxy starts watching the client's socket then,
+	// and pays nothing for that on grants made at once.
+	OnWait func()
 
 	kind  byte
 	owner string
@@ -253,6 +257,9 @@ func (m *Manager) lock(ctx context.Context, req *Request) (Grant, error) {
 		if !waited {
 			waited = true
 			m.waits.Add(1)
+			if req.OnWait != nil {
+				req.OnWait()
+			}
 		}
 		if try {
 			// Held elsewhere: look again after a jittered, growing pause.

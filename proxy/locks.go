@@ -71,12 +71,8 @@ func (c *clientConn) lockCommand() {
 			}
 			req.Owner = string(args[3])
 		}
-		g, err := c.lock(req)
-		if err == nil {
-			c.send(&grantReply{line: fmt.Appendf(nil, "LOCKED %d %d %d\r\n", g.Fence, g.TTL, g.Count), name: name, fence: g.Fence})
-			return
-		}
-		out = lockError(err)
+		c.lock(req)
+		return
 	case cmdUnlock, cmdExtend:
 		fence, ok := parseUint(args[1], 64)
 		if !ok {
@@ -115,18 +111,30 @@ func (c *clientConn) lockCommand() {
 	c.send(staticReply(out))
 }
 
-// lock waits for a grant while a background read watches for the client
-// hanging up, which ends the wait.
-func (c *clientConn) lock(req lockext.Request) (lockext.Grant, error) {
+// lock takes a lock and queues the reply. While it waits, a background
+// read watches for the client hanging up, which ends the wait; the reply
+// is queued before that read is stopped, so stopping it costs the grant
+// no time.
+func (c *clientConn) lock(req lockext.Request) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	defer cancel()
-	c.cr.startBackgroundRead(cancel)
-	g, err := c.lockSession().Lock(ctx, req)
-	c.cr.stopBackgroundRead()
-	if c.stopping.Load() {
-		c.nc.SetReadDeadline(time.Now()) // shutdown began during the wait
+	watching := false
+	req.OnWait = func() {
+		watching = true
+		c.cr.startBackgroundRead(cancel)
 	}
-	return g, err
+	g, err := c.lockSession().Lock(ctx, req)
+	if err == nil {
+		c.send(&grantReply{line: fmt.Appendf(nil, "LOCKED %d %d %d\r\n", g.Fence, g.TTL, g.Count), name: req.Name, fence: g.Fence})
+	} else {
+		c.send(staticReply(lockError(err)))
+	}
+	if watching {
+		c.cr.stopBackgroundRead()
+		if c.stopping.Load() {
+			c.nc.SetReadDeadline(time.Now()) // shutdown began during the wait
+		}
+	}
 }
 
 func (c *clientConn) lockSession() *lockext.Session {
