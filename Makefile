@@ -12,10 +12,13 @@ build:
 deps:
 	scripts/deps.sh
 
-## test: every test, with the race detector, against real memcached processes
-test: deps
+PYTHON ?= /usr/bin/python3
+
+## test: every test, with the race detector, against real memcached processes; then the Python client's
+test: deps build
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
+	cd clients/python && MEMCACHEDLOCK_BIN=$(CURDIR)/bin/memcachedlock $(PYTHON) -m pytest -q tests
 
 ## run: the proxy on 127.0.0.1:11311 in front of two local memcached servers
 run: build

@@ -14,9 +14,14 @@ var ErrLeaseLost = errors.New("lockclient: lease lost")
 // Hold takes the lock, runs fn while keeping the lease alive, and releases
 // the lock when fn returns. fn's context is cancelled, with cause
 // ErrLeaseLost, if the lease cannot be renewed; fn should then stop
-// touching what the lock protects. The lease is renewed every third of its
-// ttl over its own connection, so fn may use c freely.
+// touching what the lock protects. The lease is renewed over its own
+// connection, so fn may use c freely. memcached's clock counts whole
+// seconds, so a grant may end up to a second early: Hold asks for at least
+// two seconds and renews twice within what is surely left.
 func Hold(ctx context.Context, c *Client, key string, opts Options, fn func(ctx context.Context, g Grant) error) error {
+	if opts.TTL > 0 && opts.TTL < 2*time.Second {
+		opts.TTL = 2 * time.Second
+	}
 	g, err := c.Lock(ctx, key, opts)
 	if err != nil {
 		return err
@@ -33,18 +38,16 @@ func Hold(ctx context.Context, c *Client, key string, opts Options, fn func(ctx 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		ttl := g.TTL
-		if ttl < time.Second {
-			ttl = time.Second
-		}
-		tick := time.NewTicker(ttl / 3)
+		ttl := max(g.TTL, 2*time.Second)
+		period := (ttl - time.Second) / 2
+		tick := time.NewTicker(period)
 		defer tick.Stop()
 		for {
 			select {
 			case <-work.Done():
 				return
 			case <-tick.C:
-				rctx, rcancel := context.WithTimeout(work, ttl/3)
+				rctx, rcancel := context.WithTimeout(work, period)
 				err := keeper.Extend(rctx, g, ttl)
 				rcancel()
 				if err != nil && work.Err() == nil {

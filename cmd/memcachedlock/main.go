@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -17,6 +18,9 @@ func main() {
 		Usage: "a memcached proxy with distributed locks built in",
 		Commands: []*cli.Command{
 			serveCommand(),
+			lockCommand(),
+			unlockCommand(),
+			lockinfoCommand(),
 			ringCommand(),
 			{
 				Name:  "version",
@@ -27,6 +31,15 @@ func main() {
 				},
 			},
 		},
+	}
+	app.ExitErrHandler = func(_ *cli.Context, err error) {
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			if msg := err.Error(); msg != "" {
+				fmt.Fprintln(os.Stderr, msg)
+			}
+			os.Exit(ec.ExitCode())
+		}
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "memcachedlock:", err)

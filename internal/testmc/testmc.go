@@ -3,6 +3,7 @@
 package testmc
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -35,37 +36,63 @@ func Binary(t testing.TB) string {
 // to memcached.
 func Start(t testing.TB, args ...string) *Memcached {
 	t.Helper()
+	m, err := Launch(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Stop)
+	return m
+}
+
+// Launch runs memcached on a free port, for callers without a testing.TB
+// (TestMain); the caller stops it.
+func Launch(args ...string) (*Memcached, error) {
+	if _, err := exec.LookPath("memcached"); err != nil {
+		return nil, errors.New("memcached is not installed: these tests run real memcached processes (apt-get install memcached)")
+	}
 	m := &Memcached{args: args}
 	var err error
 	for try := 0; try < 5; try++ {
-		m.Port = FreePort(t)
-		if err = m.start(t); err == nil {
-			t.Cleanup(m.Stop)
-			return m
+		if m.Port, err = freePort(); err != nil {
+			return nil, err
+		}
+		if err = m.start(); err == nil {
+			return m, nil
 		}
 	}
-	t.Fatalf("memcached would not start: %v", err)
-	return nil
+	return nil, fmt.Errorf("memcached would not start: %v", err)
 }
 
 // FreePort returns a loopback port that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
-func (m *Memcached) start(t testing.TB) error {
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (m *Memcached) start() error {
 	m.Addr = "127.0.0.1:" + strconv.Itoa(m.Port)
 	args := append([]string{"-l", "127.0.0.1", "-p", strconv.Itoa(m.Port), "-U", "0", "-t", "1", "-m", "64"}, m.args...)
 	if os.Geteuid() == 0 {
 		args = append(args, "-u", "root")
 	}
-	m.cmd = exec.Command(Binary(t), args...)
+	bin, err := exec.LookPath("memcached")
+	if err != nil {
+		return err
+	}
+	m.cmd = exec.Command(bin, args...)
 	m.cmd.Stderr = os.Stderr
 	if err := m.cmd.Start(); err != nil {
 		return err
@@ -113,7 +140,7 @@ func (m *Memcached) Restart(t testing.TB) {
 	m.Stop()
 	var err error
 	for try := 0; try < 20; try++ {
-		if err = m.start(t); err == nil {
+		if err = m.start(); err == nil {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -1,0 +1,158 @@
+"""The decorators of the old library, lock, rlock and zlock, served by the
+proxy's blocking waits instead of polling."""
+
+import functools
+import logging
+import threading
+
+from .client import LockClient, NotLocked, Unavailable, owner_id
+
+logger = logging.getLogger("memcachedlock")
+
+#: What lock and rlock do when the proxy cannot be reached: "run" the
+#: function unlocked with a warning (the old behaviour, so a site does not
+#: go down with its lock service), or "raise" Unavailable.
+ON_UNAVAILABLE = "run"
+
+
+class DontLock(Exception):
+    """Raised by a get_key function to run the call without a lock."""
+
+
+try:
+    from ZODB.POSException import ConflictError
+except ImportError:  # no ZODB here: a stand-in, or pass conflict_error=
+    class ConflictError(Exception):
+        """Stand-in for ZODB.POSException.ConflictError."""
+
+
+_local = threading.local()
+
+
+def _client():
+    client = getattr(_local, "client", None)
+    if client is None:
+        client = _local.client = LockClient()
+    return client
+
+
+def _held():
+    held = getattr(_local, "held", None)
+    if held is None:
+        held = _local.held = {}
+    return held
+
+
+def _name(fun, key):
+    return "%s.%s:%s" % (fun.__module__, fun.__name__, key)
+
+
+def _options(timeout, interval, wait, kw):
+    if "intervall" in kw:  # the old library's spelling
+        interval = kw.pop("intervall")
+    if kw:
+        raise TypeError("unexpected keyword arguments: %s" % ", ".join(sorted(kw)))
+    del interval  # accepted for compatibility: the proxy waits, nobody polls
+    return timeout, (timeout if wait is None else wait)
+
+
+def _locking(get_key, timeout, wait, reentrant, on_unavailable):
+    def decorator(fun):
+        @functools.wraps(fun)
+        def replacement(*args, **kwargs):
+            try:
+                key = _name(fun, get_key(fun, *args, **kwargs))
+            except DontLock:
+                return fun(*args, **kwargs)
+            held = _held()
+            if key in held and not reentrant:
+                # This thread holds it already (a nested call): the outermost
+                # call releases it.
+                return fun(*args, **kwargs)
+            try:
+                grant = _client().lock(key, timeout, wait, owner_id(), reentrant)
+            except Unavailable:
+                if (on_unavailable or ON_UNAVAILABLE) == "raise":
+                    raise
+                logger.warning("lock service unavailable; running %s unlocked", key)
+                return fun(*args, **kwargs)
+            held[key] = held.get(key, 0) + 1
+            try:
+                return fun(*args, **kwargs)
+            finally:
+                held[key] -= 1
+                if not held[key]:
+                    del held[key]
+                try:
+                    _client().unlock(grant)
+                except Exception as err:  # the lock will expire; say so
+                    logger.warning("could not release %s (%s); it expires in %ss", key, err, grant.ttl)
+        return replacement
+    return decorator
+
+
+def lock(get_key, timeout=30, interval=0.05, wait=None, on_unavailable=None, **kw):
+    """Exclusive lock around the call, named by get_key(fun, *args, **kw).
+
+    timeout: lock lifetime in seconds; interval: accepted, no longer used
+    (the wait happens in the proxy); wait: how long to wait, default timeout.
+    """
+    timeout, wait = _options(timeout, interval, wait, kw)
+    return _locking(get_key, timeout, wait, False, on_unavailable)
+
+
+def rlock(get_key, timeout=30, interval=0.05, wait=None, on_unavailable=None, **kw):
+    """Reentrant lock: the same thread may nest calls under one key."""
+    timeout, wait = _options(timeout, interval, wait, kw)
+    return _locking(get_key, timeout, wait, True, on_unavailable)
+
+
+def zlock(get_key, timeout=30, interval=0.05, wait=None, conflict_error=None, **kw):
+    """Lock for ZODB writes. The lock is taken before the call and released
+    after it. If the call raises ConflictError, the grant is shortened to
+    one second, a reservation for this thread's retry, and the error is
+    raised again so the application server retries the transaction. If the
+    lock cannot be had within the wait, ConflictError is raised so that the
+    request is retried later instead of failing."""
+    timeout, wait = _options(timeout, interval, wait, kw)
+    conflict = conflict_error or ConflictError
+
+    def decorator(fun):
+        @functools.wraps(fun)
+        def replacement(*args, **kwargs):
+            try:
+                key = _name(fun, get_key(fun, *args, **kwargs))
+            except DontLock:
+                return fun(*args, **kwargs)
+            client = _client()
+            try:
+                grant = client.lock(key, timeout, wait, owner_id())
+            except NotLocked:
+                logger.warning("%s busy; raising ConflictError so the request is retried", key)
+                raise conflict()
+            except Unavailable:
+                logger.warning("lock service unavailable; running %s unlocked", key)
+                return fun(*args, **kwargs)
+            try:
+                result = fun(*args, **kwargs)
+            except conflict:
+                try:
+                    client.extend(grant, 1)
+                    logger.info("ConflictError in %s: lock reserved 1s for the retry", key)
+                except Exception as err:
+                    logger.warning("could not reserve %s for the retry: %s", key, err)
+                raise
+            except BaseException:
+                _release(client, grant)
+                raise
+            _release(client, grant)
+            return result
+        return replacement
+    return decorator
+
+
+def _release(client, grant):
+    try:
+        client.unlock(grant)
+    except Exception as err:
+        logger.warning("could not release %s (%s); it expires in %ss", grant.key, err, grant.ttl)

@@ -1,0 +1,70 @@
+"""Fixtures: a real memcached and a real proxy on free loopback ports."""
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, proc):
+    for _ in range(500):
+        if proc.poll() is not None:
+            raise RuntimeError("process exited: %s" % proc.args)
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.1).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError("nothing listens on %d" % port)
+
+
+def start(args, port):
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    wait_listening(port, proc)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def memcached():
+    binary = shutil.which("memcached")
+    if binary is None:
+        pytest.fail("memcached is not installed (apt-get install memcached)")
+    port = free_port()
+    args = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0"]
+    if os.geteuid() == 0:
+        args += ["-u", "root"]
+    proc = start(args, port)
+    yield "127.0.0.1:%d" % port
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="session")
+def proxy(memcached):
+    binary = os.environ.get("MEMCACHEDLOCK_BIN", os.path.join(ROOT, "bin", "memcachedlock"))
+    if not os.path.exists(binary):
+        pytest.fail("proxy binary %s missing: run make build" % binary)
+    port = free_port()
+    proc = start([binary, "serve", "--listen", "127.0.0.1:%d" % port, "--servers", memcached,
+                  "--log-level", "warn"], port)
+    addr = "127.0.0.1:%d" % port
+    old = os.environ.get("MEMCACHEDLOCK_SERVERS")
+    os.environ["MEMCACHEDLOCK_SERVERS"] = addr
+    yield addr
+    if old is None:
+        del os.environ["MEMCACHEDLOCK_SERVERS"]
+    else:
+        os.environ["MEMCACHEDLOCK_SERVERS"] = old
+    proc.terminate()
+    proc.wait()

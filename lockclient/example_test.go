@@ -1,0 +1,126 @@
+package lockclient_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
+	"github.com/memcachedlock/memcachedlock/lockclient"
+	"github.com/memcachedlock/memcachedlock/proxy"
+	"github.com/memcachedlock/memcachedlock/ring"
+)
+
+// proxyAddr is a real proxy in front of a real memcached, for the examples.
+var proxyAddr string
+
+func TestMain(m *testing.M) {
+	mc, err := testmc.Launch()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	srv, err := proxy.New(proxy.Config{
+		Servers: []ring.Server{{Addr: mc.Addr, Weight: 1}},
+		Logger:  slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	go srv.Serve(l)
+	proxyAddr = l.Addr().String()
+	code := m.Run()
+	srv.Shutdown(context.Background())
+	mc.Stop()
+	os.Exit(code)
+}
+
+func Example() {
+	ctx := context.Background()
+	c, err := lockclient.Dial(ctx, proxyAddr)
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+
+	g, err := c.Lock(ctx, "catalog", lockclient.Options{TTL: 30 * time.Second, Wait: 5 * time.Second, Owner: "zeo1:4711:1"})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("locked, depth", g.Count, "fence > 0:", g.Fence > 0)
+
+	info, _ := c.Info(ctx, "catalog")
+	fmt.Println("held by", info.Owner)
+
+	left, _ := c.Unlock(ctx, g)
+	fmt.Println("unlocked, levels left:", left)
+	// Output:
+	// locked, depth 1 fence > 0: true
+	// held by zeo1:4711:1
+	// unlocked, levels left: 0
+}
+
+func ExampleHold() {
+	ctx := context.Background()
+	c, _ := lockclient.Dial(ctx, proxyAddr)
+	defer c.Close()
+
+	// The lease is renewed every third of its ttl while the function runs,
+	// and released when it returns.
+	err := lockclient.Hold(ctx, c, "nightly-report", lockclient.Options{TTL: 3 * time.Second},
+		func(ctx context.Context, g lockclient.Grant) error {
+			fmt.Println("working under fence", g.Fence > 0)
+			return nil
+		})
+	fmt.Println("done:", err)
+	// Output:
+	// working under fence true
+	// done: <nil>
+}
+
+func ExampleClient_Lock_busy() {
+	ctx := context.Background()
+	a, _ := lockclient.Dial(ctx, proxyAddr)
+	defer a.Close()
+	b, _ := lockclient.Dial(ctx, proxyAddr)
+	defer b.Close()
+
+	g, _ := a.Lock(ctx, "job", lockclient.Options{})
+	_, err := b.Lock(ctx, "job", lockclient.Options{TryOnce: true})
+	fmt.Println(err == nil, errorsIs(err, lockclient.ErrNotLocked))
+	a.Unlock(ctx, g)
+	// Output:
+	// false true
+}
+
+// A lease renewed by Hold outlives several ttls; another client cannot
+// take it meanwhile.
+func TestHoldKeepsLeaseAlive(t *testing.T) {
+	ctx := context.Background()
+	c, err := lockclient.Dial(ctx, proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	other, _ := lockclient.Dial(ctx, proxyAddr)
+	defer other.Close()
+	err = lockclient.Hold(ctx, c, "long", lockclient.Options{TTL: 2 * time.Second, Owner: "me"}, func(ctx context.Context, g lockclient.Grant) error {
+		time.Sleep(4 * time.Second) // two ttls
+		if _, err := other.Lock(ctx, "long", lockclient.Options{TryOnce: true, Owner: "you"}); !errorsIs(err, lockclient.ErrNotLocked) {
+			t.Errorf("lease lapsed while held: %v", err)
+		}
+		return context.Cause(ctx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Info(ctx, "long"); !errorsIs(err, lockclient.ErrNotFound) {
+		t.Fatalf("not released after Hold: %v", err)
+	}
+}
