@@ -78,6 +78,8 @@ func differentialCases() []string {
 		"set a 0 0 1\r\nx\r\nset b 0 0 1\r\ny\r\ngat 100 a b zz\r\ngats 0 a\r\ngat abc a b\r\ngat\r\ngat 1\r\ngats\r\n",
 		// unknown and odd lines
 		"foo\r\nGET a\r\n\r\n  get a\r\nget  a  \r\nget a\n",
+		// control bytes in keys, as memcaslap sends them
+		"set \x10\x10\x10k1 0 0 1\r\nx\r\nset k\x01\x7f 0 0 1\r\ny\r\nget \x10\x10\x10k1 k\x01\x7f zz\r\nmg k\x01\x7f v\r\n",
 		"get\r\ngets\r\n",
 		// meta commands
 		"ms m 2\r\nhi\r\nmg m v\r\nmg m v f t s k O123\r\nmg zz v\r\nmg zz v q\r\nmg m v q k\r\n",

@@ -109,7 +109,7 @@ func (c *Config) Validate() error {
 	if c.MaxConns < 0 {
 		bad("max connections must not be negative")
 	}
-	if validKey([]byte(c.LockPrefix)) == false || len(c.LockPrefix) > 64 {
+	if !validName([]byte(c.LockPrefix)) || len(c.LockPrefix) > 64 {
 		bad("lock prefix %q must be a memcached key of at most 64 bytes", c.LockPrefix)
 	}
 	if c.LockTTLMax < 1 {

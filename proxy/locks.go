@@ -38,7 +38,7 @@ func (c *clientConn) lockCommand() {
 		c.send(staticReply("CLIENT_ERROR usage: " + lockUsage[r.cmd] + "\r\n"))
 		return
 	}
-	if !validKey(args[0]) {
+	if !validName(args[0]) {
 		c.send(replyFormat)
 		return
 	}

@@ -266,9 +266,19 @@ func parseMeta(r *request) error {
 	return nil
 }
 
-// validKey: 1 to 250 bytes, no spaces or control characters.
+// validKey: 1 to 250 bytes, no NUL (memcached cuts a key there, so the
+// proxy would route one key and memcached read another). Tokens never hold
+// spaces or line ends; other control bytes are accepted because memcached
+// accepts them and clients use them (memcaslap's keys begin with 0x10
+// bytes): refusing them would break programs that work against memcached.
 func validKey(k []byte) bool {
-	if len(k) == 0 || len(k) > maxKeyLen {
+	return len(k) > 0 && len(k) <= maxKeyLen && bytes.IndexByte(k, 0) < 0
+}
+
+// validName: lock names and the lock prefix, which the proxy itself writes
+// into meta commands and shows in lockinfo: printable bytes only.
+func validName(k []byte) bool {
+	if !validKey(k) {
 		return false
 	}
 	for _, c := range k {

@@ -22,7 +22,7 @@ func TestParse(t *testing.T) {
 		{line: "gat 10", cmd: cmdGat, keys: 0, data: -1},
 		{line: "get", err: errUnknown},
 		{line: "get " + strings.Repeat("k", 251), err: errFormat},
-		{line: "get a\x01b", err: errFormat},
+		{line: "get a\x01b", cmd: cmdGet, keys: 1, data: -1}, // memcached accepts control bytes
 		{line: "set a 0 0 5", cmd: cmdSet, key: "a", data: 5},
 		{line: "set a 0 0 5 noreply", cmd: cmdSet, key: "a", data: 5, noreply: true},
 		{line: "set a 0 0 5 other", cmd: cmdSet, key: "a", data: 5},
