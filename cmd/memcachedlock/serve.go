@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	_ "net/http/pprof" // --debug-listen
 	"os"
 	"os/signal"
 	"strconv"
@@ -52,6 +54,7 @@ func serveCommand() *cli.Command {
 			&cli.DurationFlag{Name: "lock-poll", Value: proxy.DefaultLockPoll, EnvVars: env("LOCK_POLL"), Usage: "longest pause between looks at a lock held through another proxy"},
 			&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: env("SHUTDOWN_TIMEOUT"), Usage: "on SIGINT/SIGTERM, how long in-flight commands may take"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "debug-listen", EnvVars: env("DEBUG_LISTEN"), Usage: "`address` for Go's /debug/pprof profiles; off when empty"},
 		}, ringFlags()...),
 		Action: serve,
 	}
@@ -79,6 +82,14 @@ func serve(cc *cli.Context) error {
 	logger.Info("serving", "listen", l.Addr().String(), "servers", serverList(cfg.Servers),
 		"distribution", cfg.Distribution, "hash", cfg.Hash, "lock_servers", lockServerList(cfg))
 
+	if addr := cc.String("debug-listen"); addr != "" {
+		go func() {
+			logger.Info("profiles on /debug/pprof", "listen", addr)
+			if err := http.ListenAndServe(addr, nil); err != nil {
+				logger.Error("debug listener", "err", err)
+			}
+		}()
+	}
 	ctx, stop := signal.NotifyContext(cc.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	served := make(chan error, 1)
