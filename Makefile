@@ -24,8 +24,10 @@ test: deps build
 run: build
 	scripts/run.sh
 
-## bench: Go micro-benchmarks of the ring and the request path
-bench: deps
+## bench: memcaslap straight to memcached, through nutcracker and through the proxy (medians, ratios), then the Go micro-benchmarks
+bench: build deps
+	$(GO) build -o bin/memcachedlock-bench ./cmd/memcachedlock-bench
+	bin/memcachedlock-bench proxy --rounds 3 --duration 4s
 	$(GO) test -run XXX -bench . -benchmem ./ring ./proxy
 
 lint:
