@@ -257,13 +257,23 @@ func TestLockConnectionOwnership(t *testing.T) {
 // proxy's back, and after memcached restarts.
 func TestLockFencesKeepGrowing(t *testing.T) {
 	c := startCluster(t, 1)
-	p1, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
-	p2, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
+	// A short longest ttl: after the restart below, new locks are refused
+	// until every earlier grant could have expired.
+	p1, _ := startProxy(t, proxy.Config{Servers: c.servers(t), LockTTL: 1, LockTTLMax: 1})
+	p2, _ := startProxy(t, proxy.Config{Servers: c.servers(t), LockTTL: 1, LockTTLMax: 1})
 	var last uint64
 	take := func(addr, why string) {
 		t.Helper()
 		lc := dialLock(t, addr)
-		g, err := lc.Lock(context.Background(), "fenced", lockclient.Options{TTL: 30 * time.Second, TryOnce: true, Owner: "o"})
+		var g lockclient.Grant
+		var err error
+		for i := 0; i < 100; i++ {
+			g, err = lc.Lock(context.Background(), "fenced", lockclient.Options{TTL: time.Second, TryOnce: true, Owner: "o"})
+			if err == nil || !strings.Contains(err.Error(), "recovering") {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		if err != nil {
 			t.Fatalf("%s: %v", why, err)
 		}
@@ -277,7 +287,10 @@ func TestLockFencesKeepGrowing(t *testing.T) {
 	take(p2, "through the other proxy")
 	take(p1, "back through the first")
 	lc := dialLock(t, p1)
-	g, _ := lc.Lock(context.Background(), "fenced", lockclient.Options{Owner: "x", TryOnce: true})
+	g, err := lc.Lock(context.Background(), "fenced", lockclient.Options{TTL: time.Second, Owner: "x", TryOnce: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	memcache.New(c[0].Addr).Delete("__memcachedlock:fenced")
 	if _, err := lc.Unlock(context.Background(), g); !errors.Is(err, lockclient.ErrNotFound) {
 		t.Fatalf("unlock after the state was deleted: %v", err)
@@ -354,4 +367,61 @@ func TestLockShutdown(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatal("connection-owned lock still in memcached after shutdown")
+}
+
+// A lock server that restarts, or is flushed, lost its lock items: new
+// locks on it are refused until every earlier grant could have expired, so
+// a holder that does not know it lost its lock never sees it granted twice.
+func TestLockServerRestartAndFlush(t *testing.T) {
+	c := startCluster(t, 1)
+	first, _ := startProxy(t, proxy.Config{Servers: c.servers(t), LockTTL: 2, LockTTLMax: 2})
+	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t), LockTTL: 2, LockTTLMax: 2})
+	holder := dialRaw(t, first) // the holder is on another proxy: this one has nothing cached
+	if got := holder.roundTrip("lock held 2 0 first:1:1"); !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatal(got)
+	}
+	c[0].Restart(t)
+	other := dialRaw(t, addr)
+	refused := false
+	for i := 0; i < 100 && !refused; i++ {
+		got := other.roundTrip("lock held 2 0 second:1:1")
+		if strings.HasPrefix(got, "LOCKED ") {
+			t.Fatalf("granted again right after the lock server restarted: %q", got)
+		}
+		refused = got == "SERVER_ERROR lock server recovering"
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !refused {
+		t.Fatal("never refused with 'lock server recovering' after the restart")
+	}
+	// After the longest ttl the server is trusted again.
+	waitLocked(t, other, "lock held 2 0 second:1:1")
+	other.roundTrip("unlock held " + strings.Fields(other.roundTrip("lockinfo held"))[1])
+
+	// Our own flush_all removes lock items too.
+	if got := holder.roundTrip("lock flushed 2 0 a:1:1"); !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatal(got)
+	}
+	if got := other.roundTrip("flush_all"); got != "OK" { // through the proxy that is asked next
+		t.Fatal(got)
+	}
+	if got := other.roundTrip("lock flushed 2 0 b:1:1"); got != "SERVER_ERROR lock server recovering" {
+		t.Fatalf("lock after flush_all: %q", got)
+	}
+	waitLocked(t, other, "lock flushed 2 0 b:1:1")
+}
+
+func waitLocked(t *testing.T, c *rawConn, cmd string) {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		got := c.roundTrip(cmd)
+		if strings.HasPrefix(got, "LOCKED ") {
+			return
+		}
+		if got != "SERVER_ERROR lock server recovering" {
+			t.Fatalf("%s: %q", cmd, got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: still recovering", cmd)
 }

@@ -78,10 +78,12 @@ type backend struct {
 	errors   atomic.Uint64
 	timeouts atomic.Uint64
 	up       atomic.Bool
+	lost     recovery // when the server lost its items, lock items among them
 }
 
-func newBackend(addr string, nconns int, timeout time.Duration, quit <-chan struct{}, logger *slog.Logger) *backend {
+func newBackend(addr string, nconns int, timeout, lockHold time.Duration, quit <-chan struct{}, logger *slog.Logger) *backend {
 	b := &backend{addr: addr, timeout: timeout, logger: logger}
+	b.lost.hold = lockHold
 	b.up.Store(true)
 	for i := 0; i < nconns; i++ {
 		sc := &serverConn{b: b, queue: make(chan *call, 1024), quit: quit}
@@ -119,6 +121,15 @@ const retryDelay = 100 * time.Millisecond
 func (sc *serverConn) run() {
 	for {
 		nc, err := net.DialTimeout("tcp", sc.b.addr, sc.b.timeout)
+		if err == nil {
+			var id identity
+			if id, err = fetchIdentity(nc, sc.b.timeout); err != nil {
+				nc.Close()
+			} else if sc.b.lost.observe(id) {
+				sc.b.logger.Warn("memcached server restarted: its lock items are lost; refusing new locks on it meanwhile",
+					"server", sc.b.addr, "for", sc.b.lost.hold)
+			}
+		}
 		if err == nil {
 			sc.b.setUp(true, nil)
 			start := time.Now()

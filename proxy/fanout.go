@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // fanout sends a command to every cache server and merges the answers.
@@ -18,6 +19,9 @@ func (c *clientConn) fanout(line []byte) reply {
 		shape = statsShape(r.tokens[1:])
 	}
 	f := &fanout{s: c.s, cmd: r.cmd}
+	if r.cmd == cmdFlushAll {
+		f.args = string(line)
+	}
 	if r.cmd == cmdStats && len(r.tokens) > 1 {
 		f.group = string(r.tokens[1])
 	}
@@ -50,6 +54,7 @@ type fanout struct {
 	s     *Server
 	cmd   command
 	group string // stats group; "" is the general one, which adds the proxy's own counters
+	args  string // flush_all: the client's line, for its delay
 	calls []*call
 }
 
@@ -91,6 +96,7 @@ func (f *fanout) write(w *bufio.Writer) {
 		}
 		w.Write(replyEND)
 	default: // flush_all: OK only when every server said OK
+		f.s.flushedLocks(f.args)
 		for _, r := range replies {
 			if r != nil && !bytes.Equal(r, replyOK) {
 				w.Write(r)
@@ -211,5 +217,26 @@ func mergeStats(w *bufio.Writer, replies [][]byte, group string) {
 			value = strconv.FormatFloat(st.fsum, 'f', 6, 64)
 		}
 		w.WriteString("STAT " + st.name + " " + value + "\r\n")
+	}
+}
+
+// flushedLocks puts the lock servers among the cache servers into
+// recovery after a flush_all: it removed their lock items too.
+func (s *Server) flushedLocks(line string) {
+	var delay time.Duration
+	if f := strings.Fields(line); len(f) > 1 {
+		if n, err := strconv.Atoi(f[1]); err == nil && n > 0 {
+			delay = time.Duration(n) * time.Second
+		}
+	}
+	for _, l := range s.lockers {
+		for _, b := range s.cache {
+			if b == l {
+				l.lost.flushed(delay)
+				s.cfg.Logger.Warn("flush_all removed lock items; refusing new locks on the server meanwhile",
+					"server", l.addr, "for", delay+l.lost.hold)
+				break
+			}
+		}
 	}
 }

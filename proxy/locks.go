@@ -170,6 +170,8 @@ func lockError(err error) []byte {
 		return []byte("CLIENT_ERROR lock is held in another mode\r\n")
 	case errors.Is(err, lockext.ErrBadRequest):
 		return []byte("CLIENT_ERROR bad command line format\r\n")
+	case errors.Is(err, errLockRecovering):
+		return []byte("SERVER_ERROR lock server recovering\r\n")
 	case errors.Is(err, lockext.ErrClosed):
 		return []byte("SERVER_ERROR proxy shutting down\r\n")
 	case errors.Is(err, context.Canceled):
@@ -242,7 +244,14 @@ func (ls *lockStore) Get(ctx context.Context, k lockext.Key) (lockext.Item, erro
 	return it, nil
 }
 
+// errLockRecovering: the lock's server lost its items not long ago, and a
+// grant made before then may still be believed in.
+var errLockRecovering = errors.New("lock server recovering")
+
 func (ls *lockStore) Add(ctx context.Context, k lockext.Key, value []byte, ttl int) (uint64, error) {
+	if ls.s.lockers[ls.s.lockRing.Pick([]byte(k.Name))].lost.recovering() {
+		return 0, errLockRecovering
+	}
 	return ls.set(k, value, fmt.Sprintf("T%d ME c", ttl))
 }
 

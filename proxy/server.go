@@ -66,7 +66,7 @@ func New(cfg Config) (*Server, error) {
 	pools := make(map[string]*backend)
 	pool := func(addr string) *backend {
 		if pools[addr] == nil {
-			pools[addr] = newBackend(addr, cfg.ServerConns, cfg.Timeout, s.quit, cfg.Logger)
+			pools[addr] = newBackend(addr, cfg.ServerConns, cfg.Timeout, time.Duration(cfg.LockTTLMax)*time.Second, s.quit, cfg.Logger)
 		}
 		return pools[addr]
 	}
