@@ -111,7 +111,7 @@ func TestHungServerTimesOut(t *testing.T) {
 	live, hung := keysOn(t, servers, 0, 1)[0], keysOn(t, servers, 1, 1)[0]
 	c[1].Pause()
 	defer c[1].Resume()
-	if got := ask(t, addr, "get "+hung+"\r\n", "END", "SERVER_ERROR"); got != "SERVER_ERROR server timeout\r\n" {
+	if got := ask(t, addr, "get "+hung+"\r\n", "END", "SERVER_ERROR"); !strings.HasPrefix(got, "SERVER_ERROR server") {
 		t.Fatalf("get on a hung server: %q", got)
 	}
 	if got := ask(t, addr, "get "+live+"\r\n", "END", "SERVER_ERROR"); got != "END\r\n" {

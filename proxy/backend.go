@@ -85,11 +85,16 @@ func newBackend(addr string, nconns int, timeout, lockHold time.Duration, quit <
 	b := &backend{addr: addr, timeout: timeout, logger: logger}
 	b.lost.hold = lockHold
 	b.up.Store(true)
+	// Wait for the first dials (each bounded by the timeout), so that
+	// requests right after start-up find the connections made.
+	var first sync.WaitGroup
 	for i := 0; i < nconns; i++ {
 		sc := &serverConn{b: b, queue: make(chan *call, 1024), quit: quit}
 		b.conns = append(b.conns, sc)
-		go sc.run()
+		first.Add(1)
+		go sc.run(first.Done)
 	}
+	first.Wait()
 	return b
 }
 
@@ -118,7 +123,7 @@ type serverConn struct {
 
 const retryDelay = 100 * time.Millisecond
 
-func (sc *serverConn) run() {
+func (sc *serverConn) run(dialled func()) {
 	for {
 		nc, err := net.DialTimeout("tcp", sc.b.addr, sc.b.timeout)
 		if err == nil {
@@ -129,6 +134,10 @@ func (sc *serverConn) run() {
 				sc.b.logger.Warn("memcached server restarted: its lock items are lost; refusing new locks on it meanwhile",
 					"server", sc.b.addr, "for", sc.b.lost.hold)
 			}
+		}
+		if dialled != nil {
+			dialled()
+			dialled = nil
 		}
 		if err == nil {
 			sc.b.setUp(true, nil)
@@ -287,8 +296,11 @@ func (sc *serverConn) write(p *pipeline) error {
 				c.finish(errServerDown)
 				return errServerDown
 			}
+			// Once its bytes are out, c may be answered and reused at any
+			// moment: read what is needed of it first.
+			quiet := c.shape == shapeQuiet
 			bw.Write(c.out)
-			if c.shape == shapeQuiet {
+			if quiet {
 				bw.Write(noop)
 			}
 			c = nil
