@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"net"
 	"regexp"
 	"strings"
@@ -52,3 +53,9 @@ func (c *rawConn) roundTrip(cmd string) string {
 func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }
 
 func sleepMs(n int) { time.Sleep(time.Duration(n) * time.Millisecond) }
+
+func contextWithTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

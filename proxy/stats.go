@@ -4,7 +4,31 @@ import (
 	"bufio"
 	"fmt"
 	"time"
+
+	"github.com/memcachedlock/memcachedlock/lockext"
 )
+
+// Stats are the proxy's own counters.
+type Stats struct {
+	CurrConnections     int64
+	TotalConnections    uint64
+	RejectedConnections uint64
+	Commands            uint64
+	GetServerErrorMiss  uint64 // multi-get keys answered as misses because their server failed
+	Locks               lockext.Stats
+}
+
+// Stats returns the proxy's counters.
+func (s *Server) Stats() Stats {
+	return Stats{
+		CurrConnections:     s.connsCurr.Load(),
+		TotalConnections:    s.connsTotal.Load(),
+		RejectedConnections: s.connsRefused.Load(),
+		Commands:            s.commands.Load(),
+		GetServerErrorMiss:  s.getMisses.Load(),
+		Locks:               s.locks.Stats(),
+	}
+}
 
 // writeProxyStats adds the proxy's own counters to the general stats group.
 func (s *Server) writeProxyStats(w *bufio.Writer) {
