@@ -74,15 +74,33 @@ type backend struct {
 	conns   []*serverConn
 	logger  *slog.Logger
 
-	requests atomic.Uint64
-	errors   atomic.Uint64
-	timeouts atomic.Uint64
-	up       atomic.Bool
-	lost     recovery // when the server lost its items, lock items among them
+	requests  atomic.Uint64
+	errors    atomic.Uint64
+	timeouts  atomic.Uint64
+	up        atomic.Bool
+	failures  atomic.Int64 // calls failed in a row, for ejection
+	ejections atomic.Uint64
+	lost      recovery // when the server lost its items, lock items among them
+
+	quit     chan struct{} // closed to stop its connections
+	quitOnce sync.Once
 }
 
-func newBackend(addr string, nconns int, timeout, lockHold time.Duration, quit <-chan struct{}, logger *slog.Logger) *backend {
-	b := &backend{addr: addr, timeout: timeout, logger: logger}
+// close stops the backend's connections; calls still queued fail.
+func (b *backend) close() { b.quitOnce.Do(func() { close(b.quit) }) }
+
+// failed and answered keep the count of calls failed in a row.
+func (b *backend) failed() { b.failures.Add(1) }
+
+func (b *backend) answered() {
+	if b.failures.Load() != 0 {
+		b.failures.Store(0)
+	}
+}
+
+func newBackend(addr string, nconns int, timeout, lockHold time.Duration, logger *slog.Logger) *backend {
+	b := &backend{addr: addr, timeout: timeout, logger: logger, quit: make(chan struct{})}
+	quit := b.quit
 	b.lost.hold = lockHold
 	b.up.Store(true)
 	// Wait for the first dials (each bounded by the timeout), so that
@@ -160,6 +178,7 @@ func (sc *serverConn) run(dialled func()) {
 			select {
 			case c := <-sc.queue:
 				sc.b.errors.Add(1)
+				sc.b.failed()
 				c.finish(errServerDown)
 			case <-t.C:
 				break idle
@@ -197,7 +216,7 @@ func (sc *serverConn) failQueued(err error) {
 
 // serve runs one connection until it breaks, or until the proxy quits.
 func (sc *serverConn) serve(nc net.Conn) error {
-	p := &pipeline{nc: nc, broken: make(chan struct{})}
+	p := &pipeline{nc: nc, b: sc.b, broken: make(chan struct{})}
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
@@ -216,6 +235,7 @@ func (sc *serverConn) serve(nc net.Conn) error {
 // deadline is the oldest call's; none while idle.
 type pipeline struct {
 	nc     net.Conn
+	b      *backend
 	mu     sync.Mutex
 	calls  []*call
 	err    error         // set once the connection is done for
@@ -273,6 +293,7 @@ func (p *pipeline) fail(err error) {
 	p.mu.Unlock()
 	p.nc.Close()
 	for _, c := range calls {
+		p.b.failed()
 		c.finish(err)
 	}
 }
@@ -293,6 +314,7 @@ func (sc *serverConn) write(p *pipeline) error {
 		for n := 0; c != nil; n++ {
 			if !p.push(c) {
 				sc.b.errors.Add(1)
+				sc.b.failed()
 				c.finish(errServerDown)
 				return errServerDown
 			}
@@ -337,6 +359,7 @@ func (sc *serverConn) read(p *pipeline) {
 			return
 		}
 		p.pop()
+		sc.b.answered()
 		c.finish(nil)
 	}
 }

@@ -26,7 +26,7 @@ func (c *clientConn) handle(line []byte) bool {
 		return c.store(line)
 	case cmdIncr, cmdDecr, cmdTouch, cmdDelete, cmdMetaGet, cmdMetaDelete, cmdMetaArithmetic, cmdMetaDebug:
 		call := c.newCall(line)
-		c.s.cache[c.s.ring.Pick(r.key)].send(c.pin, call)
+		c.s.topo.Load().pick(r.key).send(c.pin, call)
 		c.send(call)
 	case cmdMetaNoop:
 		c.send(replyNoop)
@@ -71,7 +71,7 @@ func (c *clientConn) store(line []byte) bool {
 		}
 		return true
 	}
-	b := c.s.cache[c.s.ring.Pick(r.key)] // before the data overwrites the line
+	b := c.s.topo.Load().pick(r.key) // before the data overwrites the line
 	call := c.newCall(line)
 	start := len(call.out)
 	call.out = append(call.out, make([]byte, n+2)...)

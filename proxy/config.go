@@ -21,6 +21,14 @@ type Config struct {
 	ServerConns  int           // pipelined connections to each server
 	MaxConns     int           // most client connections at once; 0 is no limit
 
+	// Ejection, as twemproxy's auto_eject_hosts: a cache server whose calls
+	// failed FailureLimit times in a row leaves the ring for RetryTimeout,
+	// and its keys go to the others meanwhile. Lock servers are never
+	// ejected from the lock ring.
+	AutoEject    bool
+	FailureLimit int           // default 2
+	RetryTimeout time.Duration // default 30s
+
 	LockServers []ring.Server // servers that hold lock state; default Servers
 	LockPrefix  string        // reserved key prefix of lock items
 	LockTTL     int           // default grant lifetime, seconds
@@ -39,6 +47,8 @@ const (
 	DefaultTimeout      = time.Second
 	DefaultMaxItemSize  = 1 << 20
 	DefaultServerConns  = 2
+	DefaultFailureLimit = 2
+	DefaultRetryTimeout = 30 * time.Second
 	DefaultLockPrefix   = "__memcachedlock:"
 	DefaultLockTTL      = 30
 	DefaultLockTTLMax   = 3600
@@ -76,6 +86,8 @@ func (c *Config) setDefaults() {
 	def(&c.LockPoll, DefaultLockPoll)
 	defInt(&c.MaxItemSize, DefaultMaxItemSize)
 	defInt(&c.ServerConns, DefaultServerConns)
+	defInt(&c.FailureLimit, DefaultFailureLimit)
+	def(&c.RetryTimeout, DefaultRetryTimeout)
 	defInt(&c.LockTTL, DefaultLockTTL)
 	defInt(&c.LockTTLMax, DefaultLockTTLMax)
 	if c.Logger == nil {

@@ -25,7 +25,7 @@ func (c *clientConn) fanout(line []byte) reply {
 	if r.cmd == cmdStats && len(r.tokens) > 1 {
 		f.group = string(r.tokens[1])
 	}
-	for _, b := range c.s.cache {
+	for _, b := range c.s.topo.Load().cache {
 		call := newCall(shape, c.s.cfg.Timeout)
 		call.out = append(append(call.out, line...), crlf...)
 		b.send(c.pin, call)
@@ -230,7 +230,7 @@ func (s *Server) flushedLocks(line string) {
 		}
 	}
 	for _, l := range s.lockers {
-		for _, b := range s.cache {
+		for _, b := range s.topo.Load().cache {
 			if b == l {
 				l.lost.flushed(delay)
 				s.cfg.Logger.Warn("flush_all removed lock items; refusing new locks on the server meanwhile",

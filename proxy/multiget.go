@@ -10,31 +10,32 @@ import (
 // its keys, and the answers are merged back into the client's key order.
 func (c *clientConn) retrieve(line []byte) {
 	r := &c.req
+	t := c.s.topo.Load()
 	if len(r.keys) == 0 { // "gat <exptime>" alone: memcached judges it
 		call := newCall(shapeUntilEnd, c.s.cfg.Timeout)
 		call.out = append(append(call.out, line...), crlf...)
-		c.s.cache[0].send(c.pin, call)
+		t.cache[0].send(c.pin, call)
 		c.send(call)
 		return
 	}
 	c.picks = c.picks[:0]
-	first := c.s.ring.Pick(r.keys[0])
+	first := t.ring.Pick(r.keys[0])
 	one := true
 	for _, k := range r.keys {
-		p := c.s.ring.Pick(k)
+		p := t.ring.Pick(k)
 		c.picks = append(c.picks, p)
 		one = one && p == first
 	}
 	if one {
 		call := newCall(shapeUntilEnd, c.s.cfg.Timeout)
 		call.out = append(append(call.out, line...), crlf...)
-		c.s.cache[first].send(c.pin, call)
+		t.cache[first].send(c.pin, call)
 		c.send(call)
 		return
 	}
 	m := &multiGet{
 		keys:   make([][]byte, len(r.keys)),
-		calls:  make([]*call, len(c.s.cache)),
+		calls:  make([]*call, len(t.cache)),
 		server: append([]int(nil), c.picks...),
 		s:      c.s,
 	}
@@ -59,7 +60,7 @@ func (c *clientConn) retrieve(line []byte) {
 	for p, sc := range m.calls {
 		if sc != nil {
 			sc.out = append(sc.out, crlf...)
-			c.s.cache[p].send(c.pin, sc)
+			t.cache[p].send(c.pin, sc)
 		}
 	}
 	c.send(m)

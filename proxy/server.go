@@ -19,13 +19,17 @@ var Version = "0.1.0"
 type Server struct {
 	cfg      Config
 	prefix   []byte
-	ring     *ring.Ring
-	cache    []*backend // by ring index
-	lockRing *ring.Ring
-	lockers  []*backend // by lock ring index
+	topo     atomic.Pointer[topology] // the cache ring now; replaced on reload and ejection
+	lockRing *ring.Ring               // fixed for the proxy's life: a lock is never re-routed
+	lockers  []*backend               // by lock ring index
 	locks    *lockext.Manager
-	quit     chan struct{} // closed when the proxy stops talking to memcached
+	quit     chan struct{} // closed when the proxy stops
 	quitOnce sync.Once
+
+	topoMu  sync.Mutex // serializes changes of the topology
+	servers []ring.Server
+	pools   map[string]*backend // every backend, by address
+	ejected map[string]time.Time
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -47,34 +51,27 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	r, err := ring.New(cfg.Servers, cfg.Distribution, cfg.Hash)
-	if err != nil {
-		return nil, err
-	}
 	lr, err := ring.New(cfg.LockServers, cfg.Distribution, cfg.Hash)
 	if err != nil {
 		return nil, err
 	}
 	s := &Server{
-		cfg: cfg, prefix: []byte(cfg.LockPrefix), ring: r, lockRing: lr,
+		cfg: cfg, prefix: []byte(cfg.LockPrefix), lockRing: lr,
 		quit:      make(chan struct{}),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*clientConn]struct{}),
 		started:   time.Now(),
-	}
-	// One pool per address, shared when a server holds both caches and locks.
-	pools := make(map[string]*backend)
-	pool := func(addr string) *backend {
-		if pools[addr] == nil {
-			pools[addr] = newBackend(addr, cfg.ServerConns, cfg.Timeout, time.Duration(cfg.LockTTLMax)*time.Second, s.quit, cfg.Logger)
-		}
-		return pools[addr]
-	}
-	for _, srv := range r.Servers() {
-		s.cache = append(s.cache, pool(srv.Addr))
+		pools:     make(map[string]*backend),
+		ejected:   make(map[string]time.Time),
 	}
 	for _, srv := range lr.Servers() {
-		s.lockers = append(s.lockers, pool(srv.Addr))
+		s.lockers = append(s.lockers, s.pool(srv.Addr))
+	}
+	if err := s.Reload(cfg.Servers, cfg.Distribution, cfg.Hash); err != nil {
+		return nil, err
+	}
+	if cfg.AutoEject {
+		go s.ejectLoop()
 	}
 	s.locks = lockext.New(&lockStore{s: s}, lockext.Config{
 		Prefix: cfg.LockPrefix, MaxTTL: cfg.LockTTLMax, MaxWait: cfg.LockWaitMax, Poll: cfg.LockPoll,
@@ -192,6 +189,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		<-done
 	}
-	s.quitOnce.Do(func() { close(s.quit) })
+	s.quitOnce.Do(func() {
+		close(s.quit)
+		s.topoMu.Lock()
+		for _, b := range s.pools {
+			b.close()
+		}
+		s.topoMu.Unlock()
+	})
 	return err
 }

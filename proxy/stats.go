@@ -41,7 +41,13 @@ func (s *Server) writeProxyStats(w *bufio.Writer) {
 	stat("cmd_total", s.commands.Load())
 	stat("get_server_error_misses", s.getMisses.Load())
 	seen := make(map[*backend]bool)
-	for _, b := range append(append([]*backend(nil), s.cache...), s.lockers...) {
+	s.topoMu.Lock()
+	all := make([]*backend, 0, len(s.pools))
+	for _, srv := range s.servers {
+		all = append(all, s.pools[srv.Addr])
+	}
+	s.topoMu.Unlock()
+	for _, b := range append(all, s.lockers...) {
 		if seen[b] {
 			continue
 		}
@@ -54,6 +60,7 @@ func (s *Server) writeProxyStats(w *bufio.Writer) {
 		stat("server:"+b.addr+":requests", b.requests.Load())
 		stat("server:"+b.addr+":errors", b.errors.Load())
 		stat("server:"+b.addr+":timeouts", b.timeouts.Load())
+		stat("server:"+b.addr+":ejections", b.ejections.Load())
 	}
 	ls := s.locks.Stats()
 	stat("lock_grants", ls.Grants)
