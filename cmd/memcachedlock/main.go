@@ -12,8 +12,29 @@ import (
 	"github.com/memcachedlock/memcachedlock/proxy"
 )
 
+// cliContext is urfave/cli's context, named for the tests.
+type cliContext = cli.Context
+
 func main() {
-	app := &cli.App{
+	app := newApp()
+	app.ExitErrHandler = func(_ *cli.Context, err error) {
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			if msg := err.Error(); msg != "" {
+				fmt.Fprintln(os.Stderr, msg)
+			}
+			os.Exit(ec.ExitCode())
+		}
+	}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "memcachedlock:", err)
+		os.Exit(exitUsage)
+	}
+}
+
+// newApp is the command line, serve first.
+func newApp() *cli.App {
+	return &cli.App{
 		Name:  "memcachedlock",
 		Usage: "a memcached proxy with distributed locks built in",
 		Commands: []*cli.Command{
@@ -31,19 +52,6 @@ func main() {
 				},
 			},
 		},
-	}
-	app.ExitErrHandler = func(_ *cli.Context, err error) {
-		var ec cli.ExitCoder
-		if errors.As(err, &ec) {
-			if msg := err.Error(); msg != "" {
-				fmt.Fprintln(os.Stderr, msg)
-			}
-			os.Exit(ec.ExitCode())
-		}
-	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "memcachedlock:", err)
-		os.Exit(exitUsage)
 	}
 }
 

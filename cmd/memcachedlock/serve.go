@@ -40,11 +40,16 @@ func serveCommand() *cli.Command {
 		Name:  "serve",
 		Usage: "run the proxy",
 		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "config", EnvVars: env("CONFIG"), Usage: "twemproxy (nutcracker) YAML `file` to read the pool from; flags override it; SIGHUP rereads its servers"},
+			&cli.StringFlag{Name: "pool", EnvVars: env("POOL"), Usage: "pool of --config to serve, when it has several"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:11311", EnvVars: env("LISTEN"), Usage: "`address` to accept clients on"},
 			&cli.DurationFlag{Name: "timeout", Value: proxy.DefaultTimeout, EnvVars: env("TIMEOUT"), Usage: "longest wait for a memcached server's reply"},
 			&cli.StringFlag{Name: "max-item-size", Value: "1m", EnvVars: env("MAX_ITEM_SIZE"), Usage: "largest value accepted (bytes, or with k/m suffix)"},
 			&cli.IntFlag{Name: "server-connections", Value: proxy.DefaultServerConns, EnvVars: env("SERVER_CONNECTIONS"), Usage: "pipelined connections to each memcached server"},
 			&cli.IntFlag{Name: "max-connections", Value: 0, EnvVars: env("MAX_CONNECTIONS"), Usage: "most client connections at once; 0 is no limit"},
+			&cli.BoolFlag{Name: "auto-eject", EnvVars: env("AUTO_EJECT"), Usage: "take failing cache servers out of the ring for a while (twemproxy's auto_eject_hosts); never lock servers"},
+			&cli.IntFlag{Name: "server-failure-limit", Value: proxy.DefaultFailureLimit, EnvVars: env("SERVER_FAILURE_LIMIT"), Usage: "failures in a row that eject a server"},
+			&cli.DurationFlag{Name: "server-retry-timeout", Value: proxy.DefaultRetryTimeout, EnvVars: env("SERVER_RETRY_TIMEOUT"), Usage: "how long an ejected server stays out"},
 			&cli.StringFlag{Name: "lock-servers", EnvVars: env("LOCK_SERVERS"), Usage: "servers that hold lock state (default: --servers)"},
 			&cli.StringFlag{Name: "lock-prefix", Value: proxy.DefaultLockPrefix, EnvVars: env("LOCK_PREFIX"), Usage: "reserved key prefix for lock state"},
 			&cli.IntFlag{Name: "lock-ttl", Value: proxy.DefaultLockTTL, EnvVars: env("LOCK_TTL"), Usage: "default lock lifetime, seconds"},
@@ -66,7 +71,7 @@ func serve(cc *cli.Context) error {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	cfg, err := configFrom(cc)
+	cfg, listen, err := configFrom(cc)
 	if err != nil {
 		return err
 	}
@@ -75,7 +80,7 @@ func serve(cc *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	l, err := net.Listen("tcp", cc.String("listen"))
+	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err
 	}
@@ -92,6 +97,7 @@ func serve(cc *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(cc.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	go reloadOnHangup(ctx, cc, srv, logger)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	select {
@@ -110,37 +116,82 @@ func serve(cc *cli.Context) error {
 	return err
 }
 
-func configFrom(cc *cli.Context) (proxy.Config, error) {
-	servers, err := parseServers(cc.String("servers"))
-	if err != nil {
-		return proxy.Config{}, err
-	}
-	var lockServers []ring.Server
-	if v := cc.String("lock-servers"); v != "" {
-		if lockServers, err = parseServers(v); err != nil {
-			return proxy.Config{}, err
-		}
-	}
-	size, err := parseSize(cc.String("max-item-size"))
-	if err != nil {
-		return proxy.Config{}, fmt.Errorf("--max-item-size: %w", err)
-	}
-	return proxy.Config{
-		Servers:      servers,
+// configFrom builds the proxy's configuration: the --config file's pool
+// when there is one, then every flag (or environment variable) that was set.
+func configFrom(cc *cli.Context) (proxy.Config, string, error) {
+	cfg := proxy.Config{
 		Distribution: cc.String("distribution"),
 		Hash:         cc.String("hash"),
 		Timeout:      cc.Duration("timeout"),
-		MaxItemSize:  size,
 		ServerConns:  cc.Int("server-connections"),
 		MaxConns:     cc.Int("max-connections"),
-		LockServers:  lockServers,
+		AutoEject:    cc.Bool("auto-eject"),
+		FailureLimit: cc.Int("server-failure-limit"),
+		RetryTimeout: cc.Duration("server-retry-timeout"),
 		LockPrefix:   cc.String("lock-prefix"),
 		LockTTL:      cc.Int("lock-ttl"),
 		LockTTLMax:   cc.Int("lock-ttl-max"),
 		LockWait:     cc.Duration("lock-wait"),
 		LockWaitMax:  cc.Duration("lock-wait-max"),
 		LockPoll:     cc.Duration("lock-poll"),
-	}, nil
+	}
+	listen := cc.String("listen")
+	var err error
+	if cfg.Servers, err = parseServers(cc.String("servers")); err != nil {
+		return cfg, "", err
+	}
+	if path := cc.String("config"); path != "" {
+		pool, err := loadTwemproxy(path, cc.String("pool"))
+		if err != nil {
+			return cfg, "", err
+		}
+		fromFile := func(flag string, set func()) {
+			if !cc.IsSet(flag) {
+				set()
+			}
+		}
+		servers, err := pool.servers()
+		if err != nil {
+			return cfg, "", fmt.Errorf("%s: %w", path, err)
+		}
+		fromFile("servers", func() { cfg.Servers = servers })
+		if pool.Listen != "" {
+			fromFile("listen", func() { listen = pool.Listen })
+		}
+		if pool.Hash != "" {
+			fromFile("hash", func() { cfg.Hash = pool.Hash })
+		}
+		if pool.Distribution != "" {
+			fromFile("distribution", func() { cfg.Distribution = pool.Distribution })
+		}
+		if pool.Timeout > 0 {
+			fromFile("timeout", func() { cfg.Timeout = ms(pool.Timeout) })
+		}
+		if pool.ServerConnections > 0 {
+			fromFile("server-connections", func() { cfg.ServerConns = pool.ServerConnections })
+		}
+		if pool.ClientConnections > 0 {
+			fromFile("max-connections", func() { cfg.MaxConns = pool.ClientConnections })
+		}
+		fromFile("auto-eject", func() { cfg.AutoEject = pool.AutoEjectHosts })
+		if pool.ServerFailureLimit > 0 {
+			fromFile("server-failure-limit", func() { cfg.FailureLimit = pool.ServerFailureLimit })
+		}
+		if pool.ServerRetryTimeout > 0 {
+			fromFile("server-retry-timeout", func() { cfg.RetryTimeout = ms(pool.ServerRetryTimeout) })
+		}
+	}
+	if v := cc.String("lock-servers"); v != "" {
+		if cfg.LockServers, err = parseServers(v); err != nil {
+			return cfg, "", err
+		}
+	}
+	size, err := parseSize(cc.String("max-item-size"))
+	if err != nil {
+		return cfg, "", fmt.Errorf("--max-item-size: %w", err)
+	}
+	cfg.MaxItemSize = size
+	return cfg, listen, nil
 }
 
 func parseServers(list string) ([]ring.Server, error) {
@@ -176,4 +227,31 @@ func lockServerList(cfg proxy.Config) string {
 		return "(same as servers)"
 	}
 	return serverList(cfg.LockServers)
+}
+
+// reloadOnHangup rereads the --config file's servers, distribution and hash
+// on SIGHUP. Without --config there is nothing to reread: flags and the
+// environment cannot change under a running process.
+func reloadOnHangup(ctx context.Context, cc *cli.Context, srv *proxy.Server, logger *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		if cc.String("config") == "" {
+			logger.Warn("SIGHUP: no --config file to reread; nothing changed")
+			continue
+		}
+		cfg, _, err := configFrom(cc)
+		if err == nil {
+			err = srv.Reload(cfg.Servers, cfg.Distribution, cfg.Hash)
+		}
+		if err != nil {
+			logger.Error("SIGHUP: reload failed; keeping the servers as they were", "err", err)
+		}
+	}
 }

@@ -22,6 +22,24 @@ type Nutcracker struct {
 // [name]" each) with the given hash and distribution, until the test ends.
 func StartNutcracker(t testing.TB, servers []string, hash, distribution string) *Nutcracker {
 	t.Helper()
+	port := FreePort(t)
+	var conf strings.Builder
+	fmt.Fprintf(&conf, "pool:\n  listen: 127.0.0.1:%d\n  hash: %s\n  distribution: %s\n", port, hash, distribution)
+	fmt.Fprintf(&conf, "  timeout: 2000\n  auto_eject_hosts: false\n  servers:\n")
+	for _, s := range servers {
+		fmt.Fprintf(&conf, "   - %s\n", s)
+	}
+	path := filepath.Join(t.TempDir(), "nutcracker.yml")
+	if err := os.WriteFile(path, []byte(conf.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return StartNutcrackerConfig(t, path, "127.0.0.1:"+strconv.Itoa(port))
+}
+
+// StartNutcrackerConfig runs nutcracker with a configuration file whose
+// pool listens on addr.
+func StartNutcrackerConfig(t testing.TB, path, addr string) *Nutcracker {
+	t.Helper()
 	bin, err := exec.LookPath("nutcracker")
 	if err != nil {
 		bin = "/usr/sbin/nutcracker"
@@ -30,18 +48,8 @@ func StartNutcracker(t testing.TB, servers []string, hash, distribution string) 
 		}
 	}
 	dir := t.TempDir()
-	port := FreePort(t)
-	var conf strings.Builder
-	fmt.Fprintf(&conf, "pool:\n  listen: 127.0.0.1:%d\n  hash: %s\n  distribution: %s\n", port, hash, distribution)
-	fmt.Fprintf(&conf, "  timeout: 2000\n  auto_eject_hosts: false\n  servers:\n")
-	for _, s := range servers {
-		fmt.Fprintf(&conf, "   - %s\n", s)
-	}
-	path := filepath.Join(dir, "nutcracker.yml")
-	if err := os.WriteFile(path, []byte(conf.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	n := &Nutcracker{Addr: "127.0.0.1:" + strconv.Itoa(port)}
+	conf, _ := os.ReadFile(path)
+	n := &Nutcracker{Addr: addr}
 	n.cmd = exec.Command(bin, "-c", path, "-s", strconv.Itoa(FreePort(t)), "-a", "127.0.0.1",
 		"-o", filepath.Join(dir, "nutcracker.log"), "-p", filepath.Join(dir, "nutcracker.pid"), "-v", "2")
 	if err := n.cmd.Start(); err != nil {
@@ -55,6 +63,6 @@ func StartNutcracker(t testing.TB, servers []string, hash, distribution string) 
 		}
 	}
 	log, _ := os.ReadFile(filepath.Join(dir, "nutcracker.log"))
-	t.Fatalf("nutcracker did not listen on %s; config:\n%s\nlog:\n%s", n.Addr, conf.String(), log)
+	t.Fatalf("nutcracker did not listen on %s; config:\n%s\nlog:\n%s", n.Addr, conf, log)
 	return nil
 }
