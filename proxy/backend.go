@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // replyShape says where a server's reply to a call ends.
@@ -81,6 +83,8 @@ type backend struct {
 	failures  atomic.Int64 // calls failed in a row, for ejection
 	ejections atomic.Uint64
 	lost      recovery // when the server lost its items, lock items among them
+
+	latency prometheus.Observer // request durations; nil in no registry
 
 	quit     chan struct{} // closed to stop its connections
 	quitOnce sync.Once
@@ -360,6 +364,9 @@ func (sc *serverConn) read(p *pipeline) {
 		}
 		p.pop()
 		sc.b.answered()
+		if sc.b.latency != nil {
+			sc.b.latency.Observe(time.Since(c.deadline.Add(-sc.b.timeout)).Seconds())
+		}
 		c.finish(nil)
 	}
 }

@@ -12,6 +12,7 @@ func (c *clientConn) handle(line []byte) bool {
 		c.send(errorReply(err))
 		return true
 	}
+	c.s.metrics.commands[r.cmd].Inc()
 	if r.touchesReserved(c.s.prefix) {
 		if r.dataLen >= 0 && !c.skipData(r.dataLen) {
 			return false

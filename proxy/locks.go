@@ -123,7 +123,17 @@ func (c *clientConn) lock(req lockext.Request) {
 		watching = true
 		c.cr.startBackgroundRead(cancel)
 	}
+	start := time.Now()
 	g, err := c.lockSession().Lock(ctx, req)
+	var nl *lockext.NotLockedError
+	switch {
+	case err == nil:
+		c.s.metrics.lockWaited(start, "granted")
+	case errors.As(err, &nl):
+		c.s.metrics.lockWaited(start, "not_locked")
+	default:
+		c.s.metrics.lockWaited(start, "error")
+	}
 	if err == nil {
 		c.send(&grantReply{line: fmt.Appendf(nil, "LOCKED %d %d %d\r\n", g.Fence, g.TTL, g.Count), name: req.Name, fence: g.Fence})
 	} else {

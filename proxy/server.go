@@ -23,6 +23,7 @@ type Server struct {
 	lockRing *ring.Ring               // fixed for the proxy's life: a lock is never re-routed
 	lockers  []*backend               // by lock ring index
 	locks    *lockext.Manager
+	metrics  *metrics
 	quit     chan struct{} // closed when the proxy stops
 	quitOnce sync.Once
 
@@ -64,6 +65,7 @@ func New(cfg Config) (*Server, error) {
 		pools:     make(map[string]*backend),
 		ejected:   make(map[string]time.Time),
 	}
+	s.metrics = newMetrics(s)
 	for _, srv := range lr.Servers() {
 		s.lockers = append(s.lockers, s.pool(srv.Addr))
 	}

@@ -24,6 +24,9 @@ func (s *Server) pool(addr string) *backend {
 	b := s.pools[addr]
 	if b == nil {
 		b = newBackend(addr, s.cfg.ServerConns, s.cfg.Timeout, time.Duration(s.cfg.LockTTLMax)*time.Second, s.cfg.Logger)
+		if s.metrics != nil {
+			b.latency = s.metrics.serverLat.WithLabelValues(addr)
+		}
 		s.pools[addr] = b
 	}
 	return b

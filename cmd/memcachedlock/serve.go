@@ -59,6 +59,7 @@ func serveCommand() *cli.Command {
 			&cli.DurationFlag{Name: "lock-poll", Value: proxy.DefaultLockPoll, EnvVars: env("LOCK_POLL"), Usage: "longest pause between looks at a lock held through another proxy"},
 			&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: env("SHUTDOWN_TIMEOUT"), Usage: "on SIGINT/SIGTERM, how long in-flight commands may take"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "metrics-listen", EnvVars: env("METRICS_LISTEN"), Usage: "`address` to serve Prometheus metrics on, at /metrics; off when empty"},
 			&cli.StringFlag{Name: "debug-listen", EnvVars: env("DEBUG_LISTEN"), Usage: "`address` for Go's /debug/pprof profiles; off when empty"},
 		}, ringFlags()...),
 		Action: serve,
@@ -87,6 +88,16 @@ func serve(cc *cli.Context) error {
 	logger.Info("serving", "listen", l.Addr().String(), "servers", serverList(cfg.Servers),
 		"distribution", cfg.Distribution, "hash", cfg.Hash, "lock_servers", lockServerList(cfg))
 
+	if addr := cc.String("metrics-listen"); addr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", srv.MetricsHandler())
+		ml, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		logger.Info("metrics on /metrics", "listen", ml.Addr().String())
+		go http.Serve(ml, mux)
+	}
 	if addr := cc.String("debug-listen"); addr != "" {
 		go func() {
 			logger.Info("profiles on /debug/pprof", "listen", addr)

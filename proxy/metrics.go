@@ -1,0 +1,115 @@
+package proxy
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the proxy's Prometheus series. Counters the proxy keeps
+// anyway (connections, per-server errors, locks) are read when scraped;
+// only the histograms and per-command counts cost anything on the request
+// path, and those are resolved to plain series up front.
+type metrics struct {
+	registry  *prometheus.Registry
+	commands  [cmdLockInfo + 1]prometheus.Counter
+	serverLat *prometheus.HistogramVec
+	lockWait  *prometheus.HistogramVec
+}
+
+var commandNames = func() map[command]string {
+	m := make(map[command]string, len(commands))
+	for name, c := range commands {
+		m[c] = name
+	}
+	return m
+}()
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{registry: prometheus.NewRegistry()}
+	reg := m.registry
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cmds := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "memcachedlock_commands_total", Help: "Client commands, by command.",
+	}, []string{"command"})
+	for c, name := range commandNames {
+		m.commands[c] = cmds.WithLabelValues(name)
+	}
+	m.serverLat = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "memcachedlock_server_request_duration_seconds",
+		Help:    "Time from sending a request to a memcached server to its reply (or failure), by server.",
+		Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16), // 50µs to ~1.6s
+	}, []string{"server"})
+	m.lockWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "memcachedlock_lock_wait_seconds",
+		Help:    "Time a lock or rlock command waited, by outcome (granted, not_locked, error).",
+		Buckets: prometheus.ExponentialBuckets(100e-6, 2, 22), // 100µs to ~3.5min
+	}, []string{"outcome"})
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	counter := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
+	}
+	reg.MustRegister(cmds, m.serverLat, m.lockWait,
+		gauge("memcachedlock_connections", "Client connections open.", func() float64 { return float64(s.connsCurr.Load()) }),
+		counter("memcachedlock_connections_total", "Client connections accepted.", func() float64 { return float64(s.connsTotal.Load()) }),
+		counter("memcachedlock_connections_rejected_total", "Client connections refused (--max-connections).", func() float64 { return float64(s.connsRefused.Load()) }),
+		counter("memcachedlock_get_server_error_misses_total", "Multi-get keys answered as misses because their server failed.", func() float64 { return float64(s.getMisses.Load()) }),
+		gauge("memcachedlock_lock_waiters", "Lock commands waiting in this proxy.", func() float64 { return float64(s.locks.Stats().Waiters) }),
+		counter("memcachedlock_lock_grants_total", "Locks granted.", func() float64 { return float64(s.locks.Stats().Grants) }),
+		counter("memcachedlock_lock_handoffs_total", "Locks handed straight from a releasing holder to a waiter.", func() float64 { return float64(s.locks.Stats().Handoffs) }),
+		counter("memcachedlock_lock_timeouts_total", "Lock waits that ran out.", func() float64 { return float64(s.locks.Stats().Timeouts) }),
+		serverCollector{s},
+	)
+	return m
+}
+
+// serverCollector reports the per-server counters the backends keep.
+type serverCollector struct{ s *Server }
+
+var (
+	descRequests  = prometheus.NewDesc("memcachedlock_server_requests_total", "Requests sent to a memcached server.", []string{"server"}, nil)
+	descErrors    = prometheus.NewDesc("memcachedlock_server_errors_total", "Requests a memcached server did not answer.", []string{"server"}, nil)
+	descTimeouts  = prometheus.NewDesc("memcachedlock_server_timeouts_total", "Requests that timed out.", []string{"server"}, nil)
+	descEjections = prometheus.NewDesc("memcachedlock_server_ejections_total", "Times a server was ejected from the ring.", []string{"server"}, nil)
+	descUp        = prometheus.NewDesc("memcachedlock_server_up", "1 while the proxy is connected to the server.", []string{"server"}, nil)
+)
+
+func (c serverCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRequests, descErrors, descTimeouts, descEjections, descUp} {
+		ch <- d
+	}
+}
+
+func (c serverCollector) Collect(ch chan<- prometheus.Metric) {
+	c.s.topoMu.Lock()
+	backends := make([]*backend, 0, len(c.s.pools))
+	for _, b := range c.s.pools {
+		backends = append(backends, b)
+	}
+	c.s.topoMu.Unlock()
+	for _, b := range backends {
+		up := 0.0
+		if b.up.Load() {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(b.requests.Load()), b.addr)
+		ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(b.errors.Load()), b.addr)
+		ch <- prometheus.MustNewConstMetric(descTimeouts, prometheus.CounterValue, float64(b.timeouts.Load()), b.addr)
+		ch <- prometheus.MustNewConstMetric(descEjections, prometheus.CounterValue, float64(b.ejections.Load()), b.addr)
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, b.addr)
+	}
+}
+
+// MetricsHandler serves the proxy's metrics in Prometheus' format.
+func (s *Server) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})
+}
+
+func (m *metrics) lockWaited(start time.Time, outcome string) {
+	m.lockWait.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+}
