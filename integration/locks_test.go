@@ -425,3 +425,38 @@ func waitLocked(t *testing.T, c *rawConn, cmd string) {
 	}
 	t.Fatalf("%s: still recovering", cmd)
 }
+
+// An uncontended lock and unlock cost two memcached round trips: the add
+// that takes it and the compare-and-delete that frees it.
+func TestLockUncontendedIsTwoRoundTrips(t *testing.T) {
+	c := startCluster(t, 1)
+	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
+	conn := dialRaw(t, addr)
+	serverStats := func() map[string]int {
+		out := map[string]int{}
+		for _, l := range strings.Split(ask(t, c[0].Addr, "stats\r\n", "END"), "\r\n") {
+			if f := strings.Fields(l); len(f) == 3 {
+				n, _ := strconv.Atoi(f[2])
+				out[f[1]] = n
+			}
+		}
+		return out
+	}
+	before := serverStats()
+	for i := 0; i < 10; i++ {
+		fence := strings.Fields(conn.roundTrip("lock fast 30 0"))[1]
+		if got := conn.roundTrip("unlock fast " + fence); got != "UNLOCKED 0" {
+			t.Fatal(got)
+		}
+	}
+	after := serverStats()
+	ops := 0
+	for _, k := range []string{"cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_misses", "cas_hits", "cas_misses", "cas_badval"} {
+		ops += after[k] - before[k]
+	}
+	// stats itself is not counted in these.
+	if ops != 20 || after["cmd_set"]-before["cmd_set"] != 10 || after["delete_hits"]-before["delete_hits"] != 10 {
+		t.Fatalf("10 lock+unlock cost %d memcached operations (sets %d, deletes %d), want 20", ops,
+			after["cmd_set"]-before["cmd_set"], after["delete_hits"]-before["delete_hits"])
+	}
+}

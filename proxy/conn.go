@@ -22,7 +22,12 @@ const maxRetrievalLine = 1 << 20
 // maxPipeline bounds the replies a client may have outstanding; a client
 // that sends without reading stops being read, and so cannot make the proxy
 // buffer without bound.
-const maxPipeline = 256
+const maxPipeline = 128
+
+// clientBufferSize is each client's read and write buffer: small, because
+// idle connections are many (10,000 cost about 100 MiB) and memcached
+// lines are short; values pass through in as many reads as they need.
+const clientBufferSize = 4 << 10
 
 // reply is one client command's answer, in command order. write blocks
 // until the answer is known.
@@ -52,7 +57,7 @@ type clientConn struct {
 func newClientConn(s *Server, nc net.Conn) *clientConn {
 	c := &clientConn{s: s, nc: nc, pin: s.nextPin.Add(1), replies: make(chan reply, maxPipeline)}
 	c.cr = &connReader{nc: nc}
-	c.br = bufio.NewReaderSize(c.cr, 16<<10)
+	c.br = bufio.NewReaderSize(c.cr, clientBufferSize)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c
 }
@@ -121,7 +126,7 @@ func (c *clientConn) close() {
 // writeLoop writes replies in order, flushing only when no further reply is
 // already waiting, so pipelined replies share a write.
 func (c *clientConn) writeLoop() {
-	bw := bufio.NewWriterSize(c.nc, 16<<10)
+	bw := bufio.NewWriterSize(c.nc, clientBufferSize)
 	var unsent []*grantReply // grants written since the last flush
 	broken := false
 	for r := range c.replies {

@@ -46,7 +46,7 @@ func (cr *connReader) startBackgroundRead(hangup func()) {
 	cr.bgDone = make(chan struct{})
 	go func() {
 		defer close(cr.bgDone)
-		buf := make([]byte, 4096)
+		buf := make([]byte, 1024)
 		for {
 			cr.mu.Lock()
 			full := len(cr.pending) >= maxBackgroundBuffer
