@@ -16,59 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// replyShape says where a server's reply to a call ends.
-type replyShape uint8
-
-const (
-	shapeSingle   replyShape = iota // one line, plus a data block after VA/VALUE
-	shapeUntilEnd                   // lines up to END (retrievals, stats)
-	shapeQuiet                      // everything up to the MN of the noop we add
-)
-
-var noop = []byte("mn\r\n")
-
-// call is one request to one server and, once done is closed, its reply.
-type call struct {
-	out      []byte // what to send, line and data block
-	shape    replyShape
-	deadline time.Time
-	reply    []byte // the server's reply, without the MN of a quiet call
-	err      error  // set instead of reply when the server could not answer
-	done     chan struct{}
-}
-
-var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
-
-func newCall(shape replyShape, timeout time.Duration) *call {
-	c := callPool.Get().(*call)
-	c.shape, c.deadline = shape, time.Now().Add(timeout)
-	c.out, c.reply, c.err = c.out[:0], c.reply[:0], nil
-	return c
-}
-
-func (c *call) finish(err error) {
-	c.err = err
-	c.done <- struct{}{}
-}
-
-func (c *call) wait() { <-c.done }
-
-// release returns a finished call, whose reply has been used, to the pool.
-func (c *call) release() {
-	if cap(c.out) > 64<<10 || cap(c.reply) > 64<<10 {
-		c.out, c.reply = nil, nil // do not pin large buffers
-	}
-	callPool.Put(c)
-}
-
-// Why a server did not answer; the text goes to the client after SERVER_ERROR.
-var (
-	errServerDown    = errors.New("server unavailable")
-	errServerTimeout = errors.New("server timeout")
-	errServerClosed  = errors.New("proxy shutting down")
-	errServerReply   = errors.New("unexpected server reply")
-)
-
 // backend is one memcached server: a few pipelined connections and counters.
 type backend struct {
 	addr    string
@@ -84,10 +31,30 @@ type backend struct {
 	ejections atomic.Uint64
 	lost      recovery // when the server lost its items, lock items among them
 
-	latency prometheus.Observer // request durations; nil in no registry
+	latency    prometheus.Observer // request durations; nil without a registry
+	latencySum atomic.Int64        // nanoseconds, over answeredN requests
+	answeredN  atomic.Int64
 
 	quit     chan struct{} // closed to stop its connections
 	quitOnce sync.Once
+}
+
+// observe records one answered request's duration.
+func (b *backend) observe(d time.Duration) {
+	b.latencySum.Add(int64(d))
+	b.answeredN.Add(1)
+	if b.latency != nil {
+		b.latency.Observe(d.Seconds())
+	}
+}
+
+// meanLatency is the mean time to an answer since start.
+func (b *backend) meanLatency() time.Duration {
+	n := b.answeredN.Load()
+	if n == 0 {
+		return 0
+	}
+	return time.Duration(b.latencySum.Load() / n)
 }
 
 // close stops the backend's connections; calls still queued fail.
@@ -364,9 +331,7 @@ func (sc *serverConn) read(p *pipeline) {
 		}
 		p.pop()
 		sc.b.answered()
-		if sc.b.latency != nil {
-			sc.b.latency.Observe(time.Since(c.deadline.Add(-sc.b.timeout)).Seconds())
-		}
+		sc.b.observe(time.Since(c.deadline.Add(-sc.b.timeout)))
 		c.finish(nil)
 	}
 }

@@ -61,6 +61,7 @@ func (s *Server) writeProxyStats(w *bufio.Writer) {
 		stat("server:"+b.addr+":errors", b.errors.Load())
 		stat("server:"+b.addr+":timeouts", b.timeouts.Load())
 		stat("server:"+b.addr+":ejections", b.ejections.Load())
+		stat("server:"+b.addr+":latency_us", b.meanLatency().Microseconds())
 	}
 	ls := s.locks.Stats()
 	stat("lock_grants", ls.Grants)

@@ -1,0 +1,60 @@
+package proxy
+
+import (
+	"errors"
+	"sync"
+	"time"
+)
+
+// replyShape says where a server's reply to a call ends.
+type replyShape uint8
+
+const (
+	shapeSingle   replyShape = iota // one line, plus a data block after VA/VALUE
+	shapeUntilEnd                   // lines up to END (retrievals, stats)
+	shapeQuiet                      // everything up to the MN of the noop we add
+)
+
+var noop = []byte("mn\r\n")
+
+// call is one request to one server and, once done is closed, its reply.
+type call struct {
+	out      []byte // what to send, line and data block
+	shape    replyShape
+	deadline time.Time
+	reply    []byte // the server's reply, without the MN of a quiet call
+	err      error  // set instead of reply when the server could not answer
+	done     chan struct{}
+}
+
+var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
+
+func newCall(shape replyShape, timeout time.Duration) *call {
+	c := callPool.Get().(*call)
+	c.shape, c.deadline = shape, time.Now().Add(timeout)
+	c.out, c.reply, c.err = c.out[:0], c.reply[:0], nil
+	return c
+}
+
+func (c *call) finish(err error) {
+	c.err = err
+	c.done <- struct{}{}
+}
+
+func (c *call) wait() { <-c.done }
+
+// release returns a finished call, whose reply has been used, to the pool.
+func (c *call) release() {
+	if cap(c.out) > 64<<10 || cap(c.reply) > 64<<10 {
+		c.out, c.reply = nil, nil // do not pin large buffers
+	}
+	callPool.Put(c)
+}
+
+// Why a server did not answer; the text goes to the client after SERVER_ERROR.
+var (
+	errServerDown    = errors.New("server unavailable")
+	errServerTimeout = errors.New("server timeout")
+	errServerClosed  = errors.New("proxy shutting down")
+	errServerReply   = errors.New("unexpected server reply")
+)
