@@ -15,6 +15,26 @@ func (m *Manager) Unlock(ctx context.Context, name string, fence uint64) (int, e
 
 // release drops one level, or every level when all is set.
 func (m *Manager) release(ctx context.Context, name string, fence uint64, all bool) (int, error) {
+	return m.withGrant(ctx, name, fence, func(st *keyState, cur record, cas uint64) (int, error) {
+		if cur.count > 1 && !all {
+			cur.count--
+			ttl := m.heldTTL(st, fence)
+			newCAS, err := m.store.CompareAndSwap(ctx, st.key, cur.encode(), ttl, cas)
+			if err == nil {
+				m.granted(st, cur, newCAS, ttl)
+			}
+			return cur.count, err
+		}
+		return 0, m.handOn(ctx, st, cas)
+	})
+}
+
+// withGrant runs change on the current grant with the given fence and the
+// cas it has in memcached: the cas this process left when it holds the
+// grant, else (or when that turns out stale) read afresh. change reports
+// ErrStoreExists or ErrStoreMiss when the item changed under it; it is then
+// read again and change retried.
+func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, change func(st *keyState, cur record, cas uint64) (int, error)) (int, error) {
 	m.mu.Lock()
 	st := m.state(name)
 	var cur record
@@ -28,9 +48,8 @@ func (m *Manager) release(ctx context.Context, name string, fence uint64, all bo
 		m.forget(st)
 		m.mu.Unlock()
 	}()
-
 	for tries := 0; tries < 8; tries++ {
-		if cas == 0 { // not known here, or known to be stale: read it
+		if cas == 0 {
 			it, err := m.store.Get(ctx, st.key)
 			if errors.Is(err, ErrStoreMiss) {
 				m.dropHeld(st, fence)
@@ -47,19 +66,7 @@ func (m *Manager) release(ctx context.Context, name string, fence uint64, all bo
 			}
 			cas = it.CAS
 		}
-		var left int
-		var err error
-		if cur.count > 1 && !all {
-			cur.count--
-			left = cur.count
-			var newCAS uint64
-			ttl := m.heldTTL(st, fence)
-			if newCAS, err = m.store.CompareAndSwap(ctx, st.key, cur.encode(), ttl, cas); err == nil {
-				m.granted(st, cur, newCAS, ttl)
-			}
-		} else {
-			err = m.handOn(ctx, st, cas)
-		}
+		n, err := change(st, cur, cas)
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
 			cas = 0 // changed behind our back (extended elsewhere, expired): read again
 			continue
@@ -67,7 +74,7 @@ func (m *Manager) release(ctx context.Context, name string, fence uint64, all bo
 		if err != nil {
 			return 0, unavailable(err)
 		}
-		return left, nil
+		return n, nil
 	}
 	return 0, ErrNotOwner
 }
@@ -145,49 +152,14 @@ func (m *Manager) Extend(ctx context.Context, name string, fence uint64, ttl int
 	if ttl < 1 || ttl > m.cfg.MaxTTL {
 		return 0, ErrBadRequest
 	}
-	m.mu.Lock()
-	st := m.state(name)
-	var cur record
-	var cas uint64
-	if h := st.held; h != nil && h.rec.fence == fence {
-		cur, cas = h.rec, h.cas
-	}
-	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		m.forget(st)
-		m.mu.Unlock()
-	}()
-	for tries := 0; tries < 8; tries++ {
-		if cas == 0 {
-			it, err := m.store.Get(ctx, st.key)
-			if errors.Is(err, ErrStoreMiss) {
-				m.dropHeld(st, fence)
-				return 0, ErrNotFound
-			}
-			if err != nil {
-				return 0, unavailable(err)
-			}
-			if cur, err = decodeRecord(it.Value); err != nil {
-				return 0, err
-			}
-			if cur.fence != fence {
-				return 0, ErrNotOwner
-			}
-			cas = it.CAS
-		}
+	return m.withGrant(ctx, name, fence, func(st *keyState, cur record, cas uint64) (int, error) {
 		newCAS, err := m.store.CompareAndSwap(ctx, st.key, cur.encode(), ttl, cas)
-		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
-			cas = 0
-			continue
-		}
 		if err != nil {
-			return 0, unavailable(err)
+			return 0, err
 		}
 		m.granted(st, cur, newCAS, ttl)
 		return ttl, nil
-	}
-	return 0, ErrNotOwner
+	})
 }
 
 // Info describes the current grant of a name.

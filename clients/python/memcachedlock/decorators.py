@@ -56,39 +56,46 @@ def _options(timeout, interval, wait, kw):
     return timeout, (timeout if wait is None else wait)
 
 
-def _locking(get_key, timeout, wait, reentrant, on_unavailable):
+def _decorator(get_key, locked_call):
+    """Wrap a function so that each call is named by get_key(fun, *args,
+    **kw) and run as locked_call(name, call); a get_key that raises DontLock
+    runs the call unlocked."""
     def decorator(fun):
         @functools.wraps(fun)
         def replacement(*args, **kwargs):
+            call = functools.partial(fun, *args, **kwargs)
             try:
-                key = _name(fun, get_key(fun, *args, **kwargs))
+                name = _name(fun, get_key(fun, *args, **kwargs))
             except DontLock:
-                return fun(*args, **kwargs)
-            held = _held()
-            if key in held and not reentrant:
-                # This thread holds it already (a nested call): the outermost
-                # call releases it.
-                return fun(*args, **kwargs)
-            try:
-                grant = _client().lock(key, timeout, wait, owner_id(), reentrant)
-            except Unavailable:
-                if (on_unavailable or ON_UNAVAILABLE) == "raise":
-                    raise
-                logger.warning("lock service unavailable; running %s unlocked", key)
-                return fun(*args, **kwargs)
-            held[key] = held.get(key, 0) + 1
-            try:
-                return fun(*args, **kwargs)
-            finally:
-                held[key] -= 1
-                if not held[key]:
-                    del held[key]
-                try:
-                    _client().unlock(grant)
-                except Exception as err:  # the lock will expire; say so
-                    logger.warning("could not release %s (%s); it expires in %ss", key, err, grant.ttl)
+                return call()
+            return locked_call(name, call)
         return replacement
     return decorator
+
+
+def _locking(get_key, timeout, wait, reentrant, on_unavailable):
+    def locked_call(key, call):
+        held = _held()
+        if key in held and not reentrant:
+            # This thread holds it already (a nested call): the outermost
+            # call releases it.
+            return call()
+        try:
+            grant = _client().lock(key, timeout, wait, owner_id(), reentrant)
+        except Unavailable:
+            if (on_unavailable or ON_UNAVAILABLE) == "raise":
+                raise
+            logger.warning("lock service unavailable; running %s unlocked", key)
+            return call()
+        held[key] = held.get(key, 0) + 1
+        try:
+            return call()
+        finally:
+            held[key] -= 1
+            if not held[key]:
+                del held[key]
+            _release(_client(), grant)
+    return _decorator(get_key, locked_call)
 
 
 def lock(get_key, timeout=30, interval=0.05, wait=None, on_unavailable=None, **kw):
@@ -117,38 +124,31 @@ def zlock(get_key, timeout=30, interval=0.05, wait=None, conflict_error=None, **
     timeout, wait = _options(timeout, interval, wait, kw)
     conflict = conflict_error or ConflictError
 
-    def decorator(fun):
-        @functools.wraps(fun)
-        def replacement(*args, **kwargs):
+    def locked_call(key, call):
+        client = _client()
+        try:
+            grant = client.lock(key, timeout, wait, owner_id())
+        except NotLocked:
+            logger.warning("%s busy; raising ConflictError so the request is retried", key)
+            raise conflict()
+        except Unavailable:
+            logger.warning("lock service unavailable; running %s unlocked", key)
+            return call()
+        try:
+            result = call()
+        except conflict:
             try:
-                key = _name(fun, get_key(fun, *args, **kwargs))
-            except DontLock:
-                return fun(*args, **kwargs)
-            client = _client()
-            try:
-                grant = client.lock(key, timeout, wait, owner_id())
-            except NotLocked:
-                logger.warning("%s busy; raising ConflictError so the request is retried", key)
-                raise conflict()
-            except Unavailable:
-                logger.warning("lock service unavailable; running %s unlocked", key)
-                return fun(*args, **kwargs)
-            try:
-                result = fun(*args, **kwargs)
-            except conflict:
-                try:
-                    client.extend(grant, 1)
-                    logger.info("ConflictError in %s: lock reserved 1s for the retry", key)
-                except Exception as err:
-                    logger.warning("could not reserve %s for the retry: %s", key, err)
-                raise
-            except BaseException:
-                _release(client, grant)
-                raise
+                client.extend(grant, 1)
+                logger.info("ConflictError in %s: lock reserved 1s for the retry", key)
+            except Exception as err:
+                logger.warning("could not reserve %s for the retry: %s", key, err)
+            raise
+        except BaseException:
             _release(client, grant)
-            return result
-        return replacement
-    return decorator
+            raise
+        _release(client, grant)
+        return result
+    return _decorator(get_key, locked_call)
 
 
 def _release(client, grant):
