@@ -91,3 +91,41 @@ func TestTwemproxyConfigFile(t *testing.T) {
 		t.Fatal("after SIGHUP no key went to the added server")
 	}
 }
+
+// SIGTERM: commands already sent are answered, a lock waiter is told the
+// proxy is going, and the process exits cleanly.
+func TestSigtermShutsDownCleanly(t *testing.T) {
+	bin := buildCLI(t)
+	c := startCluster(t, 1)
+	listen := fmt.Sprintf("127.0.0.1:%d", testmc.FreePort(t))
+	cmd := startCLIProxy(t, bin, listen, "--servers", c[0].Addr, "--shutdown-timeout", "5s")
+	holder := dialRaw(t, listen)
+	holder.roundTrip("lock going")
+	waiter := dialRaw(t, listen)
+	waiter.send("lock going 30 60000\r\n")
+	waitStat(t, listen, "proxy_lock_waiters", "1")
+	client := dialRaw(t, listen)
+	client.send("set k 0 0 1\r\nx\r\n")
+	if got := client.line(); got != "STORED" {
+		t.Fatal(got)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if got := waiter.line(); got != "SERVER_ERROR proxy shutting down" {
+		t.Fatalf("waiter: %q", got)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the proxy did not exit after SIGTERM")
+	}
+	if _, err := net.Dial("tcp", listen); err == nil {
+		t.Fatal("still accepting after SIGTERM")
+	}
+}
