@@ -131,6 +131,9 @@ func rssKiB(pid int) (int, error) {
 
 // cpuTicks is the process's user and system time in clock ticks.
 func cpuTicks(pid int) (int, error) {
+	if pid == 0 {
+		return 0, nil
+	}
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
