@@ -40,7 +40,7 @@ func lockCommand() *cli.Command {
 			addrFlag(),
 			&cli.DurationFlag{Name: "ttl", Value: 30 * time.Second, Usage: "lock lifetime; renewed every third of it while the command runs"},
 			&cli.DurationFlag{Name: "wait", Value: 30 * time.Second, Usage: "how long to wait for the lock; 0 tries once"},
-			&cli.StringFlag{Name: "owner", Usage: "lease owner (host:pid by default the connection owns the lock)"},
+			&cli.StringFlag{Name: "owner", Usage: "lease owner, such as host:job; without it the lock belongs to this process's connection"},
 			&cli.IntFlag{Name: "conflict-exit-code", Aliases: []string{"E"}, Value: exitNotLocked, Usage: "exit status when the lock stays busy"},
 		},
 		Action: runLocked,
