@@ -46,7 +46,7 @@ const (
 	DefaultHash         = "md5"
 	DefaultTimeout      = time.Second
 	DefaultMaxItemSize  = 1 << 20
-	DefaultServerConns  = 2
+	DefaultServerConns  = 1 // as twemproxy: one connection batches best; raise it against head-of-line blocking by large values
 	DefaultFailureLimit = 2
 	DefaultRetryTimeout = 30 * time.Second
 	DefaultLockPrefix   = "__memcachedlock:"
