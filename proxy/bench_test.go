@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -20,6 +21,10 @@ func benchRoundTrip(b *testing.B, servers int, setup, req, want string) {
 	for i := 0; i < servers; i++ {
 		mcs = append(mcs, testmc.Start(b))
 	}
+	benchRoundTripOn(b, mcs, setup, req, want)
+}
+
+func benchRoundTripOn(b *testing.B, mcs []*testmc.Memcached, setup, req, want string) {
 	addr, _ := startBenchProxy(b, mcs)
 	c := dialB(b, addr)
 	if setup != "" {
@@ -52,16 +57,28 @@ func BenchmarkSet(b *testing.B) {
 }
 
 func BenchmarkMultiGet10Keys2Servers(b *testing.B) {
+	mcs := []*testmc.Memcached{testmc.Start(b), testmc.Start(b)}
+	r, _ := ring.New([]ring.Server{{Addr: mcs[0].Addr, Weight: 1}, {Addr: mcs[1].Addr, Weight: 1}}, ring.Ketama, "md5")
+	// Five keys on each server, so the get is really split and merged.
+	var keys []string
+	count := [2]int{}
+	for i := 0; len(keys) < 10; i++ {
+		k := fmt.Sprintf("k%d", i)
+		if p := r.Pick([]byte(k)); count[p] < 5 {
+			count[p]++
+			keys = append(keys, k)
+		}
+	}
 	var setup, req, want strings.Builder
 	req.WriteString("get")
-	for _, k := range []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"} {
+	for _, k := range keys {
 		setup.WriteString("set " + k + " 0 0 1\r\nx\r\n")
 		req.WriteString(" " + k)
 		want.WriteString("VALUE " + k + " 0 1\r\nx\r\n")
 	}
 	req.WriteString("\r\n")
 	want.WriteString("END\r\n")
-	benchRoundTrip(b, 2, setup.String(), req.String(), want.String())
+	benchRoundTripOn(b, mcs, setup.String(), req.String(), want.String())
 }
 
 func BenchmarkLockUnlock(b *testing.B) {
