@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -52,12 +53,21 @@ type clientConn struct {
 	stopping atomic.Bool
 	long     []byte // scratch for retrieval lines longer than the read buffer
 	sawEOF   bool   // the client closed its side
+
+	queued atomic.Int64 // replies sent to the writer and not yet written
+	wmu    sync.Mutex   // guards what follows: the writer's side
+	bw     *bufio.Writer
+	broken bool          // a write failed: replies are dropped from now on
+	unsent []*grantReply // grants written since the last flush
+	// deadline is the write deadline last set on the socket.
+	deadline time.Time
 }
 
 func newClientConn(s *Server, nc net.Conn) *clientConn {
 	c := &clientConn{s: s, nc: nc, pin: s.nextPin.Add(1), replies: make(chan reply, maxPipeline)}
 	c.cr = &connReader{nc: nc}
 	c.br = bufio.NewReaderSize(c.cr, clientBufferSize)
+	c.bw = bufio.NewWriterSize(nc, clientBufferSize)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c
 }
@@ -108,7 +118,21 @@ func (c *clientConn) serve() {
 	}
 }
 
-func (c *clientConn) send(r reply) { c.replies <- r }
+func (c *clientConn) send(r reply) {
+	c.queued.Add(1)
+	c.replies <- r
+}
+
+// sendNow writes r at once from the reader when nothing is waiting to be
+// written before it, saving the hand-off to the writer: lock replies take
+// this path, since a grant's latency is a lock's throughput.
+func (c *clientConn) sendNow(r reply) {
+	if c.queued.Load() != 0 {
+		c.send(r)
+		return
+	}
+	c.output(r, true)
+}
 
 // close ends the connection. When the client may still be sending (the
 // proxy gave up on its stream), the proxy stops writing and drains a little
@@ -126,42 +150,51 @@ func (c *clientConn) close() {
 // writeLoop writes replies in order, flushing only when no further reply is
 // already waiting, so pipelined replies share a write.
 func (c *clientConn) writeLoop() {
-	bw := bufio.NewWriterSize(c.nc, clientBufferSize)
-	var unsent []*grantReply // grants written since the last flush
-	var deadline time.Time
-	broken := false
 	for r := range c.replies {
-		if broken {
-			discard(r)
-			if g, ok := r.(*grantReply); ok {
-				c.releaseGrant(g)
-			}
-			continue
+		c.output(r, len(c.replies) == 0)
+		c.queued.Add(-1)
+	}
+	c.wmu.Lock()
+	if !c.broken {
+		c.bw.Flush()
+	}
+	c.wmu.Unlock()
+}
+
+// output writes one reply, and flushes when asked. A grant whose reply
+// cannot be delivered is released again.
+func (c *clientConn) output(r reply, flush bool) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	g, isGrant := r.(*grantReply)
+	if c.broken {
+		discard(r)
+		if isGrant {
+			c.releaseGrant(g)
 		}
-		r.write(bw)
-		if g, ok := r.(*grantReply); ok {
-			unsent = append(unsent, g)
-		}
-		if len(c.replies) == 0 {
-			// Refresh the deadline only now and then: setting it costs a
-			// timer update, and per flush that shows in profiles.
-			if now := time.Now(); deadline.Sub(now) < writeTimeout/2 {
-				deadline = now.Add(writeTimeout)
-				c.nc.SetWriteDeadline(deadline)
-			}
-			if err := bw.Flush(); err != nil {
-				broken = true
-				c.stopReading()
-				for _, g := range unsent {
-					c.releaseGrant(g)
-				}
-			}
-			unsent = unsent[:0]
+		return
+	}
+	r.write(c.bw)
+	if isGrant {
+		c.unsent = append(c.unsent, g)
+	}
+	if !flush {
+		return
+	}
+	// Refresh the deadline only now and then: setting it costs a timer
+	// update, and per flush that shows in profiles.
+	if now := time.Now(); c.deadline.Sub(now) < writeTimeout/2 {
+		c.deadline = now.Add(writeTimeout)
+		c.nc.SetWriteDeadline(c.deadline)
+	}
+	if err := c.bw.Flush(); err != nil {
+		c.broken = true
+		c.stopReading()
+		for _, g := range c.unsent {
+			c.releaseGrant(g)
 		}
 	}
-	if !broken {
-		bw.Flush()
-	}
+	c.unsent = c.unsent[:0]
 }
 
 // writeTimeout is how long a client may leave its replies unread before

@@ -107,7 +107,7 @@ func (c *clientConn) lockCommand() {
 			out = lockError(err)
 		}
 	}
-	c.send(staticReply(out))
+	c.sendNow(staticReply(out))
 }
 
 // lock takes a lock and queues the reply. While it waits, a background
@@ -134,9 +134,9 @@ func (c *clientConn) lock(req lockext.Request) {
 		c.s.metrics.lockWaited(start, "error")
 	}
 	if err == nil {
-		c.send(&grantReply{line: fmt.Appendf(nil, "LOCKED %d %d %d\r\n", g.Fence, g.TTL, g.Count), name: req.Name, fence: g.Fence})
+		c.sendNow(&grantReply{line: fmt.Appendf(nil, "LOCKED %d %d %d\r\n", g.Fence, g.TTL, g.Count), name: req.Name, fence: g.Fence})
 	} else {
-		c.send(staticReply(lockError(err)))
+		c.sendNow(staticReply(lockError(err)))
 	}
 	if watching {
 		c.cr.stopBackgroundRead()
