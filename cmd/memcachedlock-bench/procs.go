@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
 )
 
 // procs are the processes a benchmark started; stop ends them all.
@@ -22,14 +24,7 @@ func (p *procs) stop() {
 	*p = nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+var freePort = testmc.FreeLoopbackPort
 
 func need(tool, pkg string) (string, error) {
 	path, err := exec.LookPath(tool)

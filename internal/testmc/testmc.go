@@ -73,6 +73,9 @@ func FreePort(t testing.TB) int {
 	return p
 }
 
+// FreeLoopbackPort is FreePort for callers without a testing.TB.
+func FreeLoopbackPort() (int, error) { return freePort() }
+
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
