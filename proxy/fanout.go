@@ -20,7 +20,9 @@ func (c *clientConn) fanout(line []byte) reply {
 	}
 	f := &fanout{s: c.s, cmd: r.cmd}
 	if r.cmd == cmdFlushAll {
-		f.args = string(line)
+		// Before the flush is sent: a lock added right after it on the same
+		// connection must already be refused.
+		c.s.flushedLocks(string(line))
 	}
 	if r.cmd == cmdStats && len(r.tokens) > 1 {
 		f.group = string(r.tokens[1])
@@ -54,7 +56,6 @@ type fanout struct {
 	s     *Server
 	cmd   command
 	group string // stats group; "" is the general one, which adds the proxy's own counters
-	args  string // flush_all: the client's line, for its delay
 	calls []*call
 }
 
@@ -96,7 +97,6 @@ func (f *fanout) write(w *bufio.Writer) {
 		}
 		w.Write(replyEND)
 	default: // flush_all: OK only when every server said OK
-		f.s.flushedLocks(f.args)
 		for _, r := range replies {
 			if r != nil && !bytes.Equal(r, replyOK) {
 				w.Write(r)

@@ -60,10 +60,19 @@ func (ls *lockStore) Get(ctx context.Context, k lockext.Key) (lockext.Item, erro
 var errLockRecovering = errors.New("lock server recovering")
 
 func (ls *lockStore) Add(ctx context.Context, k lockext.Key, value []byte, ttl int) (uint64, error) {
-	if ls.s.lockers[ls.s.lockRing.Pick([]byte(k.Name))].lost.recovering() {
+	b := ls.s.lockers[ls.s.lockRing.Pick([]byte(k.Name))]
+	if b.lost.recovering() {
 		return 0, errLockRecovering
 	}
-	return ls.set(k, value, fmt.Sprintf("T%d ME c", ttl))
+	cas, err := ls.set(k, value, fmt.Sprintf("T%d ME c", ttl))
+	// The add may have waited for a reconnection that found the server
+	// restarted; recovery is marked before a new connection carries
+	// anything, so looking again after the reply is what decides.
+	if err == nil && b.lost.recovering() {
+		ls.CompareAndDelete(ctx, k, cas)
+		return 0, errLockRecovering
+	}
+	return cas, err
 }
 
 func (ls *lockStore) CompareAndSwap(ctx context.Context, k lockext.Key, value []byte, ttl int, cas uint64) (uint64, error) {
