@@ -3,12 +3,14 @@
 package testmc
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -151,8 +153,20 @@ func (m *Memcached) Restart(t testing.TB) {
 	t.Fatalf("memcached would not restart on %s: %v", m.Addr, err)
 }
 
-// Pause stops the process without closing its sockets: a hung server.
-func (m *Memcached) Pause() { m.cmd.Process.Signal(syscall.SIGSTOP) }
+// Pause stops the process without closing its sockets: a hung server. It
+// returns once the process is stopped, not merely signalled.
+func (m *Memcached) Pause() {
+	m.cmd.Process.Signal(syscall.SIGSTOP)
+	stat := fmt.Sprintf("/proc/%d/stat", m.cmd.Process.Pid)
+	for i := 0; i < 500; i++ {
+		if b, err := os.ReadFile(stat); err == nil {
+			if f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:])); len(f) > 0 && f[0] == "T" {
+				return
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
 
 // Resume undoes Pause.
 func (m *Memcached) Resume() { m.cmd.Process.Signal(syscall.SIGCONT) }
