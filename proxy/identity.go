@@ -41,6 +41,11 @@ func fetchIdentity(nc net.Conn, timeout time.Duration) (identity, error) {
 		if bytes.HasPrefix(line, replyEND) {
 			break
 		}
+		if isErrorLine(line) {
+			// Something that speaks the protocol but has no stats (another
+			// proxy, say): carry on without restart detection.
+			return identity{}, nil
+		}
 		f := bytes.Fields(line)
 		if len(f) != 3 {
 			continue
@@ -77,6 +82,9 @@ type recovery struct {
 // observe records the identity seen on a new connection; a change means
 // the server restarted.
 func (r *recovery) observe(id identity) (restarted bool) {
+	if id == (identity{}) {
+		return false
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	restarted = r.known != (identity{}) && !r.known.same(id)
