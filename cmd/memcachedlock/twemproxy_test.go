@@ -1,6 +1,7 @@
 package main
 
 import (
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,5 +72,27 @@ func TestFlagsOverrideConfigFile(t *testing.T) {
 	}
 	if strings.Join(got, " ") != "127.0.0.1:22121 md5 400ms 127.0.0.1:11211" {
 		t.Fatalf("got %v: the file's values, with --hash from the flag", got)
+	}
+}
+
+// "memcachedlock ring" prints each key's server, as the ring places it.
+func TestRingCommand(t *testing.T) {
+	app := newApp()
+	var out strings.Builder
+	app.Writer = &out
+	args := []string{"memcachedlock", "ring", "--servers", "10.0.0.1:11211,10.0.0.2:11211", "--distribution", "modula", "--hash", "crc32a", "a", "b", "c", "d"}
+	if err := app.Run(args); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("output %q", out.String())
+	}
+	for i, key := range []string{"a", "b", "c", "d"} {
+		// gomemcache's ServerList: crc32(key) % 2.
+		want := []string{"10.0.0.1:11211", "10.0.0.2:11211"}[crc32.ChecksumIEEE([]byte(key))%2]
+		if lines[i] != key+" "+want {
+			t.Errorf("line %q, want %q", lines[i], key+" "+want)
+		}
 	}
 }
