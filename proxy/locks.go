@@ -124,6 +124,9 @@ func (c *clientConn) lock(req lockext.Request) {
 	}
 	start := time.Now()
 	g, err := c.lockSession().Lock(ctx, req)
+	if errors.Is(err, context.Canceled) && c.stopping.Load() {
+		err = lockext.ErrClosed // the wait ended because the proxy is stopping
+	}
 	var nl *lockext.NotLockedError
 	switch {
 	case err == nil:

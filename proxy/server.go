@@ -166,6 +166,9 @@ func (s *Server) Addr() net.Addr {
 // connection finish the commands it has sent, releases connection-owned
 // locks, and closes. If ctx ends first, connections are closed at once.
 func (s *Server) Shutdown(ctx context.Context) error {
+	// Waiters first, so that they are told the proxy is going rather than
+	// see their connection's context end.
+	s.locks.Close()
 	s.mu.Lock()
 	s.closing = true
 	for l := range s.listeners {
@@ -175,7 +178,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.stopReading()
 	}
 	s.mu.Unlock()
-	s.locks.Close()
 
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
