@@ -460,3 +460,31 @@ func TestLockUncontendedIsTwoRoundTrips(t *testing.T) {
 			after["cmd_set"]-before["cmd_set"], after["delete_hits"]-before["delete_hits"])
 	}
 }
+
+// A flush_all that did not go through this proxy (an operator, another
+// proxy) is noticed from memcached's cmd_flush within about a second.
+func TestLockServerFlushedElsewhere(t *testing.T) {
+	c := startCluster(t, 1)
+	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t), LockTTL: 2, LockTTLMax: 2})
+	conn := dialRaw(t, addr)
+	if got := conn.roundTrip("lock elsewhere 2 0 a:1:1"); !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatal(got)
+	}
+	time.Sleep(1500 * time.Millisecond) // the watcher has read cmd_flush once
+	if err := memcache.New(c[0].Addr).FlushAll(); err != nil {
+		t.Fatal(err)
+	}
+	refused := false
+	for i := 0; i < 60 && !refused; i++ {
+		got := conn.roundTrip("lock other 2 0 b:1:1")
+		refused = got == "SERVER_ERROR lock server recovering"
+		if strings.HasPrefix(got, "LOCKED ") {
+			conn.roundTrip("unlock other " + strings.Fields(got)[1])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !refused {
+		t.Fatal("a flush_all sent straight to memcached was never noticed")
+	}
+	waitLocked(t, conn, "lock other 2 0 b:1:1")
+}

@@ -110,3 +110,53 @@ func (r *recovery) recovering() bool {
 	defer r.mu.Unlock()
 	return time.Now().Before(r.until)
 }
+
+// flushWatchInterval is how often lock servers are asked whether somebody
+// flushed them; a flush through this proxy is seen at once.
+const flushWatchInterval = time.Second
+
+// watchFlushes notices a flush_all sent to a lock server by something other
+// than this proxy (another proxy, an operator), from memcached's cmd_flush
+// counter, and puts the server into recovery. Between two looks a lock can
+// still be granted on the flushed server: this narrows the window, it does
+// not close it.
+func (s *Server) watchFlushes() {
+	seen := make(map[*backend]int64)
+	tick := time.NewTicker(flushWatchInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-tick.C:
+		}
+		for _, b := range s.lockers {
+			c := newCall(shapeUntilEnd, s.cfg.Timeout)
+			c.out = append(c.out, "stats\r\n"...)
+			b.do(0, c)
+			n, ok := statValue(c.reply, "cmd_flush")
+			c.release()
+			if !ok {
+				continue
+			}
+			if prev, known := seen[b]; known && n > prev {
+				b.lost.flushed(0)
+				s.cfg.Logger.Warn("lock server was flushed: its lock items are lost; refusing new locks on it meanwhile",
+					"server", b.addr, "for", b.lost.hold)
+			}
+			seen[b] = n
+		}
+	}
+}
+
+// statValue finds one counter in a stats reply.
+func statValue(reply []byte, name string) (int64, bool) {
+	for _, line := range bytes.Split(reply, crlf) {
+		f := bytes.Fields(line)
+		if len(f) == 3 && string(f[0]) == "STAT" && string(f[1]) == name {
+			v, err := strconv.ParseInt(string(f[2]), 10, 64)
+			return v, err == nil
+		}
+	}
+	return 0, false
+}

@@ -75,6 +75,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AutoEject {
 		go s.ejectLoop()
 	}
+	go s.watchFlushes()
 	s.locks = lockext.New(&lockStore{s: s}, lockext.Config{
 		Prefix: cfg.LockPrefix, MaxTTL: cfg.LockTTLMax, MaxWait: cfg.LockWaitMax, Poll: cfg.LockPoll,
 	})
