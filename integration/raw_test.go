@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bufio"
-	"context"
 	"net"
 	"regexp"
 	"strings"
@@ -54,8 +53,3 @@ func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).Ma
 
 func sleepMs(n int) { time.Sleep(time.Duration(n) * time.Millisecond) }
 
-func contextWithTimeout(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}

@@ -60,9 +60,6 @@ var commands = map[string]command{
 	"lockinfo": cmdLockInfo,
 }
 
-// isRetrieval reports the commands whose lines may be longer than maxLineLen.
-func (c command) isRetrieval() bool { return c >= cmdGet && c <= cmdGats }
-
 func (c command) isLock() bool { return c >= cmdLock && c <= cmdLockInfo }
 
 // Refusals, worded as memcached words them.
