@@ -52,4 +52,3 @@ func (c *rawConn) roundTrip(cmd string) string {
 func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }
 
 func sleepMs(n int) { time.Sleep(time.Duration(n) * time.Millisecond) }
-
