@@ -19,7 +19,8 @@ import (
 // startCLIProxy runs the built binary with args and waits for it to listen.
 func startCLIProxy(t *testing.T, bin, listen string, args ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"serve", "--listen", listen, "--log-level", "warn"}, args...)...)
+	// The test's memcached servers were just started: no recovery to wait out.
+	cmd := exec.Command(bin, append([]string{"serve", "--listen", listen, "--log-level", "warn", "--lock-fresh-servers"}, args...)...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -45,7 +45,17 @@ func (c cluster) servers(t testing.TB) []ring.Server {
 }
 
 // startProxy runs a proxy until the test ends and returns its address.
+// The test's memcached servers were just started, so the proxy trusts lock
+// servers without a marker (LockFresh); startProxyStrict does not.
 func startProxy(t testing.TB, cfg proxy.Config) (string, *proxy.Server) {
+	t.Helper()
+	cfg.LockFresh = true
+	return startProxyStrict(t, cfg)
+}
+
+// startProxyStrict runs a proxy as production runs it: lock servers found
+// without their marker recover first.
+func startProxyStrict(t testing.TB, cfg proxy.Config) (string, *proxy.Server) {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

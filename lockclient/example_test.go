@@ -25,8 +25,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	srv, err := proxy.New(proxy.Config{
-		Servers: []ring.Server{{Addr: mc.Addr, Weight: 1}},
-		Logger:  slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
+		Servers:   []ring.Server{{Addr: mc.Addr, Weight: 1}},
+		LockFresh: true, // memcached was just started for this test
+		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

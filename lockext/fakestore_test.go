@@ -48,7 +48,7 @@ func (s *memStore) Get(_ context.Context, k Key) (Item, error) {
 	if !ok {
 		return Item{}, ErrStoreMiss
 	}
-	return Item{Value: append([]byte(nil), it.value...), CAS: it.cas, TTL: int(time.Until(it.expires).Seconds() + 0.5)}, nil
+	return Item{Value: append([]byte(nil), it.value...), Version: it.cas, TTL: int(time.Until(it.expires).Seconds() + 0.5)}, nil
 }
 
 func (s *memStore) put(k Key, value []byte, ttl int) uint64 {
@@ -57,37 +57,37 @@ func (s *memStore) put(k Key, value []byte, ttl int) uint64 {
 	return s.cas
 }
 
-func (s *memStore) Add(_ context.Context, k Key, value []byte, ttl int) (uint64, error) {
+func (s *memStore) Add(_ context.Context, k Key, value []byte, ttl int) (Version, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ops++
 	if s.down {
-		return 0, errDown
+		return nil, errDown
 	}
 	if _, ok := s.live(k.Item); ok {
-		return 0, ErrStoreExists
+		return nil, ErrStoreExists
 	}
 	return s.put(k, value, ttl), nil
 }
 
-func (s *memStore) CompareAndSwap(_ context.Context, k Key, value []byte, ttl int, cas uint64) (uint64, error) {
+func (s *memStore) CompareAndSwap(_ context.Context, k Key, value []byte, ttl int, v Version) (Version, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ops++
 	if s.down {
-		return 0, errDown
+		return nil, errDown
 	}
 	it, ok := s.live(k.Item)
 	if !ok {
-		return 0, ErrStoreMiss
+		return nil, ErrStoreMiss
 	}
-	if it.cas != cas {
-		return 0, ErrStoreExists
+	if cas, _ := v.(uint64); it.cas != cas {
+		return nil, ErrStoreExists
 	}
 	return s.put(k, value, ttl), nil
 }
 
-func (s *memStore) CompareAndDelete(_ context.Context, k Key, cas uint64) error {
+func (s *memStore) CompareAndDelete(_ context.Context, k Key, v Version) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ops++
@@ -98,7 +98,7 @@ func (s *memStore) CompareAndDelete(_ context.Context, k Key, cas uint64) error 
 	if !ok {
 		return ErrStoreMiss
 	}
-	if it.cas != cas {
+	if cas, _ := v.(uint64); it.cas != cas {
 		return ErrStoreExists
 	}
 	delete(s.items, k.Item)

@@ -78,12 +78,29 @@ type keyState struct {
 	trying  bool      // the head is trying; a release must not hand over meanwhile
 }
 
-// holding is a grant made by this process, with the cas it left in memcached.
+// holding is a grant made by this process, with the version it left in
+// memcached. It is a hint, never the truth: another process may have
+// released, extended or shortened the grant since.
 type holding struct {
 	rec     record
-	cas     uint64
-	ttl     int
+	ver     Version
 	expires time.Time
+	checked time.Time // when memcached last confirmed it (a grant, or a look by the head waiter)
+}
+
+// live reports whether the grant's ttl still runs. A version outlives no
+// grant: past its ttl the item may be gone and its cas (after a server
+// restart) may name somebody else's item, so it is read afresh.
+func (h *holding) live() bool { return time.Now().Before(h.expires) }
+
+// checkDue reports whether the head waiter should look in memcached again,
+// and if so counts the look as made; m.mu must be held.
+func (h *holding) checkDue(every time.Duration) bool {
+	if time.Since(h.checked) < every {
+		return false
+	}
+	h.checked = time.Now()
+	return true
 }
 
 type waiter struct {
@@ -165,6 +182,24 @@ func (m *Manager) nextFence(st *keyState) uint64 {
 	return f
 }
 
+// LockConn takes a lock that belongs to a connection (a Session, or a
+// connection on another process that forwarded its request here): conn
+// names it, and the same conn asking again gets the same grant.
+func (m *Manager) LockConn(ctx context.Context, req Request, conn string) (Grant, error) {
+	req.kind, req.owner = kindConn, conn
+	return m.lock(ctx, &req)
+}
+
+// Lock takes a lock for req.Owner, which must be set: a lease that outlives
+// any connection.
+func (m *Manager) Lock(ctx context.Context, req Request) (Grant, error) {
+	if req.Owner == "" {
+		return Grant{}, fmt.Errorf("%w: no owner", ErrBadRequest)
+	}
+	req.kind, req.owner = kindOwner, req.Owner
+	return m.lock(ctx, &req)
+}
+
 // lock takes the lock for req, waiting in line behind earlier requests.
 func (m *Manager) lock(ctx context.Context, req *Request) (Grant, error) {
 	if err := m.validate(req); err != nil {
@@ -176,7 +211,7 @@ func (m *Manager) lock(ctx context.Context, req *Request) (Grant, error) {
 		return Grant{}, ErrClosed
 	}
 	st := m.state(req.Name)
-	if h := st.held; h != nil && h.rec.sameHolder(req) && !st.handing {
+	if h := st.held; h != nil && h.rec.sameHolder(req) && !st.handing && h.live() {
 		m.mu.Unlock()
 		if g, err, done := m.refresh(ctx, st, req); done {
 			return g, err
@@ -188,48 +223,41 @@ func (m *Manager) lock(ctx context.Context, req *Request) (Grant, error) {
 	m.waiters.Add(1)
 	m.mu.Unlock()
 	defer m.waiters.Add(-1)
+	return m.wait(ctx, st, w)
+}
 
+// wait runs w's turn in the queue: the head tries memcached, the others
+// sleep until a signal makes them the head or their wait runs out.
+func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, error) {
+	req := w.req
 	deadline := time.Now().Add(req.Wait)
-	backoff := time.Millisecond
+	poll := pacer{next: time.Millisecond, max: m.cfg.Poll}
 	holderTTL := -1
 	waited := false
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
 		m.mu.Lock()
-		if w.grant != nil {
+		if g := w.grant; g != nil {
 			m.mu.Unlock()
-			return *w.grant, nil
+			return *g, nil
 		}
 		if m.closed {
 			m.leave(st, w)
 			m.mu.Unlock()
 			return Grant{}, ErrClosed
 		}
-		// Only the head tries; the others sleep until a signal makes one of
-		// them the head, or their wait runs out.
-		try := st.queue[0] == w && !st.handing
-		sleep := time.Duration(math.MaxInt64)
-		if h := st.held; h != nil {
-			// Held here: the holder's release hands over, so only its expiry
-			// (the owner vanished) is worth waking for.
-			holderTTL = max(int(time.Until(h.expires).Seconds()+0.5), 0)
-			if until := time.Until(h.expires); until > 0 {
-				try, sleep = false, until
-			} else if try {
-				st.held = nil
-			}
+		try, sleep, ttl := m.turn(st, w)
+		if ttl >= 0 {
+			holderTTL = ttl
 		}
-		st.trying = try
 		m.mu.Unlock()
 
 		if try {
 			g, ttl, err := m.attempt(ctx, st, req)
 			m.mu.Lock()
 			st.trying = false
-			m.mu.Unlock()
 			if err == nil || !errors.Is(err, ErrNotLocked) {
-				m.mu.Lock()
 				m.leave(st, w)
 				m.mu.Unlock()
 				if err == nil {
@@ -237,22 +265,13 @@ func (m *Manager) lock(ctx context.Context, req *Request) (Grant, error) {
 				}
 				return g, err
 			}
+			m.mu.Unlock()
 			holderTTL = ttl
+			sleep = poll.pause() // held elsewhere: look again after a jittered, growing pause
 		}
 		remaining := time.Until(deadline)
 		if remaining <= 0 || ctx.Err() != nil {
-			m.mu.Lock()
-			granted := w.grant
-			m.leave(st, w)
-			m.mu.Unlock()
-			if granted != nil { // the grant won the race with the timeout: keep it
-				return *granted, nil
-			}
-			if ctx.Err() != nil {
-				return Grant{}, ctx.Err()
-			}
-			m.timeouts.Add(1)
-			return Grant{}, &NotLockedError{HolderTTL: holderTTL}
+			return m.giveUp(ctx, st, w, holderTTL)
 		}
 		if !waited {
 			waited = true
@@ -260,11 +279,6 @@ func (m *Manager) lock(ctx context.Context, req *Request) (Grant, error) {
 			if req.OnWait != nil {
 				req.OnWait()
 			}
-		}
-		if try {
-			// Held elsewhere: look again after a jittered, growing pause.
-			sleep = backoff/2 + rand.N(backoff/2+1)
-			backoff = min(backoff*2, m.cfg.Poll)
 		}
 		timer.Reset(min(sleep, remaining))
 		select {
@@ -279,6 +293,53 @@ func (m *Manager) lock(ctx context.Context, req *Request) (Grant, error) {
 			}
 		}
 	}
+}
+
+// turn decides, under m.mu, whether w tries memcached now, and otherwise
+// how long it sleeps unless woken; ttl is the local holder's remaining
+// seconds, or -1. Only the head tries. While this process holds the lock,
+// the holder's release hands it over, so the head only looks now and then
+// (at the poll interval) in case the grant was released, shortened or
+// expired through another process: what we remember is a hint.
+func (m *Manager) turn(st *keyState, w *waiter) (try bool, sleep time.Duration, ttl int) {
+	try = st.queue[0] == w && !st.handing
+	sleep, ttl = time.Duration(math.MaxInt64), -1
+	if h := st.held; h != nil && try {
+		until := time.Until(h.expires)
+		ttl = max(int(until.Seconds()+0.5), 0)
+		if until > 0 && !h.checkDue(m.cfg.Poll) {
+			try, sleep = false, min(until, m.cfg.Poll)
+		}
+	}
+	st.trying = try
+	return try, sleep, ttl
+}
+
+// giveUp ends a wait that ran out or was cancelled, unless a handoff won
+// the race: then the grant is kept.
+func (m *Manager) giveUp(ctx context.Context, st *keyState, w *waiter, holderTTL int) (Grant, error) {
+	m.mu.Lock()
+	granted := w.grant
+	m.leave(st, w)
+	m.mu.Unlock()
+	if granted != nil {
+		return *granted, nil
+	}
+	if ctx.Err() != nil {
+		return Grant{}, ctx.Err()
+	}
+	m.timeouts.Add(1)
+	return Grant{}, &NotLockedError{HolderTTL: holderTTL}
+}
+
+// pacer spaces out looks at a lock held by another process: jittered,
+// doubling up to max.
+type pacer struct{ next, max time.Duration }
+
+func (p *pacer) pause() time.Duration {
+	d := p.next/2 + rand.N(p.next/2+1)
+	p.next = min(p.next*2, p.max)
+	return d
 }
 
 // leave takes w out of the queue and wakes the new head; m.mu must be held.
@@ -302,9 +363,9 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 		m.mu.Lock()
 		rec := record{fence: m.nextFence(st), mode: mode(req), count: 1, kind: req.kind, owner: req.owner}
 		m.mu.Unlock()
-		cas, err := m.store.Add(ctx, st.key, rec.encode(), req.TTL)
+		ver, err := m.store.Add(ctx, st.key, rec.encode(), req.TTL)
 		if err == nil {
-			return m.granted(st, rec, cas, req.TTL), 0, nil
+			return m.granted(st, rec, ver, req.TTL), 0, nil
 		}
 		if !errors.Is(err, ErrStoreExists) {
 			return Grant{}, 0, unavailable(err)
@@ -322,12 +383,15 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 		}
 		m.mu.Lock()
 		st.seen = max(st.seen, cur.fence)
+		if h := st.held; h != nil && h.rec.fence != cur.fence {
+			st.held = nil // released or taken over through another process
+		}
 		m.mu.Unlock()
 		if !cur.sameHolder(req) {
 			return Grant{}, it.TTL, ErrNotLocked
 		}
 		// Ours already, taken through another process or before a lost reply.
-		g, err := m.renew(ctx, st, req, cur, it.CAS)
+		g, err := m.renew(ctx, st, req, cur, it.Version)
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
 			continue
 		}
@@ -346,7 +410,7 @@ func (m *Manager) refresh(ctx context.Context, st *keyState, req *Request) (Gran
 	if h == nil {
 		return Grant{}, nil, false
 	}
-	g, err := m.renew(ctx, st, req, h.rec, h.cas)
+	g, err := m.renew(ctx, st, req, h.rec, h.ver)
 	if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
 		m.mu.Lock()
 		if st.held == h {
@@ -360,27 +424,28 @@ func (m *Manager) refresh(ctx context.Context, st *keyState, req *Request) (Gran
 
 // renew writes cur back for its holder: ttl refreshed, and one level deeper
 // for a reentrant request.
-func (m *Manager) renew(ctx context.Context, st *keyState, req *Request, cur record, cas uint64) (Grant, error) {
+func (m *Manager) renew(ctx context.Context, st *keyState, req *Request, cur record, ver Version) (Grant, error) {
 	if cur.mode != mode(req) {
 		return Grant{}, ErrModeMismatch
 	}
 	if req.Reentrant {
 		cur.count++
 	}
-	newCAS, err := m.store.CompareAndSwap(ctx, st.key, cur.encode(), req.TTL, cas)
+	newVer, err := m.store.CompareAndSwap(ctx, st.key, cur.encode(), req.TTL, ver)
 	if err != nil {
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
 			return Grant{}, err
 		}
 		return Grant{}, unavailable(err)
 	}
-	return m.granted(st, cur, newCAS, req.TTL), nil
+	return m.granted(st, cur, newVer, req.TTL), nil
 }
 
 // granted records a grant made by this process.
-func (m *Manager) granted(st *keyState, rec record, cas uint64, ttl int) Grant {
+func (m *Manager) granted(st *keyState, rec record, ver Version, ttl int) Grant {
+	now := time.Now()
 	m.mu.Lock()
-	st.held = &holding{rec: rec, cas: cas, ttl: ttl, expires: time.Now().Add(time.Duration(ttl) * time.Second)}
+	st.held = &holding{rec: rec, ver: ver, expires: now.Add(time.Duration(ttl) * time.Second), checked: now}
 	m.mu.Unlock()
 	return Grant{Name: st.key.Name, Fence: rec.fence, TTL: ttl, Count: rec.count, Owner: rec.owner}
 }

@@ -3,6 +3,7 @@ package lockext
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -13,34 +14,41 @@ func (m *Manager) Unlock(ctx context.Context, name string, fence uint64) (int, e
 	return m.release(ctx, name, fence, false)
 }
 
-// release drops one level, or every level when all is set.
+// release drops one level, or every level when all is set. The levels
+// left keep the grant's own remaining lifetime.
 func (m *Manager) release(ctx context.Context, name string, fence uint64, all bool) (int, error) {
-	return m.withGrant(ctx, name, fence, func(st *keyState, cur record, cas uint64) (int, error) {
-		if cur.count > 1 && !all {
-			cur.count--
-			ttl := m.heldTTL(st, fence)
-			newCAS, err := m.store.CompareAndSwap(ctx, st.key, cur.encode(), ttl, cas)
+	return m.withGrant(ctx, name, fence, func(st *keyState, cur current) (int, error) {
+		if cur.rec.count > 1 && !all {
+			cur.rec.count--
+			ver, err := m.store.CompareAndSwap(ctx, st.key, cur.rec.encode(), cur.ttl, cur.ver)
 			if err == nil {
-				m.granted(st, cur, newCAS, ttl)
+				m.granted(st, cur.rec, ver, cur.ttl)
 			}
-			return cur.count, err
+			return cur.rec.count, err
 		}
-		return 0, m.handOn(ctx, st, cas)
+		return 0, m.handOn(ctx, st, cur.ver)
 	})
 }
 
-// withGrant runs change on the current grant with the given fence and the
-// cas it has in memcached: the cas this process left when it holds the
-// grant, else (or when that turns out stale) read afresh. change reports
-// ErrStoreExists or ErrStoreMiss when the item changed under it; it is then
-// read again and change retried.
-func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, change func(st *keyState, cur record, cas uint64) (int, error)) (int, error) {
+// current is a grant as withGrant found it: its record, the version it
+// has in memcached and its remaining seconds.
+type current struct {
+	rec record
+	ver Version
+	ttl int
+}
+
+// withGrant runs change on the current grant with the given fence: the
+// version this process left when it holds the grant, else (or when that
+// turns out stale) read afresh. change reports ErrStoreExists or
+// ErrStoreMiss when the item changed under it; it is then read again and
+// change retried.
+func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, change func(st *keyState, cur current) (int, error)) (int, error) {
 	m.mu.Lock()
 	st := m.state(name)
-	var cur record
-	var cas uint64
-	if h := st.held; h != nil && h.rec.fence == fence {
-		cur, cas = h.rec, h.cas
+	var cur current
+	if h := st.held; h != nil && h.rec.fence == fence && h.live() {
+		cur = current{rec: h.rec, ver: h.ver, ttl: max(int(time.Until(h.expires).Seconds()+0.999), 1)}
 	}
 	m.mu.Unlock()
 	defer func() {
@@ -49,7 +57,7 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 		m.mu.Unlock()
 	}()
 	for tries := 0; tries < 8; tries++ {
-		if cas == 0 {
+		if cur.ver == nil {
 			it, err := m.store.Get(ctx, st.key)
 			if errors.Is(err, ErrStoreMiss) {
 				m.dropHeld(st, fence)
@@ -58,17 +66,21 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 			if err != nil {
 				return 0, unavailable(err)
 			}
-			if cur, err = decodeRecord(it.Value); err != nil {
+			rec, err := decodeRecord(it.Value)
+			if err != nil {
 				return 0, err
 			}
-			if cur.fence != fence {
+			if rec.fence != fence {
+				m.dropHeld(st, fence)
 				return 0, ErrNotOwner
 			}
-			cas = it.CAS
+			// The store's items outlive their ttl by up to a second;
+			// written back, the grant keeps its own end.
+			cur = current{rec: rec, ver: it.Version, ttl: max(it.TTL-1, 1)}
 		}
-		n, err := change(st, cur, cas)
+		n, err := change(st, cur)
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
-			cas = 0 // changed behind our back (extended elsewhere, expired): read again
+			cur.ver = nil // changed behind our back (extended elsewhere, expired): read again
 			continue
 		}
 		if err != nil {
@@ -79,18 +91,16 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 	return 0, ErrNotOwner
 }
 
-// handOn frees the lock whose current cas is cas: straight to the head
+// handOn frees the lock whose current version is ver: straight to the head
 // waiter here when there is one, else by deleting the item.
-func (m *Manager) handOn(ctx context.Context, st *keyState, cas uint64) error {
+func (m *Manager) handOn(ctx context.Context, st *keyState, ver Version) error {
 	m.mu.Lock()
 	st.handing = true
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
 		st.handing = false
-		if len(st.queue) > 0 {
-			signal(st.queue[0].wake)
-		}
+		m.wakeHead(st)
 		m.mu.Unlock()
 	}()
 	for {
@@ -100,19 +110,19 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cas uint64) error {
 			// Nobody to hand to, or the head is busy trying by itself: free
 			// the lock and let the deferred signal send the head round again.
 			m.mu.Unlock()
-			return m.store.CompareAndDelete(ctx, st.key, cas)
+			return m.store.CompareAndDelete(ctx, st.key, ver)
 		}
 		w := st.queue[0]
 		req := w.req
 		rec := record{fence: m.nextFence(st), mode: mode(req), count: 1, kind: req.kind, owner: req.owner}
 		m.mu.Unlock()
 
-		newCAS, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), req.TTL, cas)
+		newVer, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), req.TTL, ver)
 		if err != nil {
 			return err
 		}
-		cas = newCAS
-		g := m.granted(st, rec, newCAS, req.TTL)
+		ver = newVer
+		g := m.granted(st, rec, newVer, req.TTL)
 		m.mu.Lock()
 		if len(st.queue) > 0 && st.queue[0] == w {
 			// The waiter is still there: the grant is its. Had it left in the
@@ -129,14 +139,11 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cas uint64) error {
 	}
 }
 
-// heldTTL is the ttl to write back when only the count changes.
-func (m *Manager) heldTTL(st *keyState, fence uint64) int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if h := st.held; h != nil && h.rec.fence == fence {
-		return max(int(time.Until(h.expires).Seconds()+0.5), 1)
+// wakeHead sends the head waiter round again; m.mu must be held.
+func (m *Manager) wakeHead(st *keyState) {
+	if len(st.queue) > 0 {
+		signal(st.queue[0].wake)
 	}
-	return m.cfg.MaxTTL
 }
 
 func (m *Manager) dropHeld(st *keyState, fence uint64) {
@@ -148,16 +155,20 @@ func (m *Manager) dropHeld(st *keyState, fence uint64) {
 }
 
 // Extend sets the remaining lifetime of the grant with the given fence.
+// Waiters here look again at once: a shorter grant ends sooner.
 func (m *Manager) Extend(ctx context.Context, name string, fence uint64, ttl int) (int, error) {
 	if ttl < 1 || ttl > m.cfg.MaxTTL {
-		return 0, ErrBadRequest
+		return 0, fmt.Errorf("%w: ttl must be 1 to %d", ErrBadRequest, m.cfg.MaxTTL)
 	}
-	return m.withGrant(ctx, name, fence, func(st *keyState, cur record, cas uint64) (int, error) {
-		newCAS, err := m.store.CompareAndSwap(ctx, st.key, cur.encode(), ttl, cas)
+	return m.withGrant(ctx, name, fence, func(st *keyState, cur current) (int, error) {
+		ver, err := m.store.CompareAndSwap(ctx, st.key, cur.rec.encode(), ttl, cur.ver)
 		if err != nil {
 			return 0, err
 		}
-		m.granted(st, cur, newCAS, ttl)
+		m.granted(st, cur.rec, ver, ttl)
+		m.mu.Lock()
+		m.wakeHead(st)
+		m.mu.Unlock()
 		return ttl, nil
 	})
 }
@@ -192,5 +203,9 @@ func (m *Manager) Info(ctx context.Context, name string) (Info, error) {
 	if rec.kind == kindConn {
 		owner = "conn:" + owner
 	}
-	return Info{Grant: Grant{Name: name, Fence: rec.fence, TTL: it.TTL, Count: rec.count, Owner: owner}, Waiters: waiters}, nil
+	ttl := it.TTL
+	if ttl > 0 {
+		ttl-- // the item outlives the grant by up to a second
+	}
+	return Info{Grant: Grant{Name: name, Fence: rec.fence, TTL: ttl, Count: rec.count, Owner: owner}, Waiters: waiters}, nil
 }

@@ -25,12 +25,11 @@ func (m *Manager) NewSession() *Session {
 
 // Lock takes a lock, waiting up to req.Wait; see Request.
 func (s *Session) Lock(ctx context.Context, req Request) (Grant, error) {
-	req.kind, req.owner = kindOwner, req.Owner
-	if req.Owner == "" {
-		req.kind, req.owner = kindConn, s.id
+	if req.Owner != "" {
+		return s.m.Lock(ctx, req)
 	}
-	g, err := s.m.lock(ctx, &req)
-	if err == nil && req.kind == kindConn {
+	g, err := s.m.LockConn(ctx, req, s.id)
+	if err == nil {
 		s.mu.Lock()
 		s.held[g.Name] = g.Fence
 		s.mu.Unlock()

@@ -16,11 +16,16 @@ type Key struct {
 	Item string
 }
 
+// Version names one written state of a lock item. The Store makes it (a
+// memcached cas, or one per replica) and the Manager only hands it back;
+// nil means "not known".
+type Version any
+
 // Item is a lock item as the store read it.
 type Item struct {
-	Value []byte
-	CAS   uint64
-	TTL   int // remaining seconds; -1 when the item does not expire
+	Value   []byte
+	Version Version
+	TTL     int // remaining seconds; -1 when the item does not expire
 }
 
 // Store is the memcached server that holds a lock's state. Implementations
@@ -29,12 +34,13 @@ type Item struct {
 // is down, slow, or answered nonsense) as some other error.
 type Store interface {
 	Get(ctx context.Context, k Key) (Item, error)
-	// Add stores the item only if absent and returns its cas.
-	Add(ctx context.Context, k Key, value []byte, ttl int) (uint64, error)
-	// CompareAndSwap replaces the item if its cas is still cas.
-	CompareAndSwap(ctx context.Context, k Key, value []byte, ttl int, cas uint64) (uint64, error)
-	// CompareAndDelete deletes the item if its cas is still cas.
-	CompareAndDelete(ctx context.Context, k Key, cas uint64) error
+	// Add stores the item only if absent and returns its version. The item
+	// must live at least ttl seconds.
+	Add(ctx context.Context, k Key, value []byte, ttl int) (Version, error)
+	// CompareAndSwap replaces the item if it is still at version v.
+	CompareAndSwap(ctx context.Context, k Key, value []byte, ttl int, v Version) (Version, error)
+	// CompareAndDelete deletes the item if it is still at version v.
+	CompareAndDelete(ctx context.Context, k Key, v Version) error
 }
 
 // itemKey builds the memcached key for a lock name. Names too long to fit

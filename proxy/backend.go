@@ -29,7 +29,6 @@ type backend struct {
 	up        atomic.Bool
 	failures  atomic.Int64 // calls failed in a row, for ejection
 	ejections atomic.Uint64
-	lost      recovery // when the server lost its items, lock items among them
 
 	latency    prometheus.Observer // request durations; nil without a registry
 	latencySum atomic.Int64        // nanoseconds, over answeredN requests
@@ -69,10 +68,9 @@ func (b *backend) answered() {
 	}
 }
 
-func newBackend(addr string, nconns int, timeout, lockHold time.Duration, logger *slog.Logger) *backend {
+func newBackend(addr string, nconns int, timeout time.Duration, logger *slog.Logger) *backend {
 	b := &backend{addr: addr, timeout: timeout, logger: logger, quit: make(chan struct{})}
 	quit := b.quit
-	b.lost.hold = lockHold
 	b.up.Store(true)
 	// Wait for the first dials (each bounded by the timeout), so that
 	// requests right after start-up find the connections made.
@@ -115,15 +113,6 @@ const retryDelay = 100 * time.Millisecond
 func (sc *serverConn) run(dialled func()) {
 	for {
 		nc, err := net.DialTimeout("tcp", sc.b.addr, sc.b.timeout)
-		if err == nil {
-			var id identity
-			if id, err = fetchIdentity(nc, sc.b.timeout); err != nil {
-				nc.Close()
-			} else if sc.b.lost.observe(id) {
-				sc.b.logger.Warn("memcached server restarted: its lock items are lost; refusing new locks on it meanwhile",
-					"server", sc.b.addr, "for", sc.b.lost.hold)
-			}
-		}
 		if dialled != nil {
 			dialled()
 			dialled = nil

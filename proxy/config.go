@@ -29,7 +29,11 @@ type Config struct {
 	FailureLimit int           // default 2
 	RetryTimeout time.Duration // default 30s
 
-	LockServers []ring.Server // servers that hold lock state; default Servers
+	LockServers  []ring.Server // servers that hold lock state; default Servers
+	LockReplicas int           // lock servers each lock lives on, a majority deciding; default 1
+	// LockFresh trusts lock servers found without their marker at start
+	// (just started for this proxy) instead of waiting LockTTLMax.
+	LockFresh   bool
 	LockPrefix  string        // reserved key prefix of lock items
 	LockTTL     int           // default grant lifetime, seconds
 	LockTTLMax  int           // longest grant lifetime, seconds
@@ -51,7 +55,7 @@ const (
 	DefaultRetryTimeout = 30 * time.Second
 	DefaultLockPrefix   = "__memcachedlock:"
 	DefaultLockTTL      = 30
-	DefaultLockTTLMax   = 3600
+	DefaultLockTTLMax   = 300 // also how long a lock server that lost its state takes no writes
 	DefaultLockWait     = 30 * time.Second
 	DefaultLockWaitMax  = 300 * time.Second
 	DefaultLockPoll     = 50 * time.Millisecond
@@ -90,6 +94,7 @@ func (c *Config) setDefaults() {
 	def(&c.RetryTimeout, DefaultRetryTimeout)
 	defInt(&c.LockTTL, DefaultLockTTL)
 	defInt(&c.LockTTLMax, DefaultLockTTLMax)
+	defInt(&c.LockReplicas, 1)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -132,6 +137,9 @@ func (c *Config) Validate() error {
 	}
 	if c.LockWait < 0 || c.LockWait > c.LockWaitMax {
 		bad("lock wait %s must be 0 to lock wait max (%s)", c.LockWait, c.LockWaitMax)
+	}
+	if c.LockReplicas < 1 || c.LockReplicas%2 == 0 || c.LockReplicas > len(c.LockServers) || c.LockReplicas > 7 {
+		bad("lock replicas %d must be odd, at most 7 and at most the number of lock servers (%d)", c.LockReplicas, len(c.LockServers))
 	}
 	if c.LockPoll < time.Millisecond {
 		bad("lock poll must be at least 1ms")

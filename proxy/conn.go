@@ -13,7 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/memcachedlock/memcachedlock/lockext"
+	"github.com/memcachedlock/memcachedlock/lockservice"
 )
 
 // maxRetrievalLine bounds get/gets/gat/gats lines, which may be longer than
@@ -47,7 +47,7 @@ type clientConn struct {
 	replies  chan reply
 	req      request
 	picks    []int // scratch for multi-key routing
-	session  *lockext.Session
+	session  *lockservice.Session
 	ctx      context.Context // ends when the client hangs up or the proxy stops
 	cancel   context.CancelFunc
 	stopping atomic.Bool

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // fanout sends a command to every cache server and merges the answers.
@@ -19,11 +18,6 @@ func (c *clientConn) fanout(line []byte) reply {
 		shape = statsShape(r.tokens[1:])
 	}
 	f := &fanout{s: c.s, cmd: r.cmd}
-	if r.cmd == cmdFlushAll {
-		// Before the flush is sent: a lock added right after it on the same
-		// connection must already be refused.
-		c.s.flushedLocks(string(line))
-	}
 	if r.cmd == cmdStats && len(r.tokens) > 1 {
 		f.group = string(r.tokens[1])
 	}
@@ -217,26 +211,5 @@ func mergeStats(w *bufio.Writer, replies [][]byte, group string) {
 			value = strconv.FormatFloat(st.fsum, 'f', 6, 64)
 		}
 		w.WriteString("STAT " + st.name + " " + value + "\r\n")
-	}
-}
-
-// flushedLocks puts the lock servers among the cache servers into
-// recovery after a flush_all: it removed their lock items too.
-func (s *Server) flushedLocks(line string) {
-	var delay time.Duration
-	if f := strings.Fields(line); len(f) > 1 {
-		if n, err := strconv.Atoi(f[1]); err == nil && n > 0 {
-			delay = time.Duration(n) * time.Second
-		}
-	}
-	for _, l := range s.lockers {
-		for _, b := range s.topo.Load().cache {
-			if b == l {
-				l.lost.flushed(delay)
-				s.cfg.Logger.Warn("flush_all removed lock items; refusing new locks on the server meanwhile",
-					"server", l.addr, "for", delay+l.lost.hold)
-				break
-			}
-		}
 	}
 }

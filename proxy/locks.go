@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/memcachedlock/memcachedlock/lockext"
+	"github.com/memcachedlock/memcachedlock/lockservice"
 )
 
 var lockUsage = map[command]string{
@@ -93,7 +94,7 @@ func (c *clientConn) lockCommand() {
 			out = fmt.Appendf(nil, "CLIENT_ERROR ttl must be 1 to %d\r\n", cfg.LockTTLMax)
 			break
 		}
-		left, err := c.s.locks.Extend(ctx, name, fence, int(ttl))
+		left, err := c.lockSession().Extend(ctx, name, fence, int(ttl))
 		out = fmt.Appendf(nil, "EXTENDED %d\r\n", left)
 		if err != nil {
 			out = lockError(err)
@@ -101,7 +102,7 @@ func (c *clientConn) lockCommand() {
 	case cmdLockInfo:
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout+time.Second)
 		defer cancel()
-		info, err := c.s.locks.Info(ctx, name)
+		info, err := c.lockSession().Info(ctx, name)
 		out = fmt.Appendf(nil, "LOCK %d %d %d %s %d\r\n", info.Fence, info.TTL, info.Count, info.Owner, info.Waiters)
 		if err != nil {
 			out = lockError(err)
@@ -149,7 +150,7 @@ func (c *clientConn) lock(req lockext.Request) {
 	}
 }
 
-func (c *clientConn) lockSession() *lockext.Session {
+func (c *clientConn) lockSession() *lockservice.Session {
 	if c.session == nil {
 		c.session = c.s.locks.NewSession()
 	}
@@ -182,8 +183,10 @@ func lockError(err error) []byte {
 		return []byte("CLIENT_ERROR lock is held in another mode\r\n")
 	case errors.Is(err, lockext.ErrBadRequest):
 		return []byte("CLIENT_ERROR bad command line format\r\n")
-	case errors.Is(err, errLockRecovering):
+	case errors.Is(err, lockservice.ErrRecovering):
 		return []byte("SERVER_ERROR lock server recovering\r\n")
+	case errors.Is(err, lockservice.ErrServersDiffer):
+		return []byte("SERVER_ERROR lock servers differ between proxies\r\n")
 	case errors.Is(err, lockext.ErrClosed):
 		return []byte("SERVER_ERROR proxy shutting down\r\n")
 	case errors.Is(err, context.Canceled):

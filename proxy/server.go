@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/memcachedlock/memcachedlock/lockext"
+	"github.com/memcachedlock/memcachedlock/lockservice"
 	"github.com/memcachedlock/memcachedlock/ring"
 )
 
@@ -20,9 +20,8 @@ type Server struct {
 	cfg      Config
 	prefix   []byte
 	topo     atomic.Pointer[topology] // the cache ring now; replaced on reload and ejection
-	lockRing *ring.Ring               // fixed for the proxy's life: a lock is never re-routed
-	lockers  []*backend               // by lock ring index
-	locks    *lockext.Manager
+	lockers  []*backend               // fixed for the proxy's life: a lock is never re-routed
+	locks    *lockservice.Service
 	metrics  *metrics
 	quit     chan struct{} // closed when the proxy stops
 	quitOnce sync.Once
@@ -52,12 +51,8 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	lr, err := ring.New(cfg.LockServers, cfg.Distribution, cfg.Hash)
-	if err != nil {
-		return nil, err
-	}
 	s := &Server{
-		cfg: cfg, prefix: []byte(cfg.LockPrefix), lockRing: lr,
+		cfg: cfg, prefix: []byte(cfg.LockPrefix),
 		quit:      make(chan struct{}),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*clientConn]struct{}),
@@ -66,19 +61,24 @@ func New(cfg Config) (*Server, error) {
 		ejected:   make(map[string]time.Time),
 	}
 	s.metrics = newMetrics(s)
-	for _, srv := range lr.Servers() {
+	for _, srv := range cfg.LockServers {
 		s.lockers = append(s.lockers, s.pool(srv.Addr))
 	}
+	locks, err := lockservice.New(lockservice.Config{
+		Servers: cfg.LockServers, Distribution: cfg.Distribution, Hash: cfg.Hash, Replicas: cfg.LockReplicas,
+		Prefix: cfg.LockPrefix, MaxTTL: cfg.LockTTLMax, MaxWait: cfg.LockWaitMax, Poll: cfg.LockPoll,
+		Timeout: cfg.Timeout, Fresh: cfg.LockFresh, Logger: cfg.Logger,
+	}, func(addr string) lockservice.Conn { return lockConn{s.pools[addr]} })
+	if err != nil {
+		return nil, err
+	}
+	s.locks = locks
 	if err := s.Reload(cfg.Servers, cfg.Distribution, cfg.Hash); err != nil {
 		return nil, err
 	}
 	if cfg.AutoEject {
 		go s.ejectLoop()
 	}
-	go s.watchFlushes()
-	s.locks = lockext.New(&lockStore{s: s}, lockext.Config{
-		Prefix: cfg.LockPrefix, MaxTTL: cfg.LockTTLMax, MaxWait: cfg.LockWaitMax, Poll: cfg.LockPoll,
-	})
 	return s, nil
 }
 
@@ -196,6 +196,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.quitOnce.Do(func() {
 		close(s.quit)
+		s.locks.Close()
 		s.topoMu.Lock()
 		for _, b := range s.pools {
 			b.close()

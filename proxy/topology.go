@@ -23,7 +23,7 @@ func (t *topology) pick(key []byte) *backend { return t.cache[t.ring.Pick(key)] 
 func (s *Server) pool(addr string) *backend {
 	b := s.pools[addr]
 	if b == nil {
-		b = newBackend(addr, s.cfg.ServerConns, s.cfg.Timeout, time.Duration(s.cfg.LockTTLMax)*time.Second, s.cfg.Logger)
+		b = newBackend(addr, s.cfg.ServerConns, s.cfg.Timeout, s.cfg.Logger)
 		if s.metrics != nil {
 			b.latency = s.metrics.serverLat.WithLabelValues(addr)
 		}

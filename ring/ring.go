@@ -122,5 +122,49 @@ func (r *Ring) Pick(key []byte) int {
 	return r.points[lo].server
 }
 
+// PickN appends to dst the indexes of the first n distinct servers that
+// hold key: Pick's server first, then the next distinct servers going on
+// round the continuum (modula: the next buckets). It is where a key's
+// replicas live; n is capped at the number of servers.
+func (r *Ring) PickN(dst []int, key []byte, n int) []int {
+	n = min(n, len(r.servers))
+	first := r.Pick(key)
+	dst = append(dst, first)
+	if n == 1 {
+		return dst
+	}
+	// Find where Pick's walk stopped, then keep walking.
+	h := r.hash(key)
+	var at, size int
+	if r.buckets != nil {
+		at, size = int(h%uint32(len(r.buckets))), len(r.buckets)
+	} else {
+		at = sort.Search(len(r.points), func(i int) bool { return r.points[i].value >= h })
+		size = len(r.points)
+	}
+	for step := 1; step < size && len(dst) < n; step++ {
+		i := (at + step) % size
+		srv := 0
+		if r.buckets != nil {
+			srv = r.buckets[i]
+		} else {
+			srv = r.points[i].server
+		}
+		if !containsInt(dst, srv) {
+			dst = append(dst, srv)
+		}
+	}
+	return dst
+}
+
+func containsInt(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
 // Servers returns the servers in the order they were given.
 func (r *Ring) Servers() []Server { return r.servers }

@@ -224,3 +224,26 @@ func BenchmarkPick(b *testing.B) {
 		})
 	}
 }
+
+func TestPickNDistinctAndStartsWithPick(t *testing.T) {
+	servers, _ := ParseServers([]string{"10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211", "10.0.0.4:11211"})
+	for _, dist := range []string{Ketama, Modula} {
+		r, err := New(servers, dist, "md5")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 2000; i++ {
+			key := []byte(fmt.Sprintf("lock-%d", i))
+			got := r.PickN(nil, key, 3)
+			if len(got) != 3 || got[0] != r.Pick(key) {
+				t.Fatalf("%s: PickN(%s) = %v, Pick = %d", dist, key, got, r.Pick(key))
+			}
+			if got[0] == got[1] || got[1] == got[2] || got[0] == got[2] {
+				t.Fatalf("%s: PickN(%s) = %v: not distinct", dist, key, got)
+			}
+		}
+		if got := r.PickN(nil, []byte("x"), 9); len(got) != 4 {
+			t.Fatalf("%s: PickN over 4 servers asked for 9 = %v", dist, got)
+		}
+	}
+}

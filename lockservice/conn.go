@@ -1,0 +1,106 @@
+package lockservice
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// Conn reaches one memcached server. Exchange writes batch, one or more
+// meta or stats commands, at once on one connection, and returns the
+// server's replies to all of them: commands on one connection are carried
+// out in order, so a check written after a change sees the change.
+type Conn interface {
+	Exchange(ctx context.Context, batch []byte) ([]byte, error)
+}
+
+var errBadReply = errors.New("lockservice: unexpected reply from memcached")
+
+// replies walks the replies to a batch, one command's at a time.
+type replies struct{ b []byte }
+
+// line returns the next line without its CRLF.
+func (r *replies) line() ([]byte, error) {
+	i := bytes.Index(r.b, []byte("\r\n"))
+	if i < 0 {
+		return nil, fmt.Errorf("%w: %q", errBadReply, r.b)
+	}
+	line := r.b[:i]
+	r.b = r.b[i+2:]
+	return line, nil
+}
+
+// meta reads one meta reply: its status ("HD", "VA", "EN", "NS", ...),
+// flags, and the value when the status is VA.
+func (r *replies) meta() (m metaReply, err error) {
+	line, err := r.line()
+	if err != nil {
+		return m, err
+	}
+	f := bytes.Fields(line)
+	if len(f) == 0 {
+		return m, fmt.Errorf("%w: empty line", errBadReply)
+	}
+	m.status, m.flags = string(f[0]), f[1:]
+	if m.status == "VA" {
+		if len(f) < 2 {
+			return m, fmt.Errorf("%w: %q", errBadReply, line)
+		}
+		n, err := strconv.Atoi(string(f[1]))
+		if err != nil || n < 0 || len(r.b) < n+2 || !bytes.Equal(r.b[n:n+2], []byte("\r\n")) {
+			return m, fmt.Errorf("%w: %q", errBadReply, line)
+		}
+		m.flags = f[2:]
+		m.value, r.b = r.b[:n], r.b[n+2:]
+	}
+	if m.status != "HD" && m.status != "VA" && m.status != "EN" && m.status != "NS" &&
+		m.status != "EX" && m.status != "NF" {
+		return m, fmt.Errorf("%w: %q", errBadReply, line)
+	}
+	return m, nil
+}
+
+// stats reads one stats reply up to END into a map.
+func (r *replies) stats() (map[string]string, error) {
+	st := make(map[string]string)
+	for {
+		line, err := r.line()
+		if err != nil {
+			return nil, err
+		}
+		if string(line) == "END" {
+			return st, nil
+		}
+		f := bytes.Fields(line)
+		if len(f) != 3 || string(f[0]) != "STAT" {
+			return nil, fmt.Errorf("%w: %q", errBadReply, line)
+		}
+		st[string(f[1])] = string(f[2])
+	}
+}
+
+// metaReply is one reply to a meta command.
+type metaReply struct {
+	status string
+	flags  [][]byte
+	value  []byte
+}
+
+// flag returns the value of a one-letter return flag, such as c (cas) or
+// t (ttl).
+func (m metaReply) flag(c byte) (int64, bool) {
+	for _, f := range m.flags {
+		if len(f) > 1 && f[0] == c {
+			v, err := strconv.ParseInt(string(f[1:]), 10, 64)
+			return v, err == nil
+		}
+	}
+	return 0, false
+}
+
+func statInt(st map[string]string, name string) int64 {
+	v, _ := strconv.ParseInt(st[name], 10, 64)
+	return v
+}

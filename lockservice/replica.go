@@ -1,0 +1,431 @@
+package lockservice
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/memcachedlock/memcachedlock/lockext"
+)
+
+// Errors a lock server's writes fail with besides the store's expected
+// outcomes; both match lockext.ErrUnavailable once the manager wraps them.
+var (
+	// ErrRecovering: the server lost its lock items not long ago, and a
+	// grant made before then may still be believed in.
+	ErrRecovering = errors.New("lock server recovering")
+	// ErrServersDiffer: the server's marker names another lock server list
+	// than ours; two proxies would look for one lock in two places.
+	ErrServersDiffer = errors.New("lock servers differ between proxies")
+)
+
+// replica is one lock server as the service knows it: the marker it
+// trusts there, and whether the server is in recovery.
+type replica struct {
+	addr    string
+	conn    Conn
+	marker  string // item key of the marker
+	layout  string // digest of the lock server list, recorded in the marker
+	hold    time.Duration
+	timeout time.Duration
+	log     *slog.Logger
+
+	adopting sync.Mutex // one adoption at a time: a second one must see the first's marker
+
+	mu        sync.Mutex
+	fresh     bool   // trust a server without a marker: it was just started for us
+	known     string // the marker value trusted; "" until adopted
+	knownCAS  uint64
+	base      int64 // evictions when the marker was written
+	evictable bool  // the server evicts items (memcached without -M)
+	until     time.Time
+	differs   string // the other lock server list, when the marker names one
+}
+
+// markerValue is "v1 <epoch> <evictions> <layout>".
+func markerValue(evictions int64, layout string) string {
+	var b [8]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("v1 %s %d %s", hex.EncodeToString(b[:]), evictions, layout)
+}
+
+func parseMarker(v string) (evictions int64, layout string, ok bool) {
+	f := strings.Fields(v)
+	if len(f) != 4 || f[0] != "v1" {
+		return 0, "", false
+	}
+	n, err := strconv.ParseInt(f[2], 10, 64)
+	return n, f[3], err == nil
+}
+
+// State describes a lock server for stats, metrics and logs.
+type State struct {
+	Addr       string
+	Ready      bool
+	Recovering bool
+	Until      time.Time // end of recovery
+	Evictable  bool
+	Differs    bool
+}
+
+func (r *replica) state() State {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return State{Addr: r.addr, Ready: r.known != "" && !time.Now().Before(r.until) && r.differs == "",
+		Recovering: time.Now().Before(r.until), Until: r.until, Evictable: r.evictable, Differs: r.differs != ""}
+}
+
+// ready makes sure the server has a trusted marker and is not in recovery,
+// adopting it or ending its recovery when due; it returns the marker
+// trusted.
+func (r *replica) ready(ctx context.Context) (string, error) {
+	r.mu.Lock()
+	known, until, differs := r.known, r.until, r.differs
+	r.mu.Unlock()
+	switch {
+	case differs != "":
+		return "", ErrServersDiffer
+	case time.Now().Before(until):
+		return "", ErrRecovering
+	case known != "":
+		return known, nil
+	}
+	r.adopting.Lock()
+	r.mu.Lock()
+	adopted := r.known != "" || time.Now().Before(r.until) || r.differs != ""
+	recovered, prev := !r.until.IsZero(), r.knownCAS
+	r.mu.Unlock()
+	var err error
+	switch {
+	case adopted: // by somebody else while we waited for the mutex
+	case recovered:
+		err = r.writeMarker(ctx, prev) // our recovery ran its course
+	default:
+		err = r.adopt(ctx)
+	}
+	r.adopting.Unlock()
+	if err != nil {
+		return "", err
+	}
+	return r.ready(ctx)
+}
+
+// adopt reads the server's marker, counters and settings. A marker present
+// is trusted: whoever wrote it waited out any grant the server could have
+// lost before. A server without one may have lost grants that still run,
+// unless it cannot have: it never flushed nor evicted, and it started longer
+// ago than the longest ttl. Otherwise it recovers first.
+func (r *replica) adopt(ctx context.Context) error {
+	reply, err := r.conn.Exchange(ctx, []byte("mg "+r.marker+" v c\r\nstats\r\nstats settings\r\n"))
+	if err != nil {
+		return err
+	}
+	rs := replies{reply}
+	m, err := rs.meta()
+	if err != nil {
+		return err
+	}
+	st, err := rs.stats()
+	if err != nil {
+		return err
+	}
+	settings, err := rs.stats()
+	if err != nil {
+		return err
+	}
+	evictable := settings["evictions"] == "on"
+	evictions := statInt(st, "evictions")
+	r.mu.Lock()
+	fresh := r.fresh
+	if evictable && !r.evictable {
+		r.log.Warn("lock server evicts items when full: an eviction puts its locks into recovery; "+
+			"run lock servers with -M (and enough -m) or use --lock-replicas 3", "server", r.addr)
+	}
+	r.evictable = evictable
+	r.mu.Unlock()
+
+	if m.status == "VA" {
+		cas, _ := m.flag('c')
+		return r.trust(string(m.value), uint64(cas), evictions)
+	}
+	wait := r.hold + time.Second
+	switch {
+	case fresh:
+		wait = 0
+	case statInt(st, "cmd_flush") == 0 && evictions == 0:
+		// Only a restart can have lost grants: those end by boot + hold.
+		wait -= time.Duration(statInt(st, "uptime")) * time.Second
+	}
+	if wait <= 0 {
+		return r.writeMarker(ctx, 0)
+	}
+	r.recover(time.Now().Add(wait), "found without its marker")
+	return nil
+}
+
+// trust adopts a marker value read from the server.
+func (r *replica) trust(value string, cas uint64, evictions int64) error {
+	base, layout, ok := parseMarker(value)
+	if !ok {
+		return fmt.Errorf("%w: marker %q", errBadReply, value)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if layout != r.layout {
+		if r.differs == "" {
+			r.log.Error("lock server's marker names another lock server list: refusing lock commands; "+
+				"give every proxy the same lock servers, distribution and hash", "server", r.addr, "ours", r.layout, "theirs", layout)
+		}
+		r.differs = layout
+		return ErrServersDiffer
+	}
+	r.known, r.knownCAS, r.base = value, cas, base
+	if r.evictable && evictions > base {
+		r.recoverLocked(time.Now().Add(r.hold+time.Second), "evicted items")
+	}
+	return nil
+}
+
+// recover puts the server into recovery until the given time.
+func (r *replica) recover(until time.Time, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.recoverLocked(until, why)
+}
+
+func (r *replica) recoverLocked(until time.Time, why string) {
+	if until.After(r.until) {
+		if !time.Now().Before(r.until) {
+			r.log.Warn("lock server lost its lock state: refusing writes to it until every grant it may have held has run out",
+				"server", r.addr, "why", why, "until", until.Format(time.RFC3339))
+		}
+		r.until = until
+	}
+	r.known = ""
+}
+
+// writeMarker gives the server a new marker, replacing the one with cas
+// prev (0: none). Evictions are read first, so that one racing the write
+// shows as a later eviction, never as none. If somebody else wrote a
+// marker meanwhile, theirs is adopted.
+func (r *replica) writeMarker(ctx context.Context, prev uint64) error {
+	reply, err := r.conn.Exchange(ctx, []byte("stats\r\n"))
+	if err != nil {
+		return err
+	}
+	rs := replies{reply}
+	st, err := rs.stats()
+	if err != nil {
+		return err
+	}
+	value := markerValue(statInt(st, "evictions"), r.layout)
+	mode := "ME"
+	if prev != 0 {
+		mode = "C" + strconv.FormatUint(prev, 10) // the old marker is still there after evictions
+	}
+	m, err := r.storeMarker(ctx, value, mode)
+	if err == nil && m.status == "NF" {
+		m, err = r.storeMarker(ctx, value, "ME") // it went meanwhile
+	}
+	if err != nil {
+		return err
+	}
+	if m.status != "HD" {
+		r.mu.Lock()
+		r.fresh = false
+		r.mu.Unlock()
+		return r.adopt(ctx) // somebody else was quicker
+	}
+	cas, _ := m.flag('c')
+	r.mu.Lock()
+	r.known, r.knownCAS, r.base, r.until = value, uint64(cas), statInt(st, "evictions"), time.Time{}
+	r.fresh = false // only the first marker may be taken on trust
+	r.mu.Unlock()
+	r.log.Info("lock server ready", "server", r.addr)
+	return nil
+}
+
+func (r *replica) storeMarker(ctx context.Context, value, mode string) (metaReply, error) {
+	reply, err := r.conn.Exchange(ctx, fmt.Appendf(nil, "ms %s %d %s c\r\n%s\r\n", r.marker, len(value), mode, value))
+	if err != nil {
+		return metaReply{}, err
+	}
+	rs := replies{reply}
+	return rs.meta()
+}
+
+// endRecovery writes a new marker once the recovery time is over.
+func (r *replica) endRecovery(ctx context.Context) {
+	r.mu.Lock()
+	due := !r.until.IsZero() && !time.Now().Before(r.until) && r.known == "" && r.differs == ""
+	r.mu.Unlock()
+	if due {
+		if _, err := r.ready(ctx); err != nil {
+			r.log.Warn("lock server: writing its marker failed; retrying", "server", r.addr, "err", err)
+		}
+	}
+}
+
+// check judges the marker read back after a write: the write counts only if
+// the marker is still the one trusted before it (and, where the server
+// evicts, nothing was evicted since the marker was written). A marker
+// replaced by another proxy's is adopted for next time.
+func (r *replica) check(trusted string, m metaReply, st map[string]string) error {
+	switch {
+	case m.status == "EN":
+		r.recover(time.Now().Add(r.hold+time.Second), "marker gone (flushed, restarted or evicted)")
+		return ErrRecovering
+	case m.status != "VA":
+		return fmt.Errorf("%w: marker: %s", errBadReply, m.status)
+	case string(m.value) != trusted:
+		cas, _ := m.flag('c')
+		if err := r.trust(string(m.value), uint64(cas), statInt(st, "evictions")); err != nil {
+			return err
+		}
+		return errMarkerMoved
+	case st != nil && statInt(st, "evictions") > r.baseNow():
+		r.recover(time.Now().Add(r.hold+time.Second), "evicted items")
+		return ErrRecovering
+	}
+	return nil
+}
+
+// errMarkerMoved: another proxy renewed the marker after a recovery; the
+// write is void but may be tried again at once.
+var errMarkerMoved = errors.New("lockservice: marker renewed meanwhile")
+
+func (r *replica) baseNow() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.base
+}
+
+func (r *replica) evicts() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.evictable
+}
+
+// get reads a lock item.
+func (r *replica) get(ctx context.Context, item string) (value []byte, cas uint64, ttl int, err error) {
+	if _, err := r.ready(ctx); err != nil {
+		return nil, 0, 0, err
+	}
+	reply, err := r.conn.Exchange(ctx, []byte("mg "+item+" v c t\r\n"))
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	rs := replies{reply}
+	m, err := rs.meta()
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	switch m.status {
+	case "EN":
+		return nil, 0, 0, lockext.ErrStoreMiss
+	case "VA":
+		c, _ := m.flag('c')
+		t, ok := m.flag('t')
+		if !ok {
+			t = -1
+		}
+		return m.value, uint64(c), int(t), nil
+	}
+	return nil, 0, 0, fmt.Errorf("%w: mg: %s", errBadReply, m.status)
+}
+
+// write stores an item: added when cas is 0, else compare-and-swapped; ttl
+// is a grant's, and the item is written to live a second more, since
+// memcached's clock ticks once a second. The marker is read back behind it.
+func (r *replica) write(ctx context.Context, item string, value []byte, ttl int, cas uint64) (uint64, error) {
+	for tries := 0; ; tries++ {
+		trusted, err := r.ready(ctx)
+		if err != nil {
+			return 0, err
+		}
+		mode := "ME"
+		if cas != 0 {
+			mode = "C" + strconv.FormatUint(cas, 10)
+		}
+		batch := fmt.Appendf(make([]byte, 0, 128+len(value)), "ms %s %d T%d %s c\r\n%s\r\nmg %s v c\r\n",
+			item, len(value), ttl+1, mode, value, r.marker)
+		evicts := cas == 0 && r.evicts() // a compare-and-swap cannot succeed on an evicted item
+		if evicts {
+			batch = append(batch, "stats\r\n"...)
+		}
+		reply, err := r.conn.Exchange(ctx, batch)
+		if err != nil {
+			return 0, err
+		}
+		rs := replies{reply}
+		m, err := rs.meta()
+		if err != nil {
+			return 0, err
+		}
+		mk, err := rs.meta()
+		if err != nil {
+			return 0, err
+		}
+		var st map[string]string
+		if evicts {
+			if st, err = rs.stats(); err != nil {
+				return 0, err
+			}
+		}
+		switch m.status {
+		case "NS", "EX":
+			return 0, lockext.ErrStoreExists
+		case "NF":
+			return 0, lockext.ErrStoreMiss
+		case "HD":
+		default:
+			return 0, fmt.Errorf("%w: ms: %s", errBadReply, m.status)
+		}
+		newCAS, _ := m.flag('c')
+		if err := r.check(trusted, mk, st); err != nil {
+			r.undo(item, uint64(newCAS))
+			if errors.Is(err, errMarkerMoved) && tries == 0 && cas == 0 {
+				continue
+			}
+			return 0, ErrRecovering
+		}
+		return uint64(newCAS), nil
+	}
+}
+
+// del deletes an item if its cas is still cas.
+func (r *replica) del(ctx context.Context, item string, cas uint64) error {
+	reply, err := r.conn.Exchange(ctx, fmt.Appendf(nil, "md %s C%d\r\n", item, cas))
+	if err != nil {
+		return err
+	}
+	rs := replies{reply}
+	m, err := rs.meta()
+	if err != nil {
+		return err
+	}
+	switch m.status {
+	case "HD":
+		return nil
+	case "EX":
+		return lockext.ErrStoreExists
+	case "NF":
+		return lockext.ErrStoreMiss
+	}
+	return fmt.Errorf("%w: md: %s", errBadReply, m.status)
+}
+
+// undo deletes an item a void write left, so that it blocks nobody; if
+// that fails, its ttl ends it.
+func (r *replica) undo(item string, cas uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	r.del(ctx, item, cas)
+}

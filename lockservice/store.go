@@ -1,0 +1,256 @@
+package lockservice
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/memcachedlock/memcachedlock/lockext"
+	"github.com/memcachedlock/memcachedlock/ring"
+)
+
+// store is the lockext.Store over the lock servers: each name on its
+// replicas, each write needing a majority of them. A version is one cas
+// per replica (0 where that replica did not take the write).
+type store struct {
+	ring     *ring.Ring
+	replicas []*replica // by lock ring index
+	n        int        // replicas per name
+}
+
+type version []uint64
+
+func (s *store) majority() int { return s.n/2 + 1 }
+
+// of returns the replicas that hold a name.
+func (s *store) of(name string) []*replica {
+	var idx [8]int
+	picked := s.ring.PickN(idx[:0], []byte(name), s.n)
+	reps := make([]*replica, len(picked))
+	for i, p := range picked {
+		reps[i] = s.replicas[p]
+	}
+	return reps
+}
+
+// outcome is one replica's answer.
+type outcome struct {
+	i     int
+	cas   uint64
+	value []byte
+	ttl   int
+	err   error
+}
+
+// fanOut runs op on every replica at once and collects outcomes until
+// enough decides the result: it returns as soon as done says so, so a
+// paused replica costs nobody its timeout. Outcomes that arrive after the
+// decision go to late, if set.
+func fanOut(reps []*replica, op func(i int, r *replica) outcome, done func([]outcome) bool, late func(outcome)) []outcome {
+	if len(reps) == 1 {
+		return []outcome{op(0, reps[0])}
+	}
+	var mu sync.Mutex
+	var got []outcome
+	decided := false
+	ready := make(chan struct{})
+	for i, r := range reps {
+		go func() {
+			o := op(i, r)
+			mu.Lock()
+			if decided {
+				mu.Unlock()
+				if late != nil {
+					late(o)
+				}
+				return
+			}
+			got = append(got, o)
+			if done(got) || len(got) == len(reps) {
+				decided = true
+				close(ready)
+			}
+			mu.Unlock()
+		}()
+	}
+	<-ready
+	mu.Lock()
+	defer mu.Unlock()
+	return append([]outcome(nil), got...)
+}
+
+// tally counts successes, and remembers the most telling failure.
+func tally(outs []outcome) (ok int, err error) {
+	for _, o := range outs {
+		switch {
+		case o.err == nil:
+			ok++
+		case err == nil,
+			errors.Is(o.err, lockext.ErrStoreExists),
+			errors.Is(o.err, lockext.ErrStoreMiss) && !errors.Is(err, lockext.ErrStoreExists),
+			errors.Is(o.err, ErrServersDiffer):
+			err = o.err
+		}
+	}
+	return ok, err
+}
+
+// decide returns once a write has its majority or can no longer get it.
+func (s *store) decide(total int) func([]outcome) bool {
+	need := s.majority()
+	return func(outs []outcome) bool {
+		ok, _ := tally(outs)
+		return ok >= need || len(outs)-ok > total-need
+	}
+}
+
+func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
+	reps := s.of(k.Name)
+	need := s.majority()
+	agree := func(outs []outcome) (best []outcome, misses int) {
+		for _, o := range outs {
+			if errors.Is(o.err, lockext.ErrStoreMiss) {
+				misses++
+				continue
+			}
+			if o.err != nil {
+				continue
+			}
+			var same []outcome
+			for _, p := range outs {
+				if p.err == nil && bytes.Equal(p.value, o.value) {
+					same = append(same, p)
+				}
+			}
+			if len(same) > len(best) {
+				best = same
+			}
+		}
+		return best, misses
+	}
+	outs := fanOut(reps, func(i int, r *replica) outcome {
+		v, cas, ttl, err := r.get(ctx, k.Item)
+		return outcome{i: i, cas: cas, value: v, ttl: ttl, err: err}
+	}, func(outs []outcome) bool {
+		best, misses := agree(outs)
+		return len(best) >= need || misses >= need
+	}, nil)
+	best, misses := agree(outs)
+	switch {
+	case len(best) >= need:
+		ver := make(version, len(reps))
+		it := lockext.Item{Value: best[0].value, Version: ver, TTL: best[0].ttl}
+		for _, o := range best {
+			ver[o.i] = o.cas
+			it.TTL = min(it.TTL, o.ttl)
+		}
+		return it, nil
+	case misses >= need:
+		return lockext.Item{}, lockext.ErrStoreMiss
+	case len(best) > 0 || misses > 0:
+		// Replicas disagree (a write or an undo half done): the lock is not
+		// free; report it held by whoever most replicas name.
+		if len(best) == 0 {
+			return lockext.Item{}, lockext.ErrStoreMiss
+		}
+		return lockext.Item{Value: best[0].value, Version: make(version, len(reps)), TTL: -1}, nil
+	}
+	_, err := tally(outs)
+	return lockext.Item{}, err
+}
+
+func (s *store) Add(ctx context.Context, k lockext.Key, value []byte, ttl int) (lockext.Version, error) {
+	return s.write(ctx, k, value, ttl, nil)
+}
+
+func (s *store) CompareAndSwap(ctx context.Context, k lockext.Key, value []byte, ttl int, v lockext.Version) (lockext.Version, error) {
+	ver, _ := v.(version)
+	if isZero(ver) {
+		return nil, lockext.ErrStoreExists // nothing known to compare with
+	}
+	return s.write(ctx, k, value, ttl, ver)
+}
+
+// write adds (prev nil) or compare-and-swaps on every replica of the
+// name. Without a majority, what was written is undone, so that it blocks
+// nobody; so is a write that succeeds only after the decision. A replica
+// whose cas is unknown (it missed an earlier write) takes no part in a
+// compare-and-swap: it counts as a failure.
+func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int, prev version) (lockext.Version, error) {
+	reps := s.of(k.Name)
+	var mu sync.Mutex
+	resolved, failed := false, false
+	var pending []outcome
+	undo := func(o outcome) {
+		if o.err == nil {
+			reps[o.i].undo(k.Item, o.cas)
+		}
+	}
+	outs := fanOut(reps, func(i int, r *replica) outcome {
+		var cas uint64
+		if prev != nil {
+			if i >= len(prev) || prev[i] == 0 {
+				return outcome{i: i, err: lockext.ErrStoreExists}
+			}
+			cas = prev[i]
+		}
+		c, err := r.write(ctx, k.Item, value, ttl, cas)
+		return outcome{i: i, cas: c, err: err}
+	}, s.decide(len(reps)), func(o outcome) {
+		mu.Lock()
+		if !resolved {
+			pending = append(pending, o)
+			mu.Unlock()
+			return
+		}
+		f := failed
+		mu.Unlock()
+		if f {
+			undo(o)
+		}
+	})
+	ok, err := tally(outs)
+	mu.Lock()
+	resolved, failed = true, ok < s.majority()
+	late := pending
+	mu.Unlock()
+	if failed {
+		for _, o := range append(outs, late...) {
+			undo(o)
+		}
+		return nil, err
+	}
+	ver := make(version, len(reps))
+	for _, o := range outs {
+		if o.err == nil {
+			ver[o.i] = o.cas
+		}
+	}
+	return ver, nil
+}
+
+func (s *store) CompareAndDelete(ctx context.Context, k lockext.Key, v lockext.Version) error {
+	ver, _ := v.(version)
+	reps := s.of(k.Name)
+	outs := fanOut(reps, func(i int, r *replica) outcome {
+		if i >= len(ver) || ver[i] == 0 {
+			return outcome{i: i, err: lockext.ErrStoreExists}
+		}
+		return outcome{i: i, err: r.del(ctx, k.Item, ver[i])}
+	}, s.decide(len(reps)), nil)
+	ok, err := tally(outs)
+	if ok >= s.majority() {
+		return nil
+	}
+	return err
+}
+
+func isZero(v version) bool {
+	for _, c := range v {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
