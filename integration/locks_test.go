@@ -455,15 +455,14 @@ func TestLockUncontendedIsTwoRoundTrips(t *testing.T) {
 		}
 	}
 	after := serverStats()
-	ops := 0
-	for _, k := range []string{"cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_misses", "cas_hits", "cas_misses", "cas_badval"} {
-		ops += after[k] - before[k]
-	}
-	// stats itself is not counted in these.
-	if ops != 30 || after["cmd_set"]-before["cmd_set"] != 10 || after["delete_hits"]-before["delete_hits"] != 10 ||
-		after["get_hits"]-before["get_hits"] != 10 {
-		t.Fatalf("10 lock+unlock cost %d memcached operations (sets %d, marker reads %d, deletes %d), want 30", ops,
-			after["cmd_set"]-before["cmd_set"], after["get_hits"]-before["get_hits"], after["delete_hits"]-before["delete_hits"])
+	// Besides, the proxy renews its registration once a second (a read and
+	// a write); stats itself is not counted in these.
+	renewals := after["uptime"] - before["uptime"] + 1
+	sets, gets, deletes := after["cmd_set"]-before["cmd_set"], after["cmd_get"]-before["cmd_get"], after["delete_hits"]-before["delete_hits"]
+	if deletes != 10 || sets < 10 || sets > 10+renewals || gets < 10 || gets > 10+renewals ||
+		after["cmd_touch"] != before["cmd_touch"] || after["delete_misses"] != before["delete_misses"] {
+		t.Fatalf("10 lock+unlock cost sets %d, marker reads %d, deletes %d (with up to %d registry renewals); want 10 of each",
+			sets, gets, deletes, renewals)
 	}
 }
 

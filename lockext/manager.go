@@ -300,11 +300,12 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 // seconds, or -1. Only the head tries. While this process holds the lock,
 // the holder's release hands it over, so the head only looks now and then
 // (at the poll interval) in case the grant was released, shortened or
-// expired through another process: what we remember is a hint.
+// expired through another process: what we remember is a hint. A request
+// that tries once always looks.
 func (m *Manager) turn(st *keyState, w *waiter) (try bool, sleep time.Duration, ttl int) {
 	try = st.queue[0] == w && !st.handing
 	sleep, ttl = time.Duration(math.MaxInt64), -1
-	if h := st.held; h != nil && try {
+	if h := st.held; h != nil && try && w.req.Wait > 0 {
 		until := time.Until(h.expires)
 		ttl = max(int(until.Seconds()+0.5), 0)
 		if until > 0 && !h.checkDue(m.cfg.Poll) {

@@ -74,9 +74,8 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 				m.dropHeld(st, fence)
 				return 0, ErrNotOwner
 			}
-			// The store's items outlive their ttl by up to a second;
-			// written back, the grant keeps its own end.
-			cur = current{rec: rec, ver: it.Version, ttl: max(it.TTL-1, 1)}
+			// Written back, the grant keeps its own end.
+			cur = current{rec: rec, ver: it.Version, ttl: max(it.TTL, 1)}
 		}
 		n, err := change(st, cur)
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
@@ -203,9 +202,5 @@ func (m *Manager) Info(ctx context.Context, name string) (Info, error) {
 	if rec.kind == kindConn {
 		owner = "conn:" + owner
 	}
-	ttl := it.TTL
-	if ttl > 0 {
-		ttl-- // the item outlives the grant by up to a second
-	}
-	return Info{Grant: Grant{Name: name, Fence: rec.fence, TTL: ttl, Count: rec.count, Owner: owner}, Waiters: waiters}, nil
+	return Info{Grant: Grant{Name: name, Fence: rec.fence, TTL: it.TTL, Count: rec.count, Owner: owner}, Waiters: waiters}, nil
 }

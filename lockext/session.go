@@ -63,3 +63,7 @@ func (s *Session) Close(ctx context.Context) {
 		s.m.release(ctx, name, fence, true)
 	}
 }
+
+// ID names the session's connection in the grants it owns; a request
+// forwarded to another process for this session carries it.
+func (s *Session) ID() string { return s.id }

@@ -333,8 +333,11 @@ func (r *replica) get(ctx context.Context, item string) (value []byte, cas uint6
 	case "VA":
 		c, _ := m.flag('c')
 		t, ok := m.flag('t')
-		if !ok {
+		switch {
+		case !ok:
 			t = -1
+		case t > 0:
+			t-- // the item outlives its grant by up to a second
 		}
 		return m.value, uint64(c), int(t), nil
 	}

@@ -2,13 +2,16 @@ package lockservice
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/memcachedlock/memcachedlock/lockext"
@@ -44,6 +47,10 @@ type Service struct {
 	store    *store
 	manager  *lockext.Manager
 	replicas []*replica
+	members  *members
+	peers    *peers
+
+	forwardedOut, forwardedIn, forwardFailed atomic.Uint64
 
 	quit     chan struct{}
 	quitOnce sync.Once
@@ -66,7 +73,13 @@ func New(cfg Config, dial func(addr string) Conn) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, quit: make(chan struct{})}
+	if cfg.Instance == "" {
+		var b [6]byte
+		rand.Read(b[:])
+		cfg.Instance = hex.EncodeToString(b[:])
+	}
+	s := &Service{cfg: cfg, quit: make(chan struct{}), members: newMembers(cfg.Prefix, cfg.Instance, Layout(cfg)),
+		peers: &peers{timeout: cfg.Timeout, links: make(map[string]*peerLink)}}
 	layout := Layout(cfg)
 	for _, srv := range r.Servers() {
 		s.replicas = append(s.replicas, &replica{
@@ -96,11 +109,31 @@ func Layout(cfg Config) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// tend adopts lock servers and ends their recoveries on time, so that the
-// state shown is current even without lock traffic.
+// Advertise sets the address other proxies reach this one at (its client
+// port) and puts it in the registry, making it home for a share of the
+// lock names. Without it this proxy forwards to others but is nobody's
+// home.
+func (s *Service) Advertise(addr string) {
+	s.members.advertise(addr)
+	s.refreshMembers()
+}
+
+func (s *Service) refreshMembers() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+	defer cancel()
+	conns := make([]Conn, len(s.replicas))
+	for i, r := range s.replicas {
+		conns[i] = r.conn
+	}
+	s.members.refresh(ctx, conns)
+}
+
+// tend adopts lock servers, ends their recoveries on time (so that the
+// state shown is current even without lock traffic) and keeps this
+// proxy's registration alive.
 func (s *Service) tend() {
 	defer s.wg.Done()
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(memberRenew)
 	defer tick.Stop()
 	for {
 		for _, r := range s.replicas {
@@ -109,6 +142,7 @@ func (s *Service) tend() {
 			r.ready(ctx)
 			cancel()
 		}
+		s.refreshMembers()
 		select {
 		case <-s.quit:
 			return
@@ -117,8 +151,20 @@ func (s *Service) tend() {
 	}
 }
 
-// Stats returns the lock counters.
-func (s *Service) Stats() lockext.Stats { return s.manager.Stats() }
+// Stats are the service's counters.
+type Stats struct {
+	lockext.Stats
+	ForwardedOut  uint64 // requests sent to a name's home proxy
+	ForwardedIn   uint64 // requests served here as home for another proxy
+	ForwardFailed uint64 // forwards that fell back to serving the name here
+	Proxies       int    // proxies in the registry, this one included
+}
+
+// Stats returns the counters.
+func (s *Service) Stats() Stats {
+	return Stats{Stats: s.manager.Stats(), ForwardedOut: s.forwardedOut.Load(), ForwardedIn: s.forwardedIn.Load(),
+		ForwardFailed: s.forwardFailed.Load(), Proxies: len(s.members.list())}
+}
 
 // States describes every lock server.
 func (s *Service) States() []State {
@@ -132,40 +178,172 @@ func (s *Service) States() []State {
 // Close ends every wait with lockext.ErrClosed and stops the service.
 func (s *Service) Close() {
 	s.manager.Close()
-	s.quitOnce.Do(func() { close(s.quit) })
+	s.quitOnce.Do(func() {
+		close(s.quit)
+		s.members.advertise("") // leave the registry: others stop forwarding here
+		s.refreshMembers()
+		s.peers.closeAll()
+	})
 	s.wg.Wait()
 }
 
-// Session is one client connection's use of the service.
+// Session is one client connection's use of the service. A name whose
+// home is another proxy is forwarded there; when that proxy cannot be
+// reached, the name is served here.
 type Session struct {
 	svc *Service
 	ls  *lockext.Session
+
+	mu        sync.Mutex
+	forwarded map[string]uint64 // connection-owned grants made by a home: name -> fence
 }
 
 // NewSession starts a session.
 func (s *Service) NewSession() *Session { return &Session{svc: s, ls: s.manager.NewSession()} }
 
+// remote returns the link to name's home, or nil when this proxy is home
+// (or no home is known).
+func (s *Service) remote(name string) *peerLink {
+	m, ok := s.members.home(name)
+	if !ok || m.instance == s.cfg.Instance {
+		return nil
+	}
+	return s.peers.link(m)
+}
+
+// forward asks name's home; ok is false when the name must be served here.
+func (s *Service) forward(ctx context.Context, name, req string, onWait func()) (f []string, err error, ok bool) {
+	l := s.remote(name)
+	if l == nil {
+		return nil, nil, false
+	}
+	s.forwardedOut.Add(1)
+	f, err = l.call(ctx, req, onWait)
+	if errors.Is(err, errPeer) {
+		s.forwardFailed.Add(1)
+		return nil, nil, false
+	}
+	if err == nil && len(f) > 0 && f[0] == "ERR" {
+		err = decodeErr(f[1:])
+		if errors.Is(err, errPeer) {
+			s.forwardFailed.Add(1)
+			return nil, nil, false
+		}
+	}
+	return f, err, true
+}
+
 // Lock takes a lock; see lockext.Request.
 func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant, error) {
-	return ss.ls.Lock(ctx, req)
+	if onWait := req.OnWait; onWait != nil {
+		var once sync.Once // the home may say "waiting", then the wait go on here
+		req.OnWait = func() { once.Do(onWait) }
+	}
+	start := time.Now()
+	f, err, ok := ss.svc.forward(ctx, req.Name, lockLine(req, ss.ls.ID()), req.OnWait)
+	if !ok {
+		if d := time.Since(start); d > 0 && req.Wait > 0 {
+			req.Wait = max(req.Wait-d, 0) // the time spent at an unreachable home counts
+		}
+		return ss.ls.Lock(ctx, req)
+	}
+	if err != nil {
+		return lockext.Grant{}, err
+	}
+	if len(f) < 2 || f[0] != "LOCKED" {
+		return lockext.Grant{}, lockext.ErrUnavailable
+	}
+	g, err := parseGrant(f[1:])
+	if err != nil {
+		return lockext.Grant{}, lockext.ErrUnavailable
+	}
+	g.Name = req.Name
+	if req.Owner == "" {
+		ss.mu.Lock()
+		if ss.forwarded == nil {
+			ss.forwarded = make(map[string]uint64)
+		}
+		ss.forwarded[req.Name] = g.Fence
+		ss.mu.Unlock()
+		g.Owner = "conn:" + g.Owner
+	}
+	return g, nil
 }
 
 // Unlock releases one level of a grant.
 func (ss *Session) Unlock(ctx context.Context, name string, fence uint64) (int, error) {
-	return ss.ls.Unlock(ctx, name, fence)
+	f, err, ok := ss.svc.forward(ctx, name, fmt.Sprintf("U %s %d", name, fence), nil)
+	var left int
+	if !ok {
+		left, err = ss.ls.Unlock(ctx, name, fence)
+	} else if err == nil {
+		if len(f) < 2 || f[0] != "UNLOCKED" {
+			return 0, lockext.ErrUnavailable
+		}
+		left, _ = strconv.Atoi(f[1])
+	}
+	if err == nil && left == 0 {
+		ss.mu.Lock()
+		if ss.forwarded[name] == fence {
+			delete(ss.forwarded, name)
+		}
+		ss.mu.Unlock()
+	}
+	return left, err
 }
 
 // Extend sets a grant's remaining lifetime.
 func (ss *Session) Extend(ctx context.Context, name string, fence uint64, ttl int) (int, error) {
-	return ss.svc.manager.Extend(ctx, name, fence, ttl)
+	f, err, ok := ss.svc.forward(ctx, name, fmt.Sprintf("E %s %d %d", name, fence, ttl), nil)
+	if !ok {
+		return ss.svc.manager.Extend(ctx, name, fence, ttl)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if len(f) < 2 || f[0] != "EXTENDED" {
+		return 0, lockext.ErrUnavailable
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n, nil
 }
 
-// Info describes a lock's current grant.
+// Info describes a lock's current grant; the waiters are those at its home.
 func (ss *Session) Info(ctx context.Context, name string) (lockext.Info, error) {
-	return ss.svc.manager.Info(ctx, name)
+	f, err, ok := ss.svc.forward(ctx, name, "I "+name, nil)
+	if !ok {
+		return ss.svc.manager.Info(ctx, name)
+	}
+	if err != nil {
+		return lockext.Info{}, err
+	}
+	if len(f) < 6 || f[0] != "LOCK" {
+		return lockext.Info{}, lockext.ErrUnavailable
+	}
+	g, err := parseGrant(f[1 : len(f)-1])
+	if err != nil {
+		return lockext.Info{}, lockext.ErrUnavailable
+	}
+	g.Name = name
+	waiters, _ := strconv.Atoi(f[len(f)-1])
+	return lockext.Info{Grant: g, Waiters: waiters}, nil
 }
 
-// Close releases the locks the session owns.
-func (ss *Session) Close(ctx context.Context) { ss.ls.Close(ctx) }
+// Close releases the locks the session owns, wherever they were granted.
+func (ss *Session) Close(ctx context.Context) {
+	ss.mu.Lock()
+	forwarded := ss.forwarded
+	ss.forwarded = nil
+	ss.mu.Unlock()
+	for name, fence := range forwarded {
+		ss.Unlock(ctx, name, fence)
+	}
+	ss.ls.Close(ctx)
+}
 
-var _ = strconv.Itoa
+// Home returns the address of the proxy whose queue serves name (this
+// one's own address when it is home), or "" when no proxy is registered.
+func (s *Service) Home(name string) string {
+	m, _ := s.members.home(name)
+	return m.addr
+}

@@ -33,7 +33,11 @@ type Config struct {
 	LockReplicas int           // lock servers each lock lives on, a majority deciding; default 1
 	// LockFresh trusts lock servers found without their marker at start
 	// (just started for this proxy) instead of waiting LockTTLMax.
-	LockFresh   bool
+	LockFresh bool
+	// Advertise is the address other proxies reach this one at to forward
+	// lock commands for the names it is home for; default: the listen
+	// address, unless that is a wildcard.
+	Advertise   string
 	LockPrefix  string        // reserved key prefix of lock items
 	LockTTL     int           // default grant lifetime, seconds
 	LockTTLMax  int           // longest grant lifetime, seconds

@@ -102,13 +102,17 @@ func (c *clientConn) serve() {
 			cancel()
 		}
 	}()
-	for !c.stopping.Load() {
+	for first := true; !c.stopping.Load(); first = false {
 		line, err := c.readLine()
 		if err != nil {
 			c.sawEOF = errors.Is(err, io.EOF)
 			if errors.Is(err, errLineTooLong) {
 				c.send(staticReply("CLIENT_ERROR line too long\r\n"))
 			}
+			return
+		}
+		if first && c.s.locks.IsPeerHello(line) {
+			c.servePeer()
 			return
 		}
 		c.s.commands.Add(1)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -148,6 +149,17 @@ func (c *clientConn) lock(req lockext.Request) {
 			c.nc.SetReadDeadline(time.Now()) // shutdown began during the wait
 		}
 	}
+}
+
+// servePeer serves another proxy that forwards lock commands for names
+// whose home this proxy is.
+func (c *clientConn) servePeer() {
+	c.send(staticReply("PEER\r\n"))
+	next := func() ([]byte, error) {
+		line, err := c.readLine()
+		return bytes.Clone(line), err
+	}
+	c.s.locks.ServePeer(c.ctx, next, func(b []byte) { c.send(staticReply(b)) })
 }
 
 func (c *clientConn) lockSession() *lockservice.Session {

@@ -82,6 +82,23 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// advertise tells the other proxies where this one takes forwarded lock
+// commands: Config.Advertise, else the listener's address unless it is a
+// wildcard, which other hosts could not dial.
+func (s *Server) advertise(l net.Addr) {
+	addr := s.cfg.Advertise
+	if addr == "" {
+		if ta, ok := l.(*net.TCPAddr); ok && !ta.IP.IsUnspecified() {
+			addr = ta.String()
+		}
+	}
+	if addr == "" {
+		s.cfg.Logger.Warn("listening on a wildcard address without --advertise: other proxies will not forward lock commands here")
+		return
+	}
+	s.locks.Advertise(addr)
+}
+
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = errors.New("proxy: server closed")
 
@@ -93,7 +110,11 @@ func (s *Server) Serve(l net.Listener) error {
 		return ErrServerClosed
 	}
 	s.listeners[l] = struct{}{}
+	first := len(s.listeners) == 1
 	s.mu.Unlock()
+	if first {
+		s.advertise(l.Addr())
+	}
 	var delay time.Duration
 	for {
 		nc, err := l.Accept()
@@ -205,3 +226,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	})
 	return err
 }
+
+// LockHome returns the address of the proxy that queues the waiters for
+// the lock name, or "" while no proxy has registered.
+func (s *Server) LockHome(name string) string { return s.locks.Home(name) }

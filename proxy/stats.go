@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/memcachedlock/memcachedlock/lockext"
+	"github.com/memcachedlock/memcachedlock/lockservice"
 )
 
 // Stats are the proxy's own counters.
@@ -15,7 +15,7 @@ type Stats struct {
 	RejectedConnections uint64
 	Commands            uint64
 	GetServerErrorMiss  uint64 // multi-get keys answered as misses because their server failed
-	Locks               lockext.Stats
+	Locks               lockservice.Stats
 }
 
 // Stats returns the proxy's counters.
@@ -69,4 +69,20 @@ func (s *Server) writeProxyStats(w *bufio.Writer) {
 	stat("lock_timeouts", ls.Timeouts)
 	stat("lock_handoffs", ls.Handoffs)
 	stat("lock_waiters", ls.Waiters)
+	stat("lock_forwarded", ls.ForwardedOut)
+	stat("lock_forwarded_in", ls.ForwardedIn)
+	stat("lock_forward_failed", ls.ForwardFailed)
+	stat("lock_proxies", ls.Proxies)
+	for _, st := range s.locks.States() {
+		state := "ready"
+		switch {
+		case st.Differs:
+			state = "differs"
+		case st.Recovering:
+			state = "recovering_until_" + st.Until.UTC().Format(time.RFC3339)
+		case !st.Ready:
+			state = "unknown"
+		}
+		stat("lock_server:"+st.Addr+":state", state)
+	}
 }

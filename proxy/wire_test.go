@@ -22,6 +22,7 @@ func startProxy(t *testing.T, cfg Config, mcs ...*testmc.Memcached) (string, *Se
 		cfg.Servers = append(cfg.Servers, ring.Server{Addr: m.Addr, Weight: 1})
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	cfg.LockFresh = true // the servers were just started
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -153,8 +154,10 @@ func TestWireOneByteAtATime(t *testing.T) {
 }
 
 func TestWireStatsMergedWithProxyCounters(t *testing.T) {
-	m1, m2 := testmc.Start(t), testmc.Start(t)
-	addr, _ := startProxy(t, Config{}, m1, m2)
+	m1, m2, locks := testmc.Start(t), testmc.Start(t), testmc.Start(t)
+	// Lock state (markers, the proxy registry) on a server of its own, so
+	// that the cache servers hold just the test's items.
+	addr, _ := startProxy(t, Config{LockServers: []ring.Server{{Addr: locks.Addr, Weight: 1}}}, m1, m2)
 	c := dial(t, addr)
 	for _, k := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
 		c.send("set " + k + " 0 0 1\r\nx\r\n")

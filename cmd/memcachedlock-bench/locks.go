@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,40 +46,119 @@ type lockResult struct {
 func runLocks(cc *cli.Context) error {
 	var ps procs
 	defer ps.stop()
-	servers, err := ps.memcached(1, 2)
-	if err != nil {
-		return err
-	}
-	addr, err := ps.proxy(cc.String("proxy-bin"), servers)
+	cache, err := ps.memcached(1, 2)
 	if err != nil {
 		return err
 	}
 	w, hold, think, d := cc.Int("workers"), cc.Duration("hold"), cc.Duration("think"), cc.Duration("duration")
-	fmt.Printf("lock benchmark: W=%d workers, hold %s, think %s, %s per run, one memcached\n\n", w, hold, think, d)
-	proxied, err := lockRun("memcachedlock", w, hold, think, d, addr, func(int) (locker, error) {
-		c, err := lockclient.Dial(context.Background(), addr)
-		return &proxyLocker{c: c}, err
+	fmt.Printf("lock benchmark: W=%d workers, hold %s, think %s, %s per run; workers spread over the proxies; "+
+		"lock servers: memcached -M, fresh for each case\n\n", w, hold, think, d)
+	var results []lockResult
+	for _, replicas := range []int{1, 3} {
+		for _, n := range []int{1, 2, 4} {
+			r, err := proxiedRun(cc.String("proxy-bin"), cache[0], n, replicas, w, hold, think, d)
+			if err != nil {
+				return err
+			}
+			results = append(results, r)
+		}
+	}
+	polling, err := lockRun(fmt.Sprintf("polling %s", cc.Duration("interval")), w, hold, think, d, cache[0], func(int) (locker, error) {
+		return &pollLocker{mc: memcache.New(cache[0]), interval: cc.Duration("interval")}, nil
 	})
 	if err != nil {
 		return err
 	}
-	polling, err := lockRun(fmt.Sprintf("polling %s", cc.Duration("interval")), w, hold, think, d, servers[0], func(int) (locker, error) {
-		return &pollLocker{mc: memcache.New(servers[0]), interval: cc.Duration("interval")}, nil
-	})
-	if err != nil {
-		return err
-	}
-	fmt.Printf("| %-18s | %9s | %8s | %8s | %8s | %13s | %5s |\n", "scheme", "grants/s", "wait p50", "wait p99", "wait max", "per worker", "lost")
-	fmt.Printf("|%s|%s|%s|%s|%s|%s|%s|\n", dashes(20), dashes(11), dashes(10), dashes(10), dashes(10), dashes(15), dashes(7))
-	for _, r := range []lockResult{proxied, polling} {
+	results = append(results, polling)
+	fmt.Printf("| %-24s | %8s | %5s | %8s | %8s | %8s | %9s | %14s | %4s |\n", "scheme", "grants/s", "busy", "wait p50", "wait p99", "wait max", "idle/hand", "per worker", "lost")
+	fmt.Printf("|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", dashes(26), dashes(10), dashes(7), dashes(10), dashes(10), dashes(10), dashes(11), dashes(16), dashes(6))
+	for _, r := range results {
 		slices.Sort(r.waits)
 		lo, hi := slices.Min(r.perWorker), slices.Max(r.perWorker)
-		fmt.Printf("| %-18s | %9.0f | %8s | %8s | %8s | %4d-%4d %4.2f | %5d |\n", r.name,
-			float64(r.grants)/r.elapsed.Seconds(), ms(pct(r.waits, 50)), ms(pct(r.waits, 99)), ms(r.waits[len(r.waits)-1]),
+		rate := float64(r.grants) / r.elapsed.Seconds()
+		// The lock is idle between one holder's unlock and the next grant:
+		// what is left of each grant's share of the run after its hold.
+		idle := time.Duration(float64(r.elapsed)/float64(max(r.grants, 1))) - hold
+		fmt.Printf("| %-24s | %8.0f | %4.0f%% | %8s | %8s | %8s | %9s | %4d-%4d %4.2f | %4d |\n", r.name,
+			rate, 100*rate*hold.Seconds(), ms(pct(r.waits, 50)), ms(pct(r.waits, 99)), ms(r.waits[len(r.waits)-1]), ms(idle),
 			lo, hi, float64(hi)/float64(max(lo, 1)), r.lost)
 	}
-	fmt.Printf("\nmemcachedlock/polling grants/s: %.2fx\n", float64(proxied.grants)/proxied.elapsed.Seconds()/(float64(polling.grants)/polling.elapsed.Seconds()))
+	one := results[0]
+	fmt.Printf("\nacross proxies / one proxy, grants/s: 2 proxies %.2f, 4 proxies %.2f; replicas 3: 1 proxy %.2f, 2 proxies %.2f, 4 proxies %.2f\n",
+		ratio(results[1], one), ratio(results[2], one), ratio(results[3], one), ratio(results[4], one), ratio(results[5], one))
+	fmt.Printf("memcachedlock (one proxy) / polling grants/s: %.2fx\n", ratio(one, polling))
 	return nil
+}
+
+func ratio(a, b lockResult) float64 {
+	return float64(a.grants) / a.elapsed.Seconds() / (float64(b.grants) / b.elapsed.Seconds())
+}
+
+// proxiedRun starts fresh lock servers and n proxies in front of them,
+// spreads the workers over the proxies, and stops it all again.
+func proxiedRun(bin, cache string, n, replicas, w int, hold, think, d time.Duration) (lockResult, error) {
+	var ps procs
+	defer ps.stop()
+	locks, err := ps.memcached(replicas, 1, "-M", "-m", "64")
+	if err != nil {
+		return lockResult{}, err
+	}
+	var addrs []string
+	for i := 0; i < n; i++ {
+		addr, err := ps.proxy(bin, []string{cache}, "--lock-servers", strings.Join(locks, ","),
+			"--lock-replicas", strconv.Itoa(replicas), "--lock-fresh-servers")
+		if err != nil {
+			return lockResult{}, err
+		}
+		addrs = append(addrs, addr)
+	}
+	if err := waitProxies(addrs); err != nil {
+		return lockResult{}, err
+	}
+	name := fmt.Sprintf("%d prox%s, %d replica%s", n, map[bool]string{true: "y", false: "ies"}[n == 1], replicas, map[bool]string{true: "", false: "s"}[replicas == 1])
+	return lockRun(name, w, hold, think, d, cache, func(i int) (locker, error) {
+		c, err := lockclient.Dial(context.Background(), addrs[i%n])
+		return &proxyLocker{c: c}, err
+	})
+}
+
+// waitProxies waits until every proxy has found all the others, so that
+// they agree on the lock's home from the first grant.
+func waitProxies(addrs []string) error {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		all := true
+		for _, a := range addrs {
+			if statOf(a, "proxy_lock_proxies") != strconv.Itoa(len(addrs)) {
+				all = false
+			}
+		}
+		if all {
+			return nil
+		}
+	}
+	return fmt.Errorf("the proxies did not find each other")
+}
+
+// statOf reads one line of a proxy's stats.
+func statOf(addr, name string) string {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	c.Write([]byte("stats\r\n"))
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 3 && f[1] == name {
+			return f[2]
+		}
+		if sc.Text() == "END" {
+			break
+		}
+	}
+	return ""
 }
 
 func dashes(n int) string {

@@ -55,7 +55,7 @@ func (p *procs) start(addr string, name string, args ...string) error {
 }
 
 // memcached starts n memcached servers and returns their addresses.
-func (p *procs) memcached(n int, threads int) ([]string, error) {
+func (p *procs) memcached(n int, threads int, extra ...string) ([]string, error) {
 	bin, err := need("memcached", "memcached")
 	if err != nil {
 		return nil, err
@@ -71,6 +71,7 @@ func (p *procs) memcached(n int, threads int) ([]string, error) {
 		if os.Geteuid() == 0 {
 			args = append(args, "-u", "root")
 		}
+		args = append(args, extra...)
 		if err := p.start(addr, bin, args...); err != nil {
 			return nil, err
 		}

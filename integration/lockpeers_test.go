@@ -1,0 +1,212 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
+	"github.com/memcachedlock/memcachedlock/lockclient"
+	"github.com/memcachedlock/memcachedlock/proxy"
+)
+
+// proxies starts n proxies in front of the same servers and waits until
+// each knows all of them, so that they agree on every name's home.
+func proxies(t *testing.T, n int, cfg proxy.Config) ([]string, []*proxy.Server) {
+	t.Helper()
+	addrs := make([]string, n)
+	srvs := make([]*proxy.Server, n)
+	for i := range addrs {
+		addrs[i], srvs[i] = startProxy(t, cfg)
+	}
+	for _, a := range addrs {
+		waitStat(t, a, "proxy_lock_proxies", strconv.Itoa(n))
+	}
+	return addrs, srvs
+}
+
+// lockInfoWaiters is the waiter count lockinfo reports: the home's queue.
+func lockInfoWaiters(t *testing.T, addr, name string) int {
+	f := strings.Fields(ask(t, addr, "lockinfo "+name+"\r\n", "LOCK", "NOT_FOUND", "SERVER_ERROR", "CLIENT_ERROR"))
+	if len(f) != 6 || f[0] != "LOCK" {
+		return -1
+	}
+	n, _ := strconv.Atoi(f[5])
+	return n
+}
+
+// Waiters on two proxies that ask in turn get the lock in turn: they all
+// queue at the name's home, and with the poll interval at an hour only a
+// handoff can grant.
+func TestLockFIFOAcrossProxies(t *testing.T) {
+	c := startCluster(t, 1)
+	addrs, _ := proxies(t, 2, proxy.Config{Servers: c.servers(t), LockPoll: time.Hour})
+	holder := dialLock(t, addrs[0])
+	g, err := holder.Lock(context.Background(), "k", lockclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []int
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := 0; i < 6; i++ {
+		wg.Add(1)
+		lc := dialLock(t, addrs[i%2])
+		go func(i int) {
+			defer wg.Done()
+			g, err := lc.Lock(context.Background(), "k", lockclient.Options{Wait: 20 * time.Second})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			order = append(order, i)
+			mu.Unlock()
+			lc.Unlock(context.Background(), g)
+		}(i)
+		for try := 0; lockInfoWaiters(t, addrs[0], "k") != i+1; try++ {
+			if try == 500 {
+				t.Fatalf("waiter %d never queued at the home", i)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	holder.Unlock(context.Background(), g)
+	wg.Wait()
+	if fmt.Sprint(order) != "[0 1 2 3 4 5]" {
+		t.Fatalf("granted in order %v", order)
+	}
+}
+
+// counterUnderLock has workers on the given proxies increment a plain
+// memcached counter (get, then set) under one lock for d; it fails the test
+// if an update was lost, and returns how many were made.
+func counterUnderLock(t *testing.T, addrs []string, workers int, d time.Duration) int64 {
+	t.Helper()
+	mc := memcache.New(addrs[0])
+	if err := mc.Set(&memcache.Item{Key: "counter", Value: []byte("0")}); err != nil {
+		t.Fatal(err)
+	}
+	var done atomic.Int64
+	var wg sync.WaitGroup
+	stop := time.Now().Add(d)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			addr := addrs[w%len(addrs)]
+			lc := dialLock(t, addr)
+			cache := memcache.New(addr)
+			for time.Now().Before(stop) {
+				g, err := lc.Lock(context.Background(), "counter-lock", lockclient.Options{TTL: 10 * time.Second, Wait: 10 * time.Second})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				it, err := cache.Get("counter")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				n, _ := strconv.Atoi(string(it.Value))
+				cache.Set(&memcache.Item{Key: "counter", Value: []byte(strconv.Itoa(n + 1))})
+				done.Add(1)
+				if _, err := lc.Unlock(context.Background(), g); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	it, err := mc.Get("counter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(it.Value); got != strconv.FormatInt(done.Load(), 10) {
+		t.Fatalf("counter %s after %d locked increments: updates were lost", got, done.Load())
+	}
+	return done.Load()
+}
+
+func TestLockMutualExclusionFourProxies(t *testing.T) {
+	c := startCluster(t, 3)
+	addrs, srvs := proxies(t, 4, proxy.Config{Servers: c.servers(t), LockReplicas: 3})
+	n := counterUnderLock(t, addrs, 8, 2*time.Second)
+	var forwarded uint64
+	for _, s := range srvs {
+		forwarded += s.Stats().Locks.ForwardedIn
+	}
+	t.Logf("%d increments through four proxies, three replicas, none lost; %d requests forwarded to the home", n, forwarded)
+	if forwarded == 0 {
+		t.Error("no request was forwarded to the name's home")
+	}
+}
+
+// A proxy that other proxies cannot reach (its advertised address is
+// wrong) costs speed, not safety: its peers serve the names themselves.
+func TestLockPeersUnreachable(t *testing.T) {
+	c := startCluster(t, 1)
+	dead := fmt.Sprintf("127.0.0.1:%d", testmc.FreePort(t))
+	a1, _ := startProxy(t, proxy.Config{Servers: c.servers(t), Advertise: dead})
+	a2, _ := startProxy(t, proxy.Config{Servers: c.servers(t), Advertise: dead})
+	waitStat(t, a1, "proxy_lock_proxies", "2")
+	n := counterUnderLock(t, []string{a1, a2}, 4, time.Second)
+	t.Logf("%d increments with every home unreachable, none lost", n)
+}
+
+// When a name's home proxy goes away, waiters queued there from other
+// proxies carry on: their proxies serve the name themselves, then agree on
+// a new home.
+func TestLockHomeProxyGoes(t *testing.T) {
+	c := startCluster(t, 1)
+	addrs, srvs := proxies(t, 3, proxy.Config{Servers: c.servers(t), Timeout: 300 * time.Millisecond})
+	home := srvs[0].LockHome("k")
+	var others []string
+	var homeSrv *proxy.Server
+	for i, a := range addrs {
+		if a == home {
+			homeSrv = srvs[i]
+		} else {
+			others = append(others, a)
+		}
+	}
+	if homeSrv == nil {
+		t.Fatalf("home %q is none of %v", home, addrs)
+	}
+	holder := dialLock(t, others[0])
+	g, err := holder.Lock(context.Background(), "k", lockclient.Options{TTL: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	waiter := dialLock(t, others[1])
+	go func() {
+		g, err := waiter.Lock(context.Background(), "k", lockclient.Options{Wait: 20 * time.Second})
+		if err == nil {
+			_, err = waiter.Unlock(context.Background(), g)
+		}
+		got <- err
+	}()
+	for try := 0; lockInfoWaiters(t, others[0], "k") != 1; try++ {
+		if try == 500 {
+			t.Fatal("the waiter never queued at the home")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	homeSrv.Shutdown(ctx)
+	cancel()
+	if _, err := holder.Unlock(context.Background(), g); err != nil {
+		t.Fatalf("unlock after the home went: %v", err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("the waiter queued at the home that went: %v", err)
+	}
+}

@@ -1,0 +1,209 @@
+package lockservice
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// peerDownFor is how long a home that could not be reached is not tried
+// again: meanwhile its names are served here, at polling speed.
+const peerDownFor = 2 * time.Second
+
+// peerLink is this proxy's connection to one home proxy, shared by every
+// request forwarded there.
+type peerLink struct {
+	addr    string
+	token   string
+	timeout time.Duration
+
+	mu        sync.Mutex
+	nc        net.Conn
+	bw        *bufio.Writer
+	next      uint64
+	pending   map[uint64]chan []string
+	downUntil time.Time
+}
+
+// peers holds the links to home proxies, by address.
+type peers struct {
+	timeout time.Duration
+	mu      sync.Mutex
+	links   map[string]*peerLink
+}
+
+func (p *peers) link(m member) *peerLink {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.links[m.addr]
+	if l == nil || l.token != m.token { // a new proxy at that address
+		if l != nil {
+			l.close()
+		}
+		l = &peerLink{addr: m.addr, token: m.token, timeout: p.timeout}
+		p.links[m.addr] = l
+	}
+	return l
+}
+
+func (p *peers) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.links {
+		l.close()
+	}
+}
+
+// connect dials the home and says hello; p.mu held.
+func (l *peerLink) connect() error {
+	if l.nc != nil {
+		return nil
+	}
+	if time.Now().Before(l.downUntil) {
+		return errPeer
+	}
+	nc, err := net.DialTimeout("tcp", l.addr, l.timeout)
+	if err == nil {
+		nc.SetDeadline(time.Now().Add(l.timeout))
+		_, err = fmt.Fprintf(nc, "%s%s\r\n", peerHello, l.token)
+		br := bufio.NewReader(nc)
+		var line string
+		if err == nil {
+			line, err = br.ReadString('\n')
+		}
+		if err == nil && line != "PEER\r\n" {
+			err = fmt.Errorf("hello answered %q", line)
+		}
+		if err == nil {
+			nc.SetDeadline(time.Time{})
+			l.nc, l.bw, l.pending = nc, bufio.NewWriter(nc), make(map[uint64]chan []string)
+			go l.read(nc, br)
+			return nil
+		}
+		nc.Close()
+	}
+	l.downUntil = time.Now().Add(peerDownFor)
+	return fmt.Errorf("%w: %s: %v", errPeer, l.addr, err)
+}
+
+// read delivers the home's replies to the requests waiting for them.
+func (l *peerLink) read(nc net.Conn, br *bufio.Reader) {
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			l.broken(nc)
+			return
+		}
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		tag, _ := strconv.ParseUint(f[0], 10, 64)
+		// Under the mutex, so that broken cannot close ch meanwhile; ch has
+		// room for the one W and the one answer a request gets.
+		l.mu.Lock()
+		if ch := l.pending[tag]; ch != nil {
+			if f[1] != "W" {
+				delete(l.pending, tag)
+			}
+			select {
+			case ch <- f[1:]:
+			default:
+			}
+		}
+		l.mu.Unlock()
+	}
+}
+
+// broken fails every request in flight on nc: their callers serve the
+// names themselves.
+func (l *peerLink) broken(nc net.Conn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.nc != nc {
+		return
+	}
+	nc.Close()
+	for _, ch := range l.pending {
+		close(ch)
+	}
+	l.nc, l.pending = nil, nil
+	l.downUntil = time.Now().Add(peerDownFor)
+}
+
+func (l *peerLink) close() {
+	l.mu.Lock()
+	nc := l.nc
+	l.mu.Unlock()
+	if nc != nil {
+		l.broken(nc)
+	}
+}
+
+// send writes one tagged request; p.mu held.
+func (l *peerLink) send(tag uint64, req string) error {
+	l.nc.SetWriteDeadline(time.Now().Add(l.timeout))
+	fmt.Fprintf(l.bw, "%d %s\r\n", tag, req)
+	return l.bw.Flush()
+}
+
+// call sends req and returns the home's reply fields. onWait runs when the
+// home says the request waits. When ctx ends first, the home is told to
+// cancel and its answer is still awaited (briefly): a grant that won the
+// race must reach the caller, who releases what it cannot deliver.
+func (l *peerLink) call(ctx context.Context, req string, onWait func()) ([]string, error) {
+	l.mu.Lock()
+	if err := l.connect(); err != nil {
+		l.mu.Unlock()
+		return nil, err
+	}
+	l.next++
+	tag, nc := l.next, l.nc
+	ch := make(chan []string, 2)
+	l.pending[tag] = ch
+	if err := l.send(tag, req); err != nil {
+		l.mu.Unlock()
+		l.broken(nc)
+		return nil, fmt.Errorf("%w: %v", errPeer, err)
+	}
+	l.mu.Unlock()
+
+	done := ctx.Done()
+	var giveUp <-chan time.Time
+	for {
+		select {
+		case f, ok := <-ch:
+			if !ok {
+				return nil, errPeer
+			}
+			if f[0] == "W" {
+				if onWait != nil {
+					onWait()
+					onWait = nil
+				}
+				continue
+			}
+			return f, nil
+		case <-done:
+			done = nil
+			l.mu.Lock()
+			if l.nc == nc {
+				l.send(tag, "C")
+			}
+			l.mu.Unlock()
+			giveUp = time.After(2 * l.timeout)
+		case <-giveUp:
+			l.mu.Lock()
+			if l.pending != nil {
+				delete(l.pending, tag)
+			}
+			l.mu.Unlock()
+			return nil, ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,194 @@
+package lockservice
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// A proxy's registration lives this long unless renewed; proxies renew
+// theirs every second, so a dead proxy stops being anyone's home within a
+// few seconds.
+const (
+	memberLease  = 5 * time.Second
+	memberRenew  = time.Second
+	registryLife = 60 // seconds the registry item outlives its last write
+)
+
+// member is one proxy that serves as home for some lock names.
+type member struct {
+	instance string
+	addr     string // where other proxies reach it: its client port
+	token    string // proves a peer connection comes from a proxy
+	expires  int64  // unix milliseconds
+}
+
+// members is the registry of proxies kept in memcached, as this proxy last
+// read it, and this proxy's own entry.
+type members struct {
+	key  string // registry item: beside the marker, out of every lock name's reach
+	self member
+
+	mu   sync.Mutex
+	live []member // sorted by instance
+}
+
+func newMembers(prefix, instance, layout string) *members {
+	var b [16]byte
+	rand.Read(b[:])
+	// \x01 is no printable byte, so no lock name maps to this key; and it
+	// begins with the lock prefix, so no client can read the tokens in it.
+	// Proxies configured with other lock servers keep another registry.
+	return &members{key: prefix + "\x01members:" + layout, self: member{instance: instance, token: hex.EncodeToString(b[:])}}
+}
+
+// advertise sets the address other proxies reach this one at; empty keeps
+// this proxy out of the registry (it still forwards to the others).
+func (ms *members) advertise(addr string) {
+	ms.mu.Lock()
+	ms.self.addr = addr
+	ms.mu.Unlock()
+}
+
+func (ms *members) me() member {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	return ms.self
+}
+
+// home returns the member that is home for name, by rendezvous hashing, so
+// that a proxy joining or leaving moves only its own share of names.
+func (ms *members) home(name string) (member, bool) {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	var best member
+	var bestScore uint64
+	found := false
+	for _, m := range ms.live {
+		h := fnv.New64a()
+		h.Write([]byte(m.instance))
+		h.Write([]byte{0})
+		h.Write([]byte(name))
+		if s := h.Sum64(); !found || s > bestScore {
+			best, bestScore, found = m, s, true
+		}
+	}
+	return best, found
+}
+
+func (ms *members) list() []member {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	return slices.Clone(ms.live)
+}
+
+func encodeMembers(list []member) []byte {
+	var b strings.Builder
+	for _, m := range list {
+		fmt.Fprintf(&b, "%s %s %s %d\n", m.instance, m.addr, m.token, m.expires)
+	}
+	return []byte(b.String())
+}
+
+func decodeMembers(v []byte) []member {
+	var out []member
+	for _, line := range strings.Split(string(v), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 4 {
+			continue
+		}
+		exp, err := strconv.ParseInt(f[3], 10, 64)
+		if err != nil {
+			continue
+		}
+		out = append(out, member{instance: f[0], addr: f[1], token: f[2], expires: exp})
+	}
+	return out
+}
+
+// renew writes this proxy's entry into the registry on one lock server and
+// returns the live entries found there. The registry is a hint like every
+// message between proxies: losing it (a flush) costs a second of polling.
+func (ms *members) renew(ctx context.Context, conn Conn) ([]member, error) {
+	self := ms.me()
+	for tries := 0; tries < 4; tries++ {
+		reply, err := conn.Exchange(ctx, []byte("mg "+ms.key+" v c\r\n"))
+		if err != nil {
+			return nil, err
+		}
+		rs := replies{reply}
+		m, err := rs.meta()
+		if err != nil {
+			return nil, err
+		}
+		now := time.Now().UnixMilli()
+		var list []member
+		if m.status == "VA" {
+			for _, e := range decodeMembers(m.value) {
+				if e.expires > now && e.instance != self.instance {
+					list = append(list, e)
+				}
+			}
+		}
+		if self.addr == "" {
+			return list, nil // not a home: nothing to write
+		}
+		self.expires = now + memberLease.Milliseconds()
+		list = append(list, self)
+		value := encodeMembers(list)
+		mode := "ME"
+		if m.status == "VA" {
+			cas, _ := m.flag('c')
+			mode = "C" + strconv.FormatInt(cas, 10)
+		}
+		reply, err = conn.Exchange(ctx, fmt.Appendf(nil, "ms %s %d T%d %s\r\n%s\r\n", ms.key, len(value), registryLife, mode, value))
+		if err != nil {
+			return nil, err
+		}
+		rs = replies{reply}
+		if m, err = rs.meta(); err != nil {
+			return nil, err
+		}
+		if m.status == "HD" {
+			return list, nil
+		}
+	}
+	return nil, fmt.Errorf("lockservice: registry contended")
+}
+
+// refresh renews the registration on every lock server and takes the
+// union of what they hold as the live members.
+func (ms *members) refresh(ctx context.Context, conns []Conn) {
+	seen := make(map[string]member)
+	ok := false
+	for _, c := range conns {
+		list, err := ms.renew(ctx, c)
+		if err != nil {
+			continue
+		}
+		ok = true
+		for _, m := range list {
+			if old, dup := seen[m.instance]; !dup || m.expires > old.expires {
+				seen[m.instance] = m
+			}
+		}
+	}
+	if !ok {
+		return // keep the last view rather than forget everybody
+	}
+	live := make([]member, 0, len(seen))
+	for _, m := range seen {
+		live = append(live, m)
+	}
+	slices.SortFunc(live, func(a, b member) int { return strings.Compare(a.instance, b.instance) })
+	ms.mu.Lock()
+	ms.live = live
+	ms.mu.Unlock()
+}
