@@ -21,6 +21,9 @@ type Server struct {
 	prefix   []byte
 	topo     atomic.Pointer[topology] // the cache ring now; replaced on reload and ejection
 	lockers  []*backend               // fixed for the proxy's life: a lock is never re-routed
+	// impliedLocks: the lock servers are the cache servers as first
+	// configured, so a reload that changes those would change them.
+	impliedLocks bool
 	locks    *lockservice.Service
 	metrics  *metrics
 	quit     chan struct{} // closed when the proxy stops
@@ -48,11 +51,12 @@ type Server struct {
 
 // New checks cfg and connects to the servers it names.
 func New(cfg Config) (*Server, error) {
+	impliedLocks := len(cfg.LockServers) == 0
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	s := &Server{
-		cfg: cfg, prefix: []byte(cfg.LockPrefix),
+		cfg: cfg, prefix: []byte(cfg.LockPrefix), impliedLocks: impliedLocks,
 		quit:      make(chan struct{}),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*clientConn]struct{}),

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/memcachedlock/memcachedlock/ring"
@@ -46,6 +47,12 @@ func (s *Server) Reload(servers []ring.Server, distribution, hash string) error 
 	}
 	s.topoMu.Lock()
 	defer s.topoMu.Unlock()
+	if s.impliedLocks && differ(s.cfg.LockServers, servers) {
+		s.cfg.Logger.Error("the new server list would change the lock servers (they default to the cache servers): "+
+			"keeping the old lock servers, since a held lock must never be looked for elsewhere; "+
+			"to change lock servers, restart every proxy with the same new list (see README, Changing lock servers)",
+			"lock_servers", serverList(s.cfg.LockServers))
+	}
 	old := s.servers
 	s.servers, s.cfg.Distribution, s.cfg.Hash = slices.Clone(servers), distribution, hash
 	keep := make(map[string]bool)
@@ -79,6 +86,19 @@ func (s *Server) Reload(servers []ring.Server, distribution, hash string) error 
 	s.cfg.Logger.Info("server list reloaded", "servers", len(servers), "added", added, "removed", removed,
 		"distribution", distribution, "hash", hash)
 	return nil
+}
+
+// differ reports whether the lock servers differ from servers.
+func differ(lock, servers []ring.Server) bool {
+	return !slices.EqualFunc(lock, servers, func(a, b ring.Server) bool { return a.Addr == b.Addr && a.Weight == b.Weight && a.Name == b.Name })
+}
+
+func serverList(list []ring.Server) string {
+	addrs := make([]string, len(list))
+	for i, s := range list {
+		addrs[i] = s.String()
+	}
+	return strings.Join(addrs, ",")
 }
 
 // rebuild makes the topology from the configured servers less the ejected
