@@ -125,6 +125,9 @@ func (c *clientConn) lock(req lockext.Request) {
 	}
 	start := time.Now()
 	g, err := c.lockSession().Lock(ctx, req)
+	if waited := time.Since(start); waited > longLockWait {
+		c.s.cfg.Logger.Debug("long lock wait", "lock", req.Name, "waited", waited, "granted", err == nil, "client", c.nc.RemoteAddr())
+	}
 	if errors.Is(err, context.Canceled) && c.stopping.Load() {
 		err = lockext.ErrClosed // the wait ended because the proxy is stopping
 	}
@@ -149,6 +152,9 @@ func (c *clientConn) lock(req lockext.Request) {
 		}
 	}
 }
+
+// longLockWait is the wait after which a lock command is logged (debug).
+const longLockWait = time.Second
 
 func (c *clientConn) lockSession() *lockservice.Session {
 	if c.session == nil {
