@@ -126,7 +126,7 @@ func (c *clientConn) lock(req lockext.Request) {
 	start := time.Now()
 	g, err := c.lockSession().Lock(ctx, req)
 	if waited := time.Since(start); waited > longLockWait {
-		c.s.cfg.Logger.Debug("long lock wait", "lock", req.Name, "waited", waited, "granted", err == nil, "client", c.nc.RemoteAddr())
+		c.s.cfg.Logger.Debug("long lock wait", "lock", req.Name, "waited", waited, "granted", err == nil, "client", c.nc.RemoteAddr().String())
 	}
 	if errors.Is(err, context.Canceled) && c.stopping.Load() {
 		err = lockext.ErrClosed // the wait ended because the proxy is stopping

@@ -138,7 +138,9 @@ func (s *Server) track(nc net.Conn) bool {
 		return false
 	}
 	c := newClientConn(s, nc)
-	s.cfg.Logger.Debug("client connected", "client", nc.RemoteAddr())
+	if s.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
+		s.cfg.Logger.Debug("client connected", "client", nc.RemoteAddr().String())
+	}
 	s.conns[c] = struct{}{}
 	s.connsTotal.Add(1)
 	s.connsCurr.Add(1)
@@ -149,7 +151,7 @@ func (s *Server) track(nc net.Conn) bool {
 
 func (s *Server) untrack(c *clientConn) {
 	if s.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
-		s.cfg.Logger.Debug("client closed", "client", c.nc.RemoteAddr(), "reason", closeReason(c))
+		s.cfg.Logger.Debug("client closed", "client", c.nc.RemoteAddr().String(), "reason", closeReason(c))
 	}
 	s.mu.Lock()
 	delete(s.conns, c)
