@@ -260,9 +260,15 @@ func TestRefusesProxyAsServer(t *testing.T) {
 	}
 }
 
+// httpGet gets url, waiting for its listener (which serve opens after the
+// proxy's own).
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(url)
+	for i := 0; i < 500 && err != nil && strings.Contains(err.Error(), "refused"); i++ {
+		time.Sleep(10 * time.Millisecond)
+		resp, err = http.Get(url)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,4 +389,31 @@ func running(pid int) bool {
 	s := string(stat)
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+// Several connections to a server that dies and comes back: one warning
+// for the death, one for the restart, one line for it being up again,
+// however many connections notice.
+func TestServerStateLoggedOncePerChange(t *testing.T) {
+	mc := testmc.Start(t)
+	log := startServe(t, freeAddr(t), "--servers", mc.Addr, "--server-connections", "4", "--log-level", "debug")
+	waitCount := func(what string, n int) {
+		t.Helper()
+		for i := 0; i < 1000 && strings.Count(log.String(), what) < n; i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if strings.Count(log.String(), what) < n {
+			t.Fatalf("fewer than %d %q lines:\n%s", n, what, log)
+		}
+	}
+	waitCount(`msg="server connection dialled"`, 4)
+	mc.Stop()
+	waitCount(`msg="server connection closed"`, 4)
+	mc.Restart(t)
+	waitCount(`msg="server connection dialled"`, 8)
+	for what, n := range map[string]int{`msg="memcached server down"`: 1, `msg="memcached server up"`: 1, `msg="memcached server restarted`: 1} {
+		if got := strings.Count(log.String(), what); got != n {
+			t.Errorf("%d %s lines, want %d:\n%s", got, what, n, log)
+		}
+	}
 }
