@@ -42,7 +42,7 @@ func refuseProxyServers(cc *cli.Context, cfg proxy.Config, listen string) error 
 	wg.Wait()
 	for i, addr := range addrs {
 		if found[i] {
-			return fmt.Errorf("refusing to start: server %s is a memcachedlock proxy, not memcached (its stats report proxy_version); give memcached servers, or --allow-proxy-servers to chain proxies", addr)
+			return fmt.Errorf("server %s is a memcachedlock proxy, not memcached (its stats report proxy_version); give memcached servers, or --allow-proxy-servers to chain proxies", addr)
 		}
 	}
 	return nil
@@ -62,7 +62,7 @@ func listensOnServer(cfg proxy.Config, listen string) error {
 			continue
 		}
 		if host == lhost || anyHost && isLocal(host) || sameIP(host, lhost) {
-			return fmt.Errorf("refusing to start: server %s is the proxy's own listen address %s", addr, listen)
+			return fmt.Errorf("server %s is the proxy's own listen address %s", addr, listen)
 		}
 	}
 	return nil

@@ -88,7 +88,7 @@ func serve(cc *cli.Context) error {
 	}
 	cfg.Logger = logger
 	if err := refuseProxyServers(cc, cfg, listen); err != nil {
-		logger.Error(err.Error())
+		logger.Error("refusing to start: " + err.Error())
 		return cli.Exit("", 1)
 	}
 	srv, err := proxy.New(cfg)
@@ -282,7 +282,10 @@ func reloadOnHangup(ctx context.Context, cc *cli.Context, srv *proxy.Server, log
 			logger.Warn("SIGHUP: no --config file to reread; nothing changed")
 			continue
 		}
-		cfg, _, err := configFrom(cc)
+		cfg, listen, err := configFrom(cc)
+		if err == nil {
+			err = refuseProxyServers(cc, cfg, listen)
+		}
 		if err == nil {
 			err = srv.Reload(cfg.Servers, cfg.Distribution, cfg.Hash)
 		}
