@@ -62,6 +62,7 @@ func describe(w io.Writer, cfg proxy.Config, listen string) {
 	row("listen", "%s", listen)
 	row("servers", "%d: %s", len(cfg.Servers), serverList(cfg.Servers))
 	row("lock servers", "%d: %s", len(cfg.LockServers), serverList(cfg.LockServers))
+	row("lock replicas", "%d", cfg.LockReplicas)
 	row("distribution", "%s", cfg.Distribution)
 	row("hash", "%s", cfg.Hash)
 	row("timeout", "%s", cfg.Timeout)
