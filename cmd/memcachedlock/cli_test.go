@@ -343,6 +343,22 @@ func TestLockRefusedArgument(t *testing.T) {
 	if r.code != 2 || !strings.Contains(r.stderr, "the proxy refused the request: ttl must be 1 to ") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
+	long := strings.Repeat("k", 300) // over memcached's 250 bytes
+	if r := run(t, nil, "lockinfo", "--addr", listen, long); r.code != 2 || !strings.Contains(r.stderr, "the proxy refused the request: ") {
+		t.Fatalf("lockinfo of a bad key: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// Unknown keys of a --config file are warnings when serving (errors only
+// with --check).
+func TestConfigWarningsAtStart(t *testing.T) {
+	mc := testmc.Start(t)
+	listen := freeAddr(t)
+	path := writeConfig(t, "alpha:\n  listen: "+listen+"\n  auto_eject_host: true\n  servers:\n   - "+mc.Addr+":1\n")
+	log := startServe(t, listen, "--config", path)
+	if !strings.Contains(log.String(), `level=WARN msg="--config: `+path+`: unknown key \"auto_eject_host\" ignored (did you mean \"auto_eject_hosts\"?)"`) {
+		t.Fatalf("no warning:\n%s", log)
+	}
 }
 
 // Killing the wrapper with SIGKILL kills the command it runs: the lock

@@ -169,6 +169,9 @@ func unlockCommand() *cli.Command {
 			}
 			defer client.Close()
 			left, err := client.Unlock(cc.Context, lockclient.Grant{Key: cc.Args().Get(0), Fence: fence})
+			if reason, ok := refusal(err); ok {
+				return cli.Exit("memcachedlock: the proxy refused the request: "+reason, exitUsage)
+			}
 			if err != nil {
 				return cli.Exit("memcachedlock: "+err.Error(), 1)
 			}
@@ -197,6 +200,9 @@ func lockinfoCommand() *cli.Command {
 			if errors.Is(err, lockclient.ErrNotFound) {
 				fmt.Fprintln(cc.App.Writer, "free")
 				return cli.Exit("", 1)
+			}
+			if reason, ok := refusal(err); ok {
+				return cli.Exit("memcachedlock: the proxy refused the request: "+reason, exitUsage)
 			}
 			if err != nil {
 				return cli.Exit("memcachedlock: "+err.Error(), exitUnavailable)
