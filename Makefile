@@ -1,12 +1,34 @@
 # memcachedlock: see README.md.
 GO ?= go
 
-.PHONY: all build test run bench bench-locks lint deps clean
+.PHONY: all build test run bench bench-locks lint deps clean release docker
 
 all: build
 
+# The commit is stamped into every build; the version only when HEAD is
+# tagged (v1.2.3 or 1.2.3), else the source's own (proxy.Version) stays.
+# `memcachedlock --version` prints both; stats and /metrics report them.
+COMMIT  ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+VERSION ?= $(patsubst v%,%,$(shell git describe --tags --exact-match 2>/dev/null))
+PKG     := github.com/memcachedlock/memcachedlock
+LDFLAGS := -X $(PKG)/proxy.Commit=$(COMMIT) $(if $(VERSION),-X $(PKG)/proxy.Version=$(VERSION))
+
 build:
-	$(GO) build -o bin/memcachedlock ./cmd/memcachedlock
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/memcachedlock ./cmd/memcachedlock
+
+## release: static binaries (no cgo) for linux/amd64 and linux/arm64 in dist/, with SHA256SUMS
+release:
+	rm -rf dist && mkdir -p dist
+	for arch in amd64 arm64; do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" \
+			-o dist/memcachedlock-linux-$$arch ./cmd/memcachedlock || exit 1; \
+	done
+	cd dist && sha256sum memcachedlock-* > SHA256SUMS
+	@cat dist/SHA256SUMS
+
+## docker: the image (multi-stage, static binary, non-root), when docker works; says why when it skips
+docker:
+	VERSION="$(VERSION)" COMMIT="$(COMMIT)" scripts/docker.sh
 
 ## deps: install memcached, nutcracker, libmemcached-tools and the Python clients when missing
 deps:
@@ -35,7 +57,7 @@ lint:
 	$(GO) vet ./...
 
 clean:
-	rm -rf bin
+	rm -rf bin dist
 
 ## bench-locks: W=8 workers contend for one lock (hold 1ms, think 5ms) through the proxy, beside 50ms polling
 bench-locks: build deps

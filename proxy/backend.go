@@ -118,9 +118,11 @@ func (sc *serverConn) run(dialled func()) {
 			dialled = nil
 		}
 		if err == nil {
+			sc.b.logger.Debug("server connection dialled", "server", sc.b.addr, "local", nc.LocalAddr().String())
 			sc.b.setUp(true, nil)
 			start := time.Now()
 			err = sc.serve(nc)
+			sc.b.logger.Debug("server connection closed", "server", sc.b.addr, "local", nc.LocalAddr().String(), "err", err)
 			if errors.Is(err, errServerClosed) {
 				sc.failQueued(errServerClosed)
 				return

@@ -9,6 +9,7 @@ import (
 func (c *clientConn) handle(line []byte) bool {
 	r := &c.req
 	if err := parse(line, r); err != nil {
+		c.s.cfg.Logger.Debug("command refused", "client", c.nc.RemoteAddr().String(), "err", err)
 		c.send(errorReply(err))
 		return true
 	}

@@ -126,6 +126,9 @@ func (c *clientConn) lock(req lockext.Request) {
 	}
 	start := time.Now()
 	g, err := c.lockSession().Lock(ctx, req)
+	if waited := time.Since(start); waited > longLockWait {
+		c.s.cfg.Logger.Debug("long lock wait", "lock", req.Name, "waited", waited, "granted", err == nil, "client", c.nc.RemoteAddr().String())
+	}
 	if errors.Is(err, context.Canceled) && c.stopping.Load() {
 		err = lockext.ErrClosed // the wait ended because the proxy is stopping
 	}
@@ -161,6 +164,9 @@ func (c *clientConn) servePeer() {
 	}
 	c.s.locks.ServePeer(c.ctx, next, func(b []byte) { c.send(staticReply(b)) })
 }
+
+// longLockWait is the wait after which a lock command is logged (debug).
+const longLockWait = time.Second
 
 func (c *clientConn) lockSession() *lockservice.Session {
 	if c.session == nil {

@@ -1,7 +1,11 @@
 package proxy
 
 import (
+	"fmt"
 	"net/http"
+	"runtime"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,7 +58,13 @@ func newMetrics(s *Server) *metrics {
 	counter := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(cmds, m.serverLat, m.lockWait,
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "memcachedlock_build_info",
+		Help:        "Always 1; the labels say which build is running.",
+		ConstLabels: prometheus.Labels{"version": Version, "commit": BuildCommit(), "goversion": runtime.Version()},
+	})
+	buildInfo.Set(1)
+	reg.MustRegister(cmds, m.serverLat, m.lockWait, buildInfo,
 		gauge("memcachedlock_connections", "Client connections open.", func() float64 { return float64(s.connsCurr.Load()) }),
 		counter("memcachedlock_connections_total", "Client connections accepted.", func() float64 { return float64(s.connsTotal.Load()) }),
 		counter("memcachedlock_connections_rejected_total", "Client connections refused (--max-connections).", func() float64 { return float64(s.connsRefused.Load()) }),
@@ -108,6 +118,55 @@ func (c serverCollector) Collect(ch chan<- prometheus.Metric) {
 // MetricsHandler serves the proxy's metrics in Prometheus' format.
 func (s *Server) MetricsHandler() http.Handler {
 	return promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})
+}
+
+// HealthHandler answers 200 when the proxy is connected to every server
+// (cache and lock servers), and 503 with the servers it is not connected
+// to, one per line.
+func (s *Server) HealthHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if down := s.downServers(); len(down) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "servers down:\n%s\n", strings.Join(down, "\n"))
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+}
+
+// ReadyHandler answers 200 while the proxy accepts clients, which it does
+// only once every server has been dialled a first time, and 503 before
+// that and once it is shutting down.
+func (s *Server) ReadyHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		s.mu.Lock()
+		ready := len(s.listeners) > 0 && !s.closing
+		s.mu.Unlock()
+		if !ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "not accepting clients")
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+}
+
+// downServers lists, sorted, the servers the proxy is not connected to.
+func (s *Server) downServers() []string {
+	s.topoMu.Lock()
+	defer s.topoMu.Unlock()
+	var down []string
+	for addr, b := range s.pools {
+		if !b.up.Load() {
+			down = append(down, addr)
+		}
+	}
+	slices.Sort(down)
+	return down
 }
 
 func (m *metrics) lockWaited(start time.Time, outcome string) {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -162,6 +163,9 @@ func (s *Server) track(nc net.Conn) bool {
 		return false
 	}
 	c := newClientConn(s, nc)
+	if s.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
+		s.cfg.Logger.Debug("client connected", "client", nc.RemoteAddr().String())
+	}
 	s.conns[c] = struct{}{}
 	s.connsTotal.Add(1)
 	s.connsCurr.Add(1)
@@ -171,11 +175,30 @@ func (s *Server) track(nc net.Conn) bool {
 }
 
 func (s *Server) untrack(c *clientConn) {
+	if s.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
+		s.cfg.Logger.Debug("client closed", "client", c.nc.RemoteAddr().String(), "reason", closeReason(c))
+	}
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.connsCurr.Add(-1)
 	s.wg.Done()
+}
+
+// closeReason says, for the debug log, why a client's connection ended.
+func closeReason(c *clientConn) string {
+	c.wmu.Lock()
+	broken := c.broken
+	c.wmu.Unlock()
+	switch {
+	case c.sawEOF:
+		return "client closed the connection"
+	case broken:
+		return "replies could not be written (client gone or not reading)"
+	case c.stopping.Load():
+		return "proxy shutting down"
+	}
+	return "quit, a read error, or a command that broke the framing"
 }
 
 // Addr returns the address of one listener, or nil before Serve.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the proxy on 127.0.0.1:11311. Without MEMCACHEDLOCK_SERVERS it
+# Runs the proxy on MEMCACHEDLOCK_LISTEN (default 127.0.0.1:11311). Without MEMCACHEDLOCK_SERVERS it
 # starts two local cache servers (127.0.0.1:11211 and :11212) and three small
 # lock servers (:11221-:11223, -M so that they never evict a lock) unless
 # something already listens there, and stops them again on exit. Locks live

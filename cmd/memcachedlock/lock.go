@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,12 +35,13 @@ func lockCommand() *cli.Command {
 		ArgsUsage: "KEY -- COMMAND [ARGS...]",
 		Description: "Takes the lock (waiting in the proxy), runs the command, keeps the lock alive while it\n" +
 			"runs and releases it when it exits; exits with the command's status. Exits " + strconv.Itoa(exitNotLocked) + " when the\n" +
-			"lock stays busy for the whole wait, " + strconv.Itoa(exitUnavailable) + " when the proxy cannot be reached. Without --owner\n" +
-			"the lock belongs to this process's connection and is freed the moment it dies.",
+			"lock stays busy for the whole wait, " + strconv.Itoa(exitUnavailable) + " when the proxy cannot be reached, " + strconv.Itoa(exitUsage) + " when the proxy\n" +
+			"refuses an argument. Without --owner the lock belongs to this process's connection and is\n" +
+			"freed the moment it dies. The command is killed (SIGKILL) if this process is killed.",
 		Flags: []cli.Flag{
 			addrFlag(),
-			&cli.DurationFlag{Name: "ttl", Value: 30 * time.Second, Usage: "lock lifetime; renewed every third of it while the command runs"},
-			&cli.DurationFlag{Name: "wait", Value: 30 * time.Second, Usage: "how long to wait for the lock; 0 tries once"},
+			secFlag("ttl", 30*time.Second, "", "lock lifetime, whole seconds; renewed every third of it while the command runs"),
+			msFlag("wait", 30*time.Second, "", "how long to wait for the lock; 0 tries once"),
 			&cli.StringFlag{Name: "owner", Usage: "lease owner, such as host:job; without it the lock belongs to this process's connection"},
 			&cli.IntFlag{Name: "conflict-exit-code", Aliases: []string{"E"}, Value: exitNotLocked, Usage: "exit status when the lock stays busy"},
 		},
@@ -50,14 +52,18 @@ func lockCommand() *cli.Command {
 func runLocked(cc *cli.Context) error {
 	args := cc.Args().Slice()
 	if len(args) < 2 {
-		return cli.Exit("usage: memcachedlock lock [flags] KEY -- COMMAND [ARGS...]", exitUsage)
+		return usage(cc, "a KEY and a COMMAND are needed")
 	}
 	key, command := args[0], args[1:]
 	if command[0] == "--" {
 		command = command[1:]
 	}
 	if len(command) == 0 {
-		return cli.Exit("memcachedlock lock: no command given", exitUsage)
+		return usage(cc, "no command given")
+	}
+	ttl, err := secondsOf(cc, "ttl")
+	if err != nil {
+		return usage(cc, err.Error())
 	}
 	ctx := context.Background()
 	client, err := lockclient.Dial(ctx, cc.String("addr"))
@@ -65,7 +71,8 @@ func runLocked(cc *cli.Context) error {
 		return cli.Exit(err.Error(), exitUnavailable)
 	}
 	defer client.Close()
-	opts := lockclient.Options{TTL: cc.Duration("ttl"), Wait: cc.Duration("wait"), TryOnce: cc.Duration("wait") == 0, Owner: cc.String("owner")}
+	wait := durationOf(cc, "wait")
+	opts := lockclient.Options{TTL: time.Duration(ttl) * time.Second, Wait: wait, TryOnce: wait == 0, Owner: cc.String("owner")}
 	status := 0
 	err = lockclient.Hold(ctx, client, key, opts, func(ctx context.Context, g lockclient.Grant) error {
 		status = runChild(ctx, command, g)
@@ -81,6 +88,9 @@ func runLocked(cc *cli.Context) error {
 			status = exitUnavailable
 		}
 	case err != nil:
+		if reason, ok := refusal(err); ok {
+			return cli.Exit("memcachedlock: the proxy refused the request: "+reason, exitUsage)
+		}
 		return cli.Exit("memcachedlock: "+err.Error(), exitUnavailable)
 	}
 	if status != 0 {
@@ -95,6 +105,7 @@ func runChild(ctx context.Context, command []string, g lockclient.Grant) int {
 	cmd := exec.Command(command[0], command[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), "MEMCACHEDLOCK_FENCE="+strconv.FormatUint(g.Fence, 10))
+	cmd.SysProcAttr = dieWithParent()
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "memcachedlock:", err)
 		return exitNoCommand
@@ -124,6 +135,20 @@ func runChild(ctx context.Context, command []string, g lockclient.Grant) int {
 	}
 }
 
+// refusal returns the reason of a CLIENT_ERROR reply, and whether err is
+// one: the proxy refused an argument (a ttl over its maximum, a bad key),
+// which is a usage error, not the proxy being unreachable.
+func refusal(err error) (string, bool) {
+	msg := err.Error()
+	if i := strings.Index(msg, "CLIENT_ERROR "); i >= 0 {
+		return msg[i+len("CLIENT_ERROR "):], true
+	}
+	if strings.HasPrefix(msg, "lockclient: bad key") {
+		return strings.TrimPrefix(msg, "lockclient: "), true
+	}
+	return "", false
+}
+
 func unlockCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "unlock",
@@ -132,11 +157,11 @@ func unlockCommand() *cli.Command {
 		Flags:     []cli.Flag{addrFlag()},
 		Action: func(cc *cli.Context) error {
 			if cc.NArg() != 2 {
-				return cli.Exit("usage: memcachedlock unlock KEY FENCE", exitUsage)
+				return usage(cc, "a KEY and a FENCE are needed")
 			}
 			fence, err := strconv.ParseUint(cc.Args().Get(1), 10, 64)
 			if err != nil {
-				return cli.Exit("memcachedlock: FENCE must be a number", exitUsage)
+				return usage(cc, "FENCE must be a number")
 			}
 			client, err := lockclient.Dial(cc.Context, cc.String("addr"))
 			if err != nil {
@@ -144,6 +169,9 @@ func unlockCommand() *cli.Command {
 			}
 			defer client.Close()
 			left, err := client.Unlock(cc.Context, lockclient.Grant{Key: cc.Args().Get(0), Fence: fence})
+			if reason, ok := refusal(err); ok {
+				return cli.Exit("memcachedlock: the proxy refused the request: "+reason, exitUsage)
+			}
 			if err != nil {
 				return cli.Exit("memcachedlock: "+err.Error(), 1)
 			}
@@ -161,7 +189,7 @@ func lockinfoCommand() *cli.Command {
 		Flags:     []cli.Flag{addrFlag()},
 		Action: func(cc *cli.Context) error {
 			if cc.NArg() != 1 {
-				return cli.Exit("usage: memcachedlock lockinfo KEY", exitUsage)
+				return usage(cc, "one KEY is needed")
 			}
 			client, err := lockclient.Dial(cc.Context, cc.String("addr"))
 			if err != nil {
@@ -172,6 +200,9 @@ func lockinfoCommand() *cli.Command {
 			if errors.Is(err, lockclient.ErrNotFound) {
 				fmt.Fprintln(cc.App.Writer, "free")
 				return cli.Exit("", 1)
+			}
+			if reason, ok := refusal(err); ok {
+				return cli.Exit("memcachedlock: the proxy refused the request: "+reason, exitUsage)
 			}
 			if err != nil {
 				return cli.Exit("memcachedlock: "+err.Error(), exitUnavailable)

@@ -43,62 +43,76 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "config", EnvVars: env("CONFIG"), Usage: "twemproxy (nutcracker) YAML `file` to read the pool from; flags override it; SIGHUP rereads its servers"},
 			&cli.StringFlag{Name: "pool", EnvVars: env("POOL"), Usage: "pool of --config to serve, when it has several"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:11311", EnvVars: env("LISTEN"), Usage: "`address` to accept clients on"},
-			&cli.DurationFlag{Name: "timeout", Value: proxy.DefaultTimeout, EnvVars: env("TIMEOUT"), Usage: "longest wait for a memcached server's reply"},
+			msFlag("timeout", proxy.DefaultTimeout, "TIMEOUT", "longest wait for a memcached server's reply"),
 			&cli.StringFlag{Name: "max-item-size", Value: "1m", EnvVars: env("MAX_ITEM_SIZE"), Usage: "largest value accepted (bytes, or with k/m suffix)"},
 			&cli.IntFlag{Name: "server-connections", Value: proxy.DefaultServerConns, EnvVars: env("SERVER_CONNECTIONS"), Usage: "pipelined connections to each memcached server"},
 			&cli.IntFlag{Name: "max-connections", Value: 0, EnvVars: env("MAX_CONNECTIONS"), Usage: "most client connections at once; 0 is no limit"},
 			&cli.BoolFlag{Name: "auto-eject", EnvVars: env("AUTO_EJECT"), Usage: "take failing cache servers out of the ring for a while (twemproxy's auto_eject_hosts); never lock servers"},
 			&cli.IntFlag{Name: "server-failure-limit", Value: proxy.DefaultFailureLimit, EnvVars: env("SERVER_FAILURE_LIMIT"), Usage: "failures in a row that eject a server"},
-			&cli.DurationFlag{Name: "server-retry-timeout", Value: proxy.DefaultRetryTimeout, EnvVars: env("SERVER_RETRY_TIMEOUT"), Usage: "how long an ejected server stays out"},
+			msFlag("server-retry-timeout", proxy.DefaultRetryTimeout, "SERVER_RETRY_TIMEOUT", "how long an ejected server stays out"),
 			&cli.StringFlag{Name: "lock-servers", EnvVars: env("LOCK_SERVERS"), Usage: "servers that hold lock state (default: --servers)"},
 			&cli.IntFlag{Name: "lock-replicas", Value: 1, EnvVars: env("LOCK_REPLICAS"), Usage: "lock servers each lock lives on (odd); a majority decides, so 3 survive losing any one"},
 			&cli.BoolFlag{Name: "lock-fresh-servers", EnvVars: env("LOCK_FRESH_SERVERS"), Usage: "trust lock servers found without their marker at start, instead of refusing their locks for --lock-ttl-max: only for servers just started for this proxy (make run, tests), never after a restart"},
 			&cli.StringFlag{Name: "advertise", EnvVars: env("ADVERTISE"), Usage: "`host:port` other proxies reach this one at to forward lock commands (its client port); default --listen unless that is a wildcard"},
 			&cli.StringFlag{Name: "lock-prefix", Value: proxy.DefaultLockPrefix, EnvVars: env("LOCK_PREFIX"), Usage: "reserved key prefix for lock state"},
-			&cli.IntFlag{Name: "lock-ttl", Value: proxy.DefaultLockTTL, EnvVars: env("LOCK_TTL"), Usage: "default lock lifetime, seconds"},
-			&cli.IntFlag{Name: "lock-ttl-max", Value: proxy.DefaultLockTTLMax, EnvVars: env("LOCK_TTL_MAX"), Usage: "longest lock lifetime, seconds; also how long a lock server that lost its state is not written to"},
-			&cli.DurationFlag{Name: "lock-wait", Value: proxy.DefaultLockWait, EnvVars: env("LOCK_WAIT"), Usage: "default wait for a lock"},
-			&cli.DurationFlag{Name: "lock-wait-max", Value: proxy.DefaultLockWaitMax, EnvVars: env("LOCK_WAIT_MAX"), Usage: "longest wait for a lock"},
-			&cli.DurationFlag{Name: "lock-poll", Value: proxy.DefaultLockPoll, EnvVars: env("LOCK_POLL"), Usage: "longest pause between looks at a lock held through another proxy"},
-			&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, EnvVars: env("SHUTDOWN_TIMEOUT"), Usage: "on SIGINT/SIGTERM, how long in-flight commands may take"},
+			secFlag("lock-ttl", proxy.DefaultLockTTL*time.Second, "LOCK_TTL", "default lock lifetime, whole seconds"),
+			secFlag("lock-ttl-max", proxy.DefaultLockTTLMax*time.Second, "LOCK_TTL_MAX", "longest lock lifetime, whole seconds; also how long a lock server that lost its state is not written to"),
+			msFlag("lock-wait", proxy.DefaultLockWait, "LOCK_WAIT", "default wait for a lock"),
+			msFlag("lock-wait-max", proxy.DefaultLockWaitMax, "LOCK_WAIT_MAX", "longest wait for a lock"),
+			msFlag("lock-poll", proxy.DefaultLockPoll, "LOCK_POLL", "longest pause between looks at a lock held through another proxy"),
+			msFlag("shutdown-timeout", 10*time.Second, "SHUTDOWN_TIMEOUT", "on SIGINT/SIGTERM, how long in-flight commands may take"),
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error"},
-			&cli.StringFlag{Name: "metrics-listen", EnvVars: env("METRICS_LISTEN"), Usage: "`address` to serve Prometheus metrics on, at /metrics; off when empty"},
+			&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("LOG_FORMAT"), Usage: "text or json (one object per line)"},
+			&cli.StringFlag{Name: "metrics-listen", EnvVars: env("METRICS_LISTEN"), Usage: "`address` to serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) on; off when empty"},
 			&cli.StringFlag{Name: "debug-listen", EnvVars: env("DEBUG_LISTEN"), Usage: "`address` for Go's /debug/pprof profiles; off when empty"},
+			&cli.BoolFlag{Name: "allow-proxy-servers", EnvVars: env("ALLOW_PROXY_SERVERS"), Usage: "allow a server that is itself a memcachedlock proxy (refused at start otherwise)"},
+			&cli.BoolFlag{Name: "check", Usage: "check the configuration, print what would be served, and exit: 0 when good, 1 when not (unknown keys in --config are errors here)"},
 		}, ringFlags()...),
 		Action: serve,
 	}
 }
 
 func serve(cc *cli.Context) error {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cc.String("log-level"))); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	if cc.Bool("check") {
+		return check(cc)
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	logger, err := newLogger(cc)
+	if err != nil {
+		return err
+	}
+	for _, w := range configWarnings(cc) {
+		logger.Warn("--config: " + w)
+	}
 	cfg, listen, err := configFrom(cc)
 	if err != nil {
 		return err
 	}
 	cfg.Logger = logger
+	if err := refuseProxyServers(cc, cfg, listen); err != nil {
+		logger.Error("refusing to start: " + err.Error())
+		return cli.Exit("", 1)
+	}
 	srv, err := proxy.New(cfg)
 	if err != nil {
-		return err
+		return flat(err)
 	}
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err
 	}
-	logger.Info("serving", "listen", l.Addr().String(), "servers", serverList(cfg.Servers),
+	logger.Info("serving", "listen", l.Addr().String(), "server_count", len(cfg.Servers), "servers", serverList(cfg.Servers),
 		"distribution", cfg.Distribution, "hash", cfg.Hash, "lock_servers", lockServerList(cfg))
 
 	if addr := cc.String("metrics-listen"); addr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", srv.MetricsHandler())
+		mux.Handle("/healthz", srv.HealthHandler())
+		mux.Handle("/readyz", srv.ReadyHandler())
 		ml, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("--metrics-listen: %w", err)
 		}
-		logger.Info("metrics on /metrics", "listen", ml.Addr().String())
+		logger.Info("metrics on /metrics, health on /healthz and /readyz", "listen", ml.Addr().String())
 		go http.Serve(ml, mux)
 	}
 	if addr := cc.String("debug-listen"); addr != "" {
@@ -119,8 +133,8 @@ func serve(cc *cli.Context) error {
 		return err
 	case <-ctx.Done():
 	}
-	logger.Info("shutting down", "deadline", cc.Duration("shutdown-timeout"))
-	sctx, cancel := context.WithTimeout(context.Background(), cc.Duration("shutdown-timeout"))
+	logger.Info("shutting down", "deadline", durationOf(cc, "shutdown-timeout"))
+	sctx, cancel := context.WithTimeout(context.Background(), durationOf(cc, "shutdown-timeout"))
 	defer cancel()
 	err = srv.Shutdown(sctx)
 	if errors.Is(err, context.DeadlineExceeded) {
@@ -136,24 +150,28 @@ func configFrom(cc *cli.Context) (proxy.Config, string, error) {
 	cfg := proxy.Config{
 		Distribution: cc.String("distribution"),
 		Hash:         cc.String("hash"),
-		Timeout:      cc.Duration("timeout"),
+		Timeout:      durationOf(cc, "timeout"),
 		ServerConns:  cc.Int("server-connections"),
 		MaxConns:     cc.Int("max-connections"),
 		AutoEject:    cc.Bool("auto-eject"),
 		FailureLimit: cc.Int("server-failure-limit"),
-		RetryTimeout: cc.Duration("server-retry-timeout"),
+		RetryTimeout: durationOf(cc, "server-retry-timeout"),
 		LockPrefix:   cc.String("lock-prefix"),
-		LockTTL:      cc.Int("lock-ttl"),
-		LockTTLMax:   cc.Int("lock-ttl-max"),
 		LockReplicas: cc.Int("lock-replicas"),
 		LockFresh:    cc.Bool("lock-fresh-servers"),
 		Advertise:    cc.String("advertise"),
-		LockWait:     cc.Duration("lock-wait"),
-		LockWaitMax:  cc.Duration("lock-wait-max"),
-		LockPoll:     cc.Duration("lock-poll"),
+		LockWait:     durationOf(cc, "lock-wait"),
+		LockWaitMax:  durationOf(cc, "lock-wait-max"),
+		LockPoll:     durationOf(cc, "lock-poll"),
 	}
 	listen := cc.String("listen")
 	var err error
+	if cfg.LockTTL, err = secondsOf(cc, "lock-ttl"); err != nil {
+		return cfg, "", err
+	}
+	if cfg.LockTTLMax, err = secondsOf(cc, "lock-ttl-max"); err != nil {
+		return cfg, "", err
+	}
 	if cfg.Servers, err = parseServers(cc.String("servers")); err != nil {
 		return cfg, "", err
 	}
@@ -169,7 +187,7 @@ func configFrom(cc *cli.Context) (proxy.Config, string, error) {
 		}
 		servers, err := pool.servers()
 		if err != nil {
-			return cfg, "", fmt.Errorf("%s: %w", path, err)
+			return cfg, "", fmt.Errorf("%s: %w", path, flat(err))
 		}
 		fromFile("servers", func() { cfg.Servers = servers })
 		if pool.Listen != "" {
@@ -208,11 +226,14 @@ func configFrom(cc *cli.Context) (proxy.Config, string, error) {
 		return cfg, "", fmt.Errorf("--max-item-size: %w", err)
 	}
 	cfg.MaxItemSize = size
+	if err := supported(cfg); err != nil {
+		return cfg, "", err
+	}
 	return cfg, listen, nil
 }
 
 func parseServers(list string) ([]ring.Server, error) {
-	return ring.ParseServers(strings.Split(list, ","))
+	return parseServerList(strings.Split(list, ","))
 }
 
 func serverList(servers []ring.Server) string {
@@ -263,7 +284,10 @@ func reloadOnHangup(ctx context.Context, cc *cli.Context, srv *proxy.Server, log
 			logger.Warn("SIGHUP: no --config file to reread; nothing changed")
 			continue
 		}
-		cfg, _, err := configFrom(cc)
+		cfg, listen, err := configFrom(cc)
+		if err == nil {
+			err = refuseProxyServers(cc, cfg, listen)
+		}
 		if err == nil {
 			err = srv.Reload(cfg.Servers, cfg.Distribution, cfg.Hash)
 		}
