@@ -18,17 +18,17 @@ var Version = "0.1.0"
 
 // Server is a running proxy. Create it with New and start it with Serve.
 type Server struct {
-	cfg      Config
-	prefix   []byte
-	topo     atomic.Pointer[topology] // the cache ring now; replaced on reload and ejection
-	lockers  []*backend               // fixed for the proxy's life: a lock is never re-routed
+	cfg     Config
+	prefix  []byte
+	topo    atomic.Pointer[topology] // the cache ring now; replaced on reload and ejection
+	lockers []*backend               // fixed for the proxy's life: a lock is never re-routed
 	// impliedLocks: the lock servers are the cache servers as first
 	// configured, so a reload that changes those would change them.
 	impliedLocks bool
-	locks    *lockservice.Service
-	metrics  *metrics
-	quit     chan struct{} // closed when the proxy stops
-	quitOnce sync.Once
+	locks        *lockservice.Service
+	metrics      *metrics
+	quit         chan struct{} // closed when the proxy stops
+	quitOnce     sync.Once
 
 	topoMu  sync.Mutex // serializes changes of the topology
 	servers []ring.Server
