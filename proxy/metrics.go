@@ -73,7 +73,11 @@ func newMetrics(s *Server) *metrics {
 		counter("memcachedlock_lock_grants_total", "Locks granted.", func() float64 { return float64(s.locks.Stats().Grants) }),
 		counter("memcachedlock_lock_handoffs_total", "Locks handed straight from a releasing holder to a waiter.", func() float64 { return float64(s.locks.Stats().Handoffs) }),
 		counter("memcachedlock_lock_timeouts_total", "Lock waits that ran out.", func() float64 { return float64(s.locks.Stats().Timeouts) }),
-		serverCollector{s},
+		counter("memcachedlock_lock_forwarded_total", "Lock commands forwarded to the name's home proxy.", func() float64 { return float64(s.locks.Stats().ForwardedOut) }),
+		counter("memcachedlock_lock_forwarded_in_total", "Lock commands served here for other proxies, as the name's home.", func() float64 { return float64(s.locks.Stats().ForwardedIn) }),
+		counter("memcachedlock_lock_forward_failed_total", "Forwards that fell back to serving the name here (home unreachable).", func() float64 { return float64(s.locks.Stats().ForwardFailed) }),
+		gauge("memcachedlock_lock_proxies", "Proxies registered in front of the same lock servers, this one included.", func() float64 { return float64(s.locks.Stats().Proxies) }),
+		serverCollector{s}, lockServerCollector{s},
 	)
 	return m
 }
@@ -112,6 +116,35 @@ func (c serverCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descTimeouts, prometheus.CounterValue, float64(b.timeouts.Load()), b.addr)
 		ch <- prometheus.MustNewConstMetric(descEjections, prometheus.CounterValue, float64(b.ejections.Load()), b.addr)
 		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, b.addr)
+	}
+}
+
+// lockServerCollector reports each lock server's state.
+type lockServerCollector struct{ s *Server }
+
+var (
+	descLockRecovering = prometheus.NewDesc("memcachedlock_lock_server_recovering_seconds",
+		"Seconds until a lock server that lost its state takes writes again; 0 when it takes them.", []string{"server"}, nil)
+	descLockReady = prometheus.NewDesc("memcachedlock_lock_server_ready",
+		"1 while the lock server carries the marker this proxy trusts and takes writes.", []string{"server"}, nil)
+)
+
+func (c lockServerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descLockRecovering
+	ch <- descLockReady
+}
+
+func (c lockServerCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, st := range c.s.locks.States() {
+		left, ready := 0.0, 0.0
+		if st.Recovering {
+			left = max(time.Until(st.Until).Seconds(), 0)
+		}
+		if st.Ready {
+			ready = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descLockRecovering, prometheus.GaugeValue, left, st.Addr)
+		ch <- prometheus.MustNewConstMetric(descLockReady, prometheus.GaugeValue, ready, st.Addr)
 	}
 }
 
