@@ -12,98 +12,47 @@ import (
 	"github.com/memcachedlock/memcachedlock/lockservice"
 )
 
-var lockUsage = map[command]string{
-	cmdLock:     "lock <key> [<ttl> [<wait_ms> [<owner>]]]",
-	cmdRLock:    "rlock <key> <ttl> <wait_ms> <owner>",
-	cmdUnlock:   "unlock <key> <fence>",
-	cmdExtend:   "extend <key> <fence> <ttl>",
-	cmdLockInfo: "lockinfo <key>",
-}
-
-// lockArity is the least and most arguments of each lock command.
-var lockArity = map[command][2]int{
-	cmdLock: {1, 4}, cmdRLock: {4, 4}, cmdUnlock: {2, 2}, cmdExtend: {3, 3}, cmdLockInfo: {1, 1},
-}
-
 // lockCommand carries out a lock command. Waits happen here, in the
 // reader: later commands from the same client wait for the lock too, which
 // is what a client that pipelines "lock" and then its writes means.
 func (c *clientConn) lockCommand() {
-	r := &c.req
-	args := r.tokens[1:]
-	if len(args) > 0 && string(args[len(args)-1]) == "noreply" {
-		c.send(replyNoReplyErr)
-		return
-	}
-	if arity := lockArity[r.cmd]; len(args) < arity[0] || len(args) > arity[1] {
-		c.send(staticReply("CLIENT_ERROR usage: " + lockUsage[r.cmd] + "\r\n"))
-		return
-	}
-	if !validName(args[0]) {
-		c.send(replyFormat)
-		return
-	}
-	name := string(args[0])
 	cfg := &c.s.cfg
-	var out []byte
-	switch r.cmd {
-	case cmdLock, cmdRLock:
-		req := lockext.Request{Name: name, TTL: cfg.LockTTL, Wait: cfg.LockWait, Reentrant: r.cmd == cmdRLock}
-		if len(args) > 1 {
-			ttl, ok := parseUint(args[1], 31)
-			if !ok || ttl < 1 || int(ttl) > cfg.LockTTLMax {
-				c.send(staticReply(fmt.Sprintf("CLIENT_ERROR ttl must be 1 to %d\r\n", cfg.LockTTLMax)))
-				return
-			}
-			req.TTL = int(ttl)
+	r, refused := parseLock(c.req.cmd, c.req.tokens[1:], lockLimits{ttlMax: cfg.LockTTLMax, waitMax: cfg.LockWaitMax})
+	if refused != nil {
+		c.send(staticReply(refused))
+		return
+	}
+	if r.cmd == cmdLock || r.cmd == cmdRLock {
+		req := lockext.Request{Name: r.name, TTL: cfg.LockTTL, Wait: cfg.LockWait, Owner: r.owner, Reentrant: r.cmd == cmdRLock}
+		if r.ttl > 0 {
+			req.TTL = r.ttl
 		}
-		if len(args) > 2 {
-			ms, ok := parseUint(args[2], 40)
-			if !ok || time.Duration(ms)*time.Millisecond > cfg.LockWaitMax {
-				c.send(staticReply(fmt.Sprintf("CLIENT_ERROR wait_ms must be 0 to %d\r\n", cfg.LockWaitMax.Milliseconds())))
-				return
-			}
-			req.Wait = time.Duration(ms) * time.Millisecond
-		}
-		if len(args) > 3 {
-			if !validOwner(args[3]) {
-				c.send(staticReply("CLIENT_ERROR owner must be 1 to 64 printable bytes\r\n"))
-				return
-			}
-			req.Owner = string(args[3])
+		if r.wait >= 0 {
+			req.Wait = r.wait
 		}
 		c.lock(req)
 		return
-	case cmdUnlock, cmdExtend:
-		fence, ok := parseUint(args[1], 64)
-		if !ok {
-			c.send(staticReply("CLIENT_ERROR invalid fence\r\n"))
-			return
+	}
+	// Two server round trips at most (a read, then the change), one more
+	// hop when the name's home is another proxy.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*cfg.Timeout+time.Second)
+	defer cancel()
+	var out []byte
+	switch r.cmd {
+	case cmdUnlock:
+		left, err := c.lockSession().Unlock(ctx, r.name, r.fence)
+		out = fmt.Appendf(nil, "UNLOCKED %d\r\n", left)
+		if err != nil {
+			out = lockError(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*cfg.Timeout+time.Second)
-		defer cancel()
-		if r.cmd == cmdUnlock {
-			left, err := c.lockSession().Unlock(ctx, name, fence)
-			out = fmt.Appendf(nil, "UNLOCKED %d\r\n", left)
-			if err != nil {
-				out = lockError(err)
-			}
-			break
-		}
-		ttl, ok := parseUint(args[2], 31)
-		if !ok || ttl < 1 || int(ttl) > cfg.LockTTLMax {
-			out = fmt.Appendf(nil, "CLIENT_ERROR ttl must be 1 to %d\r\n", cfg.LockTTLMax)
-			break
-		}
-		left, err := c.lockSession().Extend(ctx, name, fence, int(ttl))
+	case cmdExtend:
+		left, err := c.lockSession().Extend(ctx, r.name, r.fence, r.ttl)
 		out = fmt.Appendf(nil, "EXTENDED %d\r\n", left)
 		if err != nil {
 			out = lockError(err)
 		}
 	case cmdLockInfo:
-		ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout+time.Second)
-		defer cancel()
-		info, err := c.lockSession().Info(ctx, name)
+		info, err := c.lockSession().Info(ctx, r.name)
 		out = fmt.Appendf(nil, "LOCK %d %d %d %s %d\r\n", info.Fence, info.TTL, info.Count, info.Owner, info.Waiters)
 		if err != nil {
 			out = lockError(err)
@@ -173,18 +122,6 @@ func (c *clientConn) lockSession() *lockservice.Session {
 		c.session = c.s.locks.NewSession()
 	}
 	return c.session
-}
-
-func validOwner(b []byte) bool {
-	if len(b) == 0 || len(b) > 64 {
-		return false
-	}
-	for _, ch := range b {
-		if ch <= ' ' || ch >= 0x7f {
-			return false
-		}
-	}
-	return true
 }
 
 // lockError turns the lock manager's errors into reply lines.
