@@ -91,9 +91,34 @@ func New(cfg Config, dial func(addr string) Conn) (*Service, error) {
 	s.manager = lockext.New(s.store, lockext.Config{
 		Prefix: cfg.Prefix, MaxTTL: cfg.MaxTTL, MaxWait: cfg.MaxWait, Poll: cfg.Poll, Instance: cfg.Instance,
 	})
+	if cfg.Fresh {
+		s.adoptFresh()
+	}
 	s.wg.Add(1)
 	go s.tend()
 	return s, nil
+}
+
+// adoptFresh adopts every lock server now, trusting those without a
+// marker: Fresh speaks of the servers as they are at start. A server that
+// cannot be reached now is adopted later like any other.
+func (s *Service) adoptFresh() {
+	var wg sync.WaitGroup
+	for _, r := range s.replicas {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+			defer cancel()
+			r.ready(ctx)
+		}()
+	}
+	wg.Wait()
+	for _, r := range s.replicas {
+		r.mu.Lock()
+		r.fresh = false
+		r.mu.Unlock()
+	}
 }
 
 // Layout is the digest of what decides where a lock lives, recorded in

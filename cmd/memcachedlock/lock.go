@@ -139,6 +139,9 @@ func runChild(ctx context.Context, command []string, g lockclient.Grant) int {
 // one: the proxy refused an argument (a ttl over its maximum, a bad key),
 // which is a usage error, not the proxy being unreachable.
 func refusal(err error) (string, bool) {
+	if err == nil {
+		return "", false
+	}
 	msg := err.Error()
 	if i := strings.Index(msg, "CLIENT_ERROR "); i >= 0 {
 		return msg[i+len("CLIENT_ERROR "):], true
