@@ -234,8 +234,12 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 	poll := pacer{next: time.Millisecond, max: m.cfg.Poll}
 	holderTTL := -1
 	waited := false
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
+	var timer *time.Timer // made on the first sleep: most grants never sleep
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		m.mu.Lock()
 		if g := w.grant; g != nil {
@@ -280,7 +284,11 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 				req.OnWait()
 			}
 		}
-		timer.Reset(min(sleep, remaining))
+		if timer == nil {
+			timer = time.NewTimer(min(sleep, remaining))
+		} else {
+			timer.Reset(min(sleep, remaining))
+		}
 		select {
 		case <-w.wake:
 		case <-timer.C:

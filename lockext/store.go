@@ -70,7 +70,12 @@ type record struct {
 }
 
 func (r record) encode() []byte {
-	return fmt.Appendf(nil, "%d %c %d %c %s", r.fence, r.mode, r.count, r.kind, r.owner)
+	b := make([]byte, 0, 32+len(r.owner))
+	b = strconv.AppendUint(b, r.fence, 10)
+	b = append(b, ' ', r.mode, ' ')
+	b = strconv.AppendInt(b, int64(r.count), 10)
+	b = append(b, ' ', r.kind, ' ')
+	return append(b, r.owner...)
 }
 
 func decodeRecord(b []byte) (record, error) {

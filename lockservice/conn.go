@@ -39,22 +39,36 @@ func (r *replies) meta() (m metaReply, err error) {
 	if err != nil {
 		return m, err
 	}
-	f := bytes.Fields(line)
-	if len(f) == 0 {
+	var f [10][]byte // status, size, flags: split without allocating
+	n := 0
+	for rest := line; len(rest) > 0 && n < len(f); {
+		i := bytes.IndexByte(rest, ' ')
+		if i < 0 {
+			i = len(rest)
+		}
+		if i > 0 {
+			f[n] = rest[:i]
+			n++
+		}
+		rest = rest[min(i+1, len(rest)):]
+	}
+	if n == 0 {
 		return m, fmt.Errorf("%w: empty line", errBadReply)
 	}
-	m.status, m.flags = string(f[0]), f[1:]
+	m.status = statusOf(f[0])
+	first := 1
 	if m.status == "VA" {
-		if len(f) < 2 {
+		if n < 2 {
 			return m, fmt.Errorf("%w: %q", errBadReply, line)
 		}
-		n, err := strconv.Atoi(string(f[1]))
-		if err != nil || n < 0 || len(r.b) < n+2 || !bytes.Equal(r.b[n:n+2], []byte("\r\n")) {
+		size, err := strconv.Atoi(string(f[1]))
+		if err != nil || size < 0 || len(r.b) < size+2 || !bytes.Equal(r.b[size:size+2], []byte("\r\n")) {
 			return m, fmt.Errorf("%w: %q", errBadReply, line)
 		}
-		m.flags = f[2:]
-		m.value, r.b = r.b[:n], r.b[n+2:]
+		first = 2
+		m.value, r.b = r.b[:size], r.b[size+2:]
 	}
+	m.nflags = copy(m.flags[:], f[first:n])
 	if m.status != "HD" && m.status != "VA" && m.status != "EN" && m.status != "NS" &&
 		m.status != "EX" && m.status != "NF" {
 		return m, fmt.Errorf("%w: %q", errBadReply, line)
@@ -84,14 +98,26 @@ func (r *replies) stats() (map[string]string, error) {
 // metaReply is one reply to a meta command.
 type metaReply struct {
 	status string
-	flags  [][]byte
+	flags  [8][]byte
+	nflags int
 	value  []byte
+}
+
+// statusOf returns a meta status as one of the constant strings, so that
+// reading a reply allocates nothing for it.
+func statusOf(b []byte) string {
+	for _, s := range []string{"HD", "VA", "EN", "NS", "EX", "NF", "MN"} {
+		if string(b) == s {
+			return s
+		}
+	}
+	return string(b)
 }
 
 // flag returns the value of a one-letter return flag, such as c (cas) or
 // t (ttl).
 func (m metaReply) flag(c byte) (int64, bool) {
-	for _, f := range m.flags {
+	for _, f := range m.flags[:m.nflags] {
 		if len(f) > 1 && f[0] == c {
 			v, err := strconv.ParseInt(string(f[1:]), 10, 64)
 			return v, err == nil

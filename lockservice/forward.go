@@ -175,6 +175,11 @@ func (l *peerLink) call(ctx context.Context, req string, onWait func()) ([]strin
 
 	done := ctx.Done()
 	var giveUp <-chan time.Time
+	if !strings.HasPrefix(req, "L ") {
+		// Only a lock waits at the home; anything else is a few memcached
+		// round trips there, and a home that takes longer is as good as gone.
+		giveUp = time.After(4 * l.timeout)
+	}
 	for {
 		select {
 		case f, ok := <-ch:
@@ -203,7 +208,10 @@ func (l *peerLink) call(ctx context.Context, req string, onWait func()) ([]strin
 				delete(l.pending, tag)
 			}
 			l.mu.Unlock()
-			return nil, ctx.Err()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, errPeer
 		}
 	}
 }

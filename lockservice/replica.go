@@ -318,7 +318,7 @@ func (r *replica) get(ctx context.Context, item string) (value []byte, cas uint6
 	if _, err := r.ready(ctx); err != nil {
 		return nil, 0, 0, err
 	}
-	reply, err := r.conn.Exchange(ctx, []byte("mg "+item+" v c t\r\n"))
+	reply, err := r.conn.Exchange(ctx, append(append(append(make([]byte, 0, 16+len(item)), "mg "...), item...), " v c t\r\n"...))
 	if err != nil {
 		return nil, 0, 0, err
 	}
@@ -353,12 +353,17 @@ func (r *replica) write(ctx context.Context, item string, value []byte, ttl int,
 		if err != nil {
 			return 0, err
 		}
-		mode := "ME"
-		if cas != 0 {
-			mode = "C" + strconv.FormatUint(cas, 10)
+		batch := make([]byte, 0, 64+len(item)+len(value)+len(r.marker))
+		batch = append(append(batch, "ms "...), item...)
+		batch = strconv.AppendInt(append(batch, ' '), int64(len(value)), 10)
+		batch = strconv.AppendInt(append(batch, " T"...), int64(ttl+1), 10)
+		if cas == 0 {
+			batch = append(batch, " ME"...)
+		} else {
+			batch = strconv.AppendUint(append(batch, " C"...), cas, 10)
 		}
-		batch := fmt.Appendf(make([]byte, 0, 128+len(value)), "ms %s %d T%d %s c\r\n%s\r\nmg %s v c\r\n",
-			item, len(value), ttl+1, mode, value, r.marker)
+		batch = append(append(append(batch, " c\r\n"...), value...), "\r\n"...)
+		batch = append(append(append(batch, "mg "...), r.marker...), " v c\r\n"...)
 		evicts := cas == 0 && r.evicts() // a compare-and-swap cannot succeed on an evicted item
 		if evicts {
 			batch = append(batch, "stats\r\n"...)
@@ -405,7 +410,9 @@ func (r *replica) write(ctx context.Context, item string, value []byte, ttl int,
 
 // del deletes an item if its cas is still cas.
 func (r *replica) del(ctx context.Context, item string, cas uint64) error {
-	reply, err := r.conn.Exchange(ctx, fmt.Appendf(nil, "md %s C%d\r\n", item, cas))
+	batch := append(append(make([]byte, 0, 32+len(item)), "md "...), item...)
+	batch = append(strconv.AppendUint(append(batch, " C"...), cas, 10), "\r\n"...)
+	reply, err := r.conn.Exchange(ctx, batch)
 	if err != nil {
 		return err
 	}

@@ -88,6 +88,9 @@ func New(cfg Config, dial func(addr string) Conn) (*Service, error) {
 		})
 	}
 	s.store = &store{ring: r, replicas: s.replicas, n: cfg.Replicas}
+	for _, rep := range s.replicas {
+		s.store.alone = append(s.store.alone, []*replica{rep})
+	}
 	s.manager = lockext.New(s.store, lockext.Config{
 		Prefix: cfg.Prefix, MaxTTL: cfg.MaxTTL, MaxWait: cfg.MaxWait, Poll: cfg.Poll, Instance: cfg.Instance,
 	})
@@ -236,14 +239,15 @@ func (s *Service) remote(name string) *peerLink {
 	return s.peers.link(m)
 }
 
-// forward asks name's home; ok is false when the name must be served here.
-func (s *Service) forward(ctx context.Context, name, req string, onWait func()) (f []string, err error, ok bool) {
+// forward asks name's home the request that req makes; ok is false when
+// the name must be served here.
+func (s *Service) forward(ctx context.Context, name string, req func() string, onWait func()) (f []string, err error, ok bool) {
 	l := s.remote(name)
 	if l == nil {
 		return nil, nil, false
 	}
 	s.forwardedOut.Add(1)
-	f, err = l.call(ctx, req, onWait)
+	f, err = l.call(ctx, req(), onWait)
 	if errors.Is(err, errPeer) {
 		s.forwardFailed.Add(1)
 		return nil, nil, false
@@ -260,12 +264,12 @@ func (s *Service) forward(ctx context.Context, name, req string, onWait func()) 
 
 // Lock takes a lock; see lockext.Request.
 func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant, error) {
-	if onWait := req.OnWait; onWait != nil {
+	if onWait := req.OnWait; onWait != nil && ss.svc.remote(req.Name) != nil {
 		var once sync.Once // the home may say "waiting", then the wait go on here
 		req.OnWait = func() { once.Do(onWait) }
 	}
 	start := time.Now()
-	f, err, ok := ss.svc.forward(ctx, req.Name, lockLine(req, ss.ls.ID()), req.OnWait)
+	f, err, ok := ss.svc.forward(ctx, req.Name, func() string { return lockLine(req, ss.ls.ID()) }, req.OnWait)
 	if !ok {
 		if d := time.Since(start); d > 0 && req.Wait > 0 {
 			req.Wait = max(req.Wait-d, 0) // the time spent at an unreachable home counts
@@ -297,7 +301,7 @@ func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant
 
 // Unlock releases one level of a grant.
 func (ss *Session) Unlock(ctx context.Context, name string, fence uint64) (int, error) {
-	f, err, ok := ss.svc.forward(ctx, name, fmt.Sprintf("U %s %d", name, fence), nil)
+	f, err, ok := ss.svc.forward(ctx, name, func() string { return fmt.Sprintf("U %s %d", name, fence) }, nil)
 	var left int
 	if !ok {
 		left, err = ss.ls.Unlock(ctx, name, fence)
@@ -319,7 +323,7 @@ func (ss *Session) Unlock(ctx context.Context, name string, fence uint64) (int, 
 
 // Extend sets a grant's remaining lifetime.
 func (ss *Session) Extend(ctx context.Context, name string, fence uint64, ttl int) (int, error) {
-	f, err, ok := ss.svc.forward(ctx, name, fmt.Sprintf("E %s %d %d", name, fence, ttl), nil)
+	f, err, ok := ss.svc.forward(ctx, name, func() string { return fmt.Sprintf("E %s %d %d", name, fence, ttl) }, nil)
 	if !ok {
 		return ss.svc.manager.Extend(ctx, name, fence, ttl)
 	}
@@ -335,7 +339,7 @@ func (ss *Session) Extend(ctx context.Context, name string, fence uint64, ttl in
 
 // Info describes a lock's current grant; the waiters are those at its home.
 func (ss *Session) Info(ctx context.Context, name string) (lockext.Info, error) {
-	f, err, ok := ss.svc.forward(ctx, name, "I "+name, nil)
+	f, err, ok := ss.svc.forward(ctx, name, func() string { return "I " + name }, nil)
 	if !ok {
 		return ss.svc.manager.Info(ctx, name)
 	}

@@ -15,8 +15,9 @@ import (
 // per replica (0 where that replica did not take the write).
 type store struct {
 	ring     *ring.Ring
-	replicas []*replica // by lock ring index
-	n        int        // replicas per name
+	replicas []*replica   // by lock ring index
+	alone    [][]*replica // each replica as a set of one, for names with one replica
+	n        int          // replicas per name
 }
 
 type version []uint64
@@ -25,6 +26,9 @@ func (s *store) majority() int { return s.n/2 + 1 }
 
 // of returns the replicas that hold a name.
 func (s *store) of(name string) []*replica {
+	if s.n == 1 {
+		return s.alone[s.ring.Pick([]byte(name))]
+	}
 	var idx [8]int
 	picked := s.ring.PickN(idx[:0], []byte(name), s.n)
 	reps := make([]*replica, len(picked))
@@ -179,6 +183,17 @@ func (s *store) CompareAndSwap(ctx context.Context, k lockext.Key, value []byte,
 // compare-and-swap: it counts as a failure.
 func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int, prev version) (lockext.Version, error) {
 	reps := s.of(k.Name)
+	if len(reps) == 1 { // no majority to gather
+		var cas uint64
+		if prev != nil {
+			cas = prev[0]
+		}
+		c, err := reps[0].write(ctx, k.Item, value, ttl, cas)
+		if err != nil {
+			return nil, err
+		}
+		return version{c}, nil
+	}
 	var mu sync.Mutex
 	resolved, failed := false, false
 	var pending []outcome
@@ -233,6 +248,12 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 func (s *store) CompareAndDelete(ctx context.Context, k lockext.Key, v lockext.Version) error {
 	ver, _ := v.(version)
 	reps := s.of(k.Name)
+	if len(reps) == 1 {
+		if len(ver) == 0 || ver[0] == 0 {
+			return lockext.ErrStoreExists
+		}
+		return reps[0].del(ctx, k.Item, ver[0])
+	}
 	outs := fanOut(reps, func(i int, r *replica) outcome {
 		if i >= len(ver) || ver[i] == 0 {
 			return outcome{i: i, err: lockext.ErrStoreExists}

@@ -82,7 +82,7 @@ func BenchmarkMultiGet10Keys2Servers(b *testing.B) {
 }
 
 func BenchmarkLockUnlock(b *testing.B) {
-	mc := testmc.Start(b)
+	mc := testmc.Start(b, "-M") // a lock server that cannot evict: no stats behind each add
 	addr, _ := startBenchProxy(b, []*testmc.Memcached{mc})
 	c := dialB(b, addr)
 	buf := make([]byte, 256)
@@ -109,6 +109,7 @@ func startBenchProxy(b *testing.B, mcs []*testmc.Memcached) (string, *Server) {
 		cfg.Servers = append(cfg.Servers, ring.Server{Addr: m.Addr, Weight: 1})
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.LockFresh = true // the servers were just started
 	s, err := New(cfg)
 	if err != nil {
 		b.Fatal(err)

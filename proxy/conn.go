@@ -48,6 +48,8 @@ type clientConn struct {
 	req      request
 	picks    []int // scratch for multi-key routing
 	session  *lockservice.Session
+	watch    func()          // c.startWatching, made once
+	watching bool            // a lock wait started the background read
 	ctx      context.Context // ends when the client hangs up or the proxy stops
 	cancel   context.CancelFunc
 	stopping atomic.Bool
@@ -69,6 +71,7 @@ func newClientConn(s *Server, nc net.Conn) *clientConn {
 	c.br = bufio.NewReaderSize(c.cr, clientBufferSize)
 	c.bw = bufio.NewWriterSize(nc, clientBufferSize)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.watch = c.startWatching
 	return c
 }
 

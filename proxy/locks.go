@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/memcachedlock/memcachedlock/lockext"
@@ -33,21 +34,21 @@ func (c *clientConn) lockCommand() {
 		c.lock(req)
 		return
 	}
-	// Two server round trips at most (a read, then the change), one more
-	// hop when the name's home is another proxy.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*cfg.Timeout+time.Second)
-	defer cancel()
+	// Each memcached exchange is bounded by --timeout, and a forward by the
+	// peer link's own limit: the connection's context is enough.
+	ctx := c.ctx
 	var out []byte
 	switch r.cmd {
 	case cmdUnlock:
 		left, err := c.lockSession().Unlock(ctx, r.name, r.fence)
-		out = fmt.Appendf(nil, "UNLOCKED %d\r\n", left)
+		out = strconv.AppendInt([]byte("UNLOCKED "), int64(left), 10)
+		out = append(out, "\r\n"...)
 		if err != nil {
 			out = lockError(err)
 		}
 	case cmdExtend:
 		left, err := c.lockSession().Extend(ctx, r.name, r.fence, r.ttl)
-		out = fmt.Appendf(nil, "EXTENDED %d\r\n", left)
+		out = append(strconv.AppendInt([]byte("EXTENDED "), int64(left), 10), "\r\n"...)
 		if err != nil {
 			out = lockError(err)
 		}
@@ -66,13 +67,11 @@ func (c *clientConn) lockCommand() {
 // is queued before that read is stopped, so stopping it costs the grant
 // no time.
 func (c *clientConn) lock(req lockext.Request) {
-	ctx, cancel := context.WithCancel(c.ctx)
-	defer cancel()
-	watching := false
-	req.OnWait = func() {
-		watching = true
-		c.cr.startBackgroundRead(cancel)
-	}
+	// The connection's own context: a hang-up seen by the background read
+	// ends the connection anyway, so a context per wait would buy nothing.
+	ctx := c.ctx
+	c.watching = false
+	req.OnWait = c.watch
 	start := time.Now()
 	g, err := c.lockSession().Lock(ctx, req)
 	if waited := time.Since(start); waited > longLockWait {
@@ -91,16 +90,23 @@ func (c *clientConn) lock(req lockext.Request) {
 		c.s.metrics.lockWaited(start, "error")
 	}
 	if err == nil {
-		c.sendNow(&grantReply{line: fmt.Appendf(nil, "LOCKED %d %d %d\r\n", g.Fence, g.TTL, g.Count), name: req.Name, fence: g.Fence})
+		c.sendNow(&grantReply{fence: g.Fence, ttl: g.TTL, count: g.Count, name: req.Name})
 	} else {
 		c.sendNow(staticReply(lockError(err)))
 	}
-	if watching {
+	if c.watching {
 		c.cr.stopBackgroundRead()
 		if c.stopping.Load() {
 			c.nc.SetReadDeadline(time.Now()) // shutdown began during the wait
 		}
 	}
+}
+
+// startWatching starts the background read that notices a client hanging
+// up during a lock wait; c.watch is this, bound once per connection.
+func (c *clientConn) startWatching() {
+	c.watching = true
+	c.cr.startBackgroundRead(c.cancel)
 }
 
 // servePeer serves another proxy that forwards lock commands for names
@@ -154,12 +160,19 @@ func lockError(err error) []byte {
 // grantReply is a LOCKED line; if it cannot be delivered, the grant is
 // released again so that nobody holds a lock they do not know of.
 type grantReply struct {
-	line  []byte
-	name  string
-	fence uint64
+	fence      uint64
+	ttl, count int
+	name       string
 }
 
-func (g *grantReply) write(w *bufio.Writer) { w.Write(g.line) }
+// write formats "LOCKED <fence> <ttl> <count>" straight into the buffer.
+func (g *grantReply) write(w *bufio.Writer) {
+	b := w.AvailableBuffer()
+	b = strconv.AppendUint(append(b, "LOCKED "...), g.fence, 10)
+	b = strconv.AppendInt(append(b, ' '), int64(g.ttl), 10)
+	b = strconv.AppendInt(append(b, ' '), int64(g.count), 10)
+	w.Write(append(b, "\r\n"...))
+}
 
 func (c *clientConn) releaseGrant(g *grantReply) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*c.s.cfg.Timeout)

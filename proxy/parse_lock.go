@@ -49,7 +49,7 @@ func parseLock(cmd command, args [][]byte, lim lockLimits) (lockRequest, []byte)
 		return r, replyFormat
 	}
 	r.name = string(args[0])
-	ttlErr := fmt.Appendf(nil, "CLIENT_ERROR ttl must be 1 to %d\r\n", lim.ttlMax)
+	ttlErr := func() []byte { return fmt.Appendf(nil, "CLIENT_ERROR ttl must be 1 to %d\r\n", lim.ttlMax) }
 	ttl := func(b []byte) (int, bool) {
 		n, ok := parseUint(b, 31)
 		return int(n), ok && n >= 1 && int(n) <= lim.ttlMax
@@ -59,7 +59,7 @@ func parseLock(cmd command, args [][]byte, lim lockLimits) (lockRequest, []byte)
 		var ok bool
 		if len(args) > 1 {
 			if r.ttl, ok = ttl(args[1]); !ok {
-				return r, ttlErr
+				return r, ttlErr()
 			}
 		}
 		if len(args) > 2 {
@@ -82,7 +82,7 @@ func parseLock(cmd command, args [][]byte, lim lockLimits) (lockRequest, []byte)
 		}
 		if cmd == cmdExtend {
 			if r.ttl, ok = ttl(args[2]); !ok {
-				return r, ttlErr
+				return r, ttlErr()
 			}
 		}
 	}
