@@ -37,10 +37,12 @@ func (e *NotLockedError) Error() string {
 func (e *NotLockedError) Is(target error) bool { return target == ErrNotLocked }
 
 // Options for Lock. The zero value takes a connection-owned lock with the
-// proxy's default ttl, waiting until ctx's deadline or the proxy's default.
+// proxy's default ttl and wait. The lock command's arguments are
+// positional, so once a later one is given (a wait, TryOnce, an owner) a
+// zero TTL is sent as 30 s, and a zero Wait as ctx's deadline or else 30 s.
 type Options struct {
-	TTL       time.Duration // lifetime, whole seconds; 0 is the proxy's default (30s)
-	Wait      time.Duration // 0: until ctx's deadline, or the proxy's default
+	TTL       time.Duration // lifetime, whole seconds; 0: see above
+	Wait      time.Duration // 0: until ctx's deadline; see above
 	TryOnce   bool          // do not wait at all
 	Owner     string        // a lease owner, such as host:pid:thread; empty ties the lock to this connection
 	Reentrant bool          // rlock: the same owner may nest; needs Owner

@@ -72,7 +72,7 @@ func ExampleHold() {
 	c, _ := lockclient.Dial(ctx, proxyAddr)
 	defer c.Close()
 
-	// The lease is renewed every third of its ttl while the function runs,
+	// The lease is renewed at about half its ttl while the function runs,
 	// and released when it returns.
 	err := lockclient.Hold(ctx, c, "nightly-report", lockclient.Options{TTL: 3 * time.Second},
 		func(ctx context.Context, g lockclient.Grant) error {

@@ -15,9 +15,9 @@ var ErrLeaseLost = errors.New("lockclient: lease lost")
 // the lock when fn returns. fn's context is cancelled, with cause
 // ErrLeaseLost, if the lease cannot be renewed; fn should then stop
 // touching what the lock protects. The lease is renewed over its own
-// connection, so fn may use c freely. memcached's clock counts whole
-// seconds, so a grant may end up to a second early: Hold asks for at least
-// two seconds and renews twice within what is surely left.
+// connection, so fn may use c freely, at about half its ttl (half of what
+// is left after a second's margin), so that one failed renewal still
+// leaves time for the next; Hold asks for at least two seconds.
 func Hold(ctx context.Context, c *Client, key string, opts Options, fn func(ctx context.Context, g Grant) error) error {
 	if opts.TTL > 0 && opts.TTL < 2*time.Second {
 		opts.TTL = 2 * time.Second

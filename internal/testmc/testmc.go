@@ -24,16 +24,6 @@ type Memcached struct {
 	cmd  *exec.Cmd
 }
 
-// Binary finds memcached, or fails the test saying how to get it.
-func Binary(t testing.TB) string {
-	t.Helper()
-	path, err := exec.LookPath("memcached")
-	if err != nil {
-		t.Fatalf("memcached is not installed: these tests run real memcached processes (apt-get install memcached)")
-	}
-	return path
-}
-
 // Start runs memcached on a free port until the test ends. Extra args go
 // to memcached.
 func Start(t testing.TB, args ...string) *Memcached {
@@ -75,7 +65,8 @@ func FreePort(t testing.TB) int {
 	return p
 }
 
-// FreeLoopbackPort is FreePort for callers without a testing.TB.
+// FreeLoopbackPort is FreePort for callers without a testing.TB (the
+// benchmark program).
 func FreeLoopbackPort() (int, error) { return freePort() }
 
 func freePort() (int, error) {
