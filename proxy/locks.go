@@ -111,13 +111,16 @@ func (c *clientConn) startWatching() {
 
 // servePeer serves another proxy that forwards lock commands for names
 // whose home this proxy is.
+// Replies are tagged, so their order does not matter: each is written by
+// the goroutine that made it, one hand-off sooner than the writer's queue
+// (a grant's latency is the lock's throughput).
 func (c *clientConn) servePeer() {
-	c.send(staticReply("PEER\r\n"))
+	c.output(staticReply("PEER\r\n"), true)
 	next := func() ([]byte, error) {
 		line, err := c.readLine()
 		return bytes.Clone(line), err
 	}
-	c.s.locks.ServePeer(c.ctx, next, func(b []byte) { c.send(staticReply(b)) })
+	c.s.locks.ServePeer(c.ctx, next, func(b []byte) { c.output(staticReply(b), true) })
 }
 
 // longLockWait is the wait after which a lock command is logged (debug).
