@@ -1,0 +1,168 @@
+package lockservice
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/memcachedlock/memcachedlock/lockext"
+	"github.com/memcachedlock/memcachedlock/ring"
+)
+
+// newTestService runs a service over fake lock servers named a:1, b:1, ...
+func newTestService(t *testing.T, fakes map[string]*fakeMC, replicas, maxTTL int, names ...string) *Service {
+	t.Helper()
+	servers, err := ring.ParseServers(names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{
+		Servers: servers, Distribution: ring.Ketama, Hash: "md5", Replicas: replicas,
+		Prefix: "__memcachedlock:", MaxTTL: maxTTL, MaxWait: time.Minute, Poll: 10 * time.Millisecond,
+		Timeout: 200 * time.Millisecond, Fresh: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, func(addr string) Conn { return fakes[addr] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func fakes(names ...string) map[string]*fakeMC {
+	m := make(map[string]*fakeMC)
+	for _, n := range names {
+		m[n] = newFakeMC()
+	}
+	return m
+}
+
+func tryLock(s *Service, name, owner string) (lockext.Grant, error) {
+	return s.NewSession().Lock(context.Background(), lockext.Request{Name: name, TTL: 1, Owner: owner})
+}
+
+func TestReplicasSurviveOneServerDown(t *testing.T) {
+	f := fakes("a:1", "b:1", "c:1")
+	s := newTestService(t, f, 3, 5, "a:1", "b:1", "c:1")
+	f["b:1"].set(true, 0)
+	g, err := tryLock(s, "k", "one")
+	if err != nil {
+		t.Fatalf("one of three down: %v", err)
+	}
+	if _, err := tryLock(s, "k", "two"); !errors.Is(err, lockext.ErrNotLocked) {
+		t.Fatalf("second owner while held: %v", err)
+	}
+	if _, err := s.NewSession().Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	f["c:1"].set(true, 0)
+	if _, err := tryLock(s, "k", "two"); !errors.Is(err, lockext.ErrUnavailable) {
+		t.Fatalf("two of three down: %v, want unavailable", err)
+	}
+}
+
+// A paused replica (answering after the timeout) costs no one its timeout
+// when the others are a majority.
+func TestReplicasDoNotWaitForASlowOne(t *testing.T) {
+	f := fakes("a:1", "b:1", "c:1")
+	s := newTestService(t, f, 3, 5, "a:1", "b:1", "c:1")
+	f["a:1"].set(false, time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // bounds a hang
+	defer cancel()
+	if _, err := s.NewSession().Lock(ctx, lockext.Request{Name: "k", TTL: 1, Owner: "o"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A flushed lock server takes no grant while one made before could still
+// be believed in; after the longest ttl it takes them again.
+func TestFlushedServerRecovers(t *testing.T) {
+	f := fakes("a:1")
+	s := newTestService(t, f, 1, 1, "a:1")
+	if _, err := tryLock(s, "k", "one"); err != nil {
+		t.Fatal(err)
+	}
+	f["a:1"].flush()
+	if g, err := tryLock(s, "k", "two"); !errors.Is(err, ErrRecovering) {
+		t.Fatalf("after a flush: %+v %v, want recovering", g, err)
+	}
+	for i := 0; ; i++ {
+		_, err := tryLock(s, "k", "two")
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrRecovering) || i == 100 {
+			t.Fatalf("after the recovery: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// An evicted lock item is noticed from the evictions counter read behind
+// the next add: no second grant.
+func TestEvictionPutsServerIntoRecovery(t *testing.T) {
+	f := fakes("a:1")
+	f["a:1"].evictable = true
+	s := newTestService(t, f, 1, 300, "a:1")
+	if _, err := tryLock(s, "k", "one"); err != nil {
+		t.Fatal(err)
+	}
+	f["a:1"].evict("__memcachedlock:k")
+	if g, err := tryLock(s, "k", "two"); !errors.Is(err, ErrRecovering) {
+		t.Fatalf("after an eviction: %+v %v, want recovering", g, err)
+	}
+	if f["a:1"].has("__memcachedlock:k") {
+		t.Fatal("the void grant's item was left behind")
+	}
+}
+
+// Two of three replicas lose their state within the holder's ttl: the
+// third still holds the grant and the other two take no writes, so no
+// majority can form for anybody else.
+func TestTwoReplicasLostNoSecondGrant(t *testing.T) {
+	f := fakes("a:1", "b:1", "c:1")
+	s := newTestService(t, f, 3, 300, "a:1", "b:1", "c:1")
+	if _, err := tryLock(s, "k", "one"); err != nil {
+		t.Fatal(err)
+	}
+	f["a:1"].flush()
+	f["b:1"].flush()
+	for i := 0; i < 3; i++ {
+		if g, err := tryLock(s, "k", "two"); err == nil {
+			t.Fatalf("granted again with two replicas lost: %+v", g)
+		}
+	}
+}
+
+// A replica whose add succeeds after the write was decided as failed
+// takes it back, so that it blocks nobody.
+func TestLateWriteIsUndone(t *testing.T) {
+	f := fakes("a:1", "b:1", "c:1")
+	s := newTestService(t, f, 3, 300, "a:1", "b:1", "c:1")
+	// The name lives on all three; one is down, one holds somebody's item.
+	f["a:1"].set(true, 0)
+	f["c:1"].items["__memcachedlock:k"] = fakeItem{value: []byte("1 x 1 o other"), cas: 999}
+	f["b:1"].set(false, 300*time.Millisecond)
+	if _, err := tryLock(s, "k", "me"); err == nil {
+		t.Fatal("granted without a majority")
+	}
+	for i := 0; f["b:1"].has("__memcachedlock:k"); i++ {
+		if i == 100 {
+			t.Fatal("the late add on b was never undone")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A proxy configured with another lock server list finds its peers'
+// markers and refuses rather than look for locks elsewhere.
+func TestLayoutDiffers(t *testing.T) {
+	f := fakes("a:1", "b:1")
+	newTestService(t, f, 1, 300, "a:1")
+	other := newTestService(t, f, 1, 300, "a:1", "b:1")
+	if _, err := tryLock(other, "k", "o"); !errors.Is(err, ErrServersDiffer) {
+		t.Fatalf("%v, want servers differ", err)
+	}
+}
