@@ -38,6 +38,19 @@ func (s *store) of(name string) []*replica {
 	return reps
 }
 
+// differ reports ErrServersDiffer when any lock server's marker names
+// another lock server list than ours, whether or not it holds the name
+// asked for: the proxies then place names differently, and a name we put
+// on a server they do not use may be held through them elsewhere.
+func (s *store) differ() error {
+	for _, r := range s.replicas {
+		if r.state().Differs {
+			return ErrServersDiffer
+		}
+	}
+	return nil
+}
+
 // outcome is one replica's answer.
 type outcome struct {
 	i     int
@@ -110,6 +123,9 @@ func (s *store) decide(total int) func([]outcome) bool {
 }
 
 func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
+	if err := s.differ(); err != nil {
+		return lockext.Item{}, err
+	}
 	reps := s.of(k.Name)
 	need := s.majority()
 	agree := func(outs []outcome) (best []outcome, misses int) {
@@ -182,6 +198,9 @@ func (s *store) CompareAndSwap(ctx context.Context, k lockext.Key, value []byte,
 // whose cas is unknown (it missed an earlier write) takes no part in a
 // compare-and-swap: it counts as a failure.
 func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int, prev version) (lockext.Version, error) {
+	if err := s.differ(); err != nil {
+		return nil, err
+	}
 	reps := s.of(k.Name)
 	if len(reps) == 1 { // no majority to gather
 		var cas uint64
