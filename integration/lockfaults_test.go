@@ -70,6 +70,18 @@ func neverGranted(t *testing.T, name string, until time.Time, proxies ...string)
 	return recovering
 }
 
+// warm makes each proxy adopt its lock servers now, before a fault: a
+// proxy started with LockFresh trusts a server without a marker at its
+// first look, whenever that is.
+func warm(t *testing.T, proxies ...string) {
+	t.Helper()
+	for _, p := range proxies {
+		if got := dialRaw(t, p).roundTrip("lockinfo warm"); got != "NOT_FOUND" {
+			t.Fatalf("lockinfo through %s: %q", p, got)
+		}
+	}
+}
+
 // markerGone reports whether the lock server's marker is missing.
 func markerGone(t *testing.T, mc string) bool {
 	return ask(t, mc, "mg "+markerKey+" v\r\n", "EN", "VA", "SERVER_ERROR") == "EN\r\n"
@@ -82,6 +94,7 @@ func TestLockFault1DirectFlush(t *testing.T) {
 	c := startCluster(t, 1)
 	pa, _ := startProxy(t, faultConfig(c.servers(t)))
 	pb, _ := startProxy(t, faultConfig(c.servers(t)))
+	warm(t, pa, pb)
 	_, until := holdLock(t, pa, "k", "holder")
 	if got := ask(t, c[0].Addr, "flush_all\r\n", "OK"); got != "OK\r\n" {
 		t.Fatal(got)
@@ -102,6 +115,7 @@ func TestLockFault2NoHandoffDuringRecovery(t *testing.T) {
 	cfg.LockPoll = time.Hour // the waiter tries only when the release wakes it
 	pa, _ := startProxy(t, cfg)
 	pb, _ := startProxy(t, faultConfig(c.servers(t)))
+	warm(t, pa, pb)
 	holder := dialRaw(t, pa)
 	sent := time.Now()
 	got := holder.roundTrip("lock k " + faultTTLStr + " 0 holder")
@@ -128,6 +142,7 @@ func TestLockFault3FlushThroughAnotherProxy(t *testing.T) {
 	pa, _ := startProxy(t, faultConfig(c.servers(t)))
 	pb, _ := startProxy(t, faultConfig(c.servers(t)))
 	pc, _ := startProxy(t, faultConfig(c.servers(t)))
+	warm(t, pa, pb, pc)
 	_, until := holdLock(t, pa, "k", "holder")
 	if got := ask(t, pc, "flush_all\r\n", "OK", "SERVER_ERROR"); got != "OK\r\n" {
 		t.Fatal(got)
@@ -144,7 +159,7 @@ func TestLockFault4DelayedFlush(t *testing.T) {
 	c := startCluster(t, 1)
 	pa, _ := startProxy(t, faultConfig(c.servers(t)))
 	pb, _ := startProxy(t, faultConfig(c.servers(t)))
-	dialRaw(t, pb).roundTrip("lockinfo warm") // pb knows the marker before the flush
+	warm(t, pa, pb)
 	if got := ask(t, c[0].Addr, "flush_all 2\r\n", "OK"); got != "OK\r\n" {
 		t.Fatal(got)
 	}
@@ -167,6 +182,7 @@ func TestLockFault5RestartedServerAndNewProxy(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 1)
 	pa, _ := startProxy(t, faultConfig(c.servers(t)))
+	warm(t, pa)
 	_, until := holdLock(t, pa, "k", "holder")
 	c[0].Restart(t)
 	pn, _ := startProxyStrict(t, faultConfig(c.servers(t)))
@@ -181,6 +197,7 @@ func TestLockFault5NewProxyAlone(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 1)
 	pa, _ := startProxy(t, faultConfig(c.servers(t)))
+	warm(t, pa)
 	_, until := holdLock(t, pa, "k", "holder")
 	c[0].Restart(t)
 	pn, _ := startProxyStrict(t, faultConfig(c.servers(t)))
@@ -194,6 +211,7 @@ func TestLockFault6Eviction(t *testing.T) {
 	c := cluster{testmc.Start(t, "-m", "8")}
 	pa, _ := startProxy(t, faultConfig(c.servers(t)))
 	pb, _ := startProxy(t, faultConfig(c.servers(t)))
+	warm(t, pa, pb)
 	_, until := holdLock(t, pa, "k", "holder")
 	conn := dialRaw(t, pa)
 	value := strings.Repeat("x", 400<<10)
