@@ -133,23 +133,15 @@ func (m *Memcached) Stop() {
 // Restart starts a fresh, empty memcached on the same port.
 func (m *Memcached) Restart(t testing.TB) {
 	t.Helper()
-	if err := m.Relaunch(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// Relaunch is Restart for goroutines other than the test's own, which
-// must not call t.Fatal: it returns the error instead.
-func (m *Memcached) Relaunch() error {
 	m.Stop()
 	var err error
 	for try := 0; try < 20; try++ {
 		if err = m.start(); err == nil {
-			return nil
+			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("memcached would not restart on %s: %v", m.Addr, err)
+	t.Fatalf("memcached would not restart on %s: %v", m.Addr, err)
 }
 
 // Pause stops the process without closing its sockets: a hung server. It
