@@ -161,7 +161,9 @@ func (r *replica) adopt(ctx context.Context) error {
 		wait = 0
 	case statInt(st, "cmd_flush") == 0 && evictions == 0:
 		// Only a restart can have lost grants: those end by boot + hold.
-		wait -= time.Duration(statInt(st, "uptime")) * time.Second
+		// memcached's uptime starts at 2 and ticks once a second, so it
+		// overstates the time since boot by up to uptimeSlack.
+		wait -= time.Duration(max(statInt(st, "uptime")-uptimeSlack, 0)) * time.Second
 	}
 	if wait <= 0 {
 		return r.writeMarker(ctx, 0)
@@ -169,6 +171,10 @@ func (r *replica) adopt(ctx context.Context) error {
 	r.recover(time.Now().Add(wait), "found without its marker")
 	return nil
 }
+
+// uptimeSlack is how many seconds memcached's uptime may run ahead of the
+// time since it started: it counts from two seconds before the start.
+const uptimeSlack = 3
 
 // trust adopts a marker value read from the server.
 func (r *replica) trust(value string, cas uint64, evictions int64) error {

@@ -5,14 +5,14 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/memcachedlock/memcachedlock/lockext"
 	"github.com/memcachedlock/memcachedlock/ring"
 )
 
 // store is the lockext.Store over the lock servers: each name on its
-// replicas, each write needing a majority of them. A version is one cas
-// per replica (0 where that replica did not take the write).
+// replicas, each write needing a majority of them.
 type store struct {
 	ring     *ring.Ring
 	replicas []*replica   // by lock ring index
@@ -20,7 +20,20 @@ type store struct {
 	n        int          // replicas per name
 }
 
+// version is one cas per replica of a name, 0 where that replica did not
+// take the write. A replica that answers after the majority has decided
+// is filled in then (atomically: the version may be in use already): it
+// holds the item too, and the next compare-and-swap or delete must include
+// it, or it would keep a stale copy that blocks the name whenever one
+// other replica is out.
 type version []uint64
+
+func (v version) cas(i int) uint64 {
+	if i >= len(v) {
+		return 0
+	}
+	return atomic.LoadUint64(&v[i])
+}
 
 func (s *store) majority() int { return s.n/2 + 1 }
 
@@ -38,6 +51,19 @@ func (s *store) of(name string) []*replica {
 	return reps
 }
 
+// differ reports ErrServersDiffer when any lock server's marker names
+// another lock server list than ours, whether or not it holds the name
+// asked for: the proxies then place names differently, and a name we put
+// on a server they do not use may be held through them elsewhere.
+func (s *store) differ() error {
+	for _, r := range s.replicas {
+		if r.state().Differs {
+			return ErrServersDiffer
+		}
+	}
+	return nil
+}
+
 // outcome is one replica's answer.
 type outcome struct {
 	i     int
@@ -45,6 +71,7 @@ type outcome struct {
 	value []byte
 	ttl   int
 	err   error
+	added bool // a write that added the item: nothing was there before
 }
 
 // fanOut runs op on every replica at once and collects outcomes until
@@ -110,6 +137,9 @@ func (s *store) decide(total int) func([]outcome) bool {
 }
 
 func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
+	if err := s.differ(); err != nil {
+		return lockext.Item{}, err
+	}
 	reps := s.of(k.Name)
 	need := s.majority()
 	agree := func(outs []outcome) (best []outcome, misses int) {
@@ -177,41 +207,42 @@ func (s *store) CompareAndSwap(ctx context.Context, k lockext.Key, value []byte,
 }
 
 // write adds (prev nil) or compare-and-swaps on every replica of the
-// name. Without a majority, what was written is undone, so that it blocks
-// nobody; so is a write that succeeds only after the decision. A replica
-// whose cas is unknown (it missed an earlier write) takes no part in a
-// compare-and-swap: it counts as a failure.
+// name. A replica whose cas is unknown (it missed an earlier write, or
+// lost its items and has recovered) is given the item by an add, so that
+// a lock held for long is kept on all its replicas again; if anything is
+// there, the add fails.
+//
+// Without a majority, what was added is undone, so that it blocks nobody;
+// so is an add that succeeds only after the decision. What a
+// compare-and-swap replaced is left as it is: undoing it would delete the
+// grant that the replicas that refused still hold, and leave it on too few
+// of them to outvote an add. It names the grant's holder or the waiter it
+// was being handed to, and blocks nobody longer than a grant could.
 func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int, prev version) (lockext.Version, error) {
+	if err := s.differ(); err != nil {
+		return nil, err
+	}
 	reps := s.of(k.Name)
 	if len(reps) == 1 { // no majority to gather
-		var cas uint64
-		if prev != nil {
-			cas = prev[0]
-		}
-		c, err := reps[0].write(ctx, k.Item, value, ttl, cas)
+		c, err := reps[0].write(ctx, k.Item, value, ttl, prev.cas(0))
 		if err != nil {
 			return nil, err
 		}
 		return version{c}, nil
 	}
+	ver := make(version, len(reps))
 	var mu sync.Mutex
 	resolved, failed := false, false
 	var pending []outcome
 	undo := func(o outcome) {
-		if o.err == nil {
+		if o.err == nil && o.added {
 			reps[o.i].undo(k.Item, o.cas)
 		}
 	}
 	outs := fanOut(reps, func(i int, r *replica) outcome {
-		var cas uint64
-		if prev != nil {
-			if i >= len(prev) || prev[i] == 0 {
-				return outcome{i: i, err: lockext.ErrStoreExists}
-			}
-			cas = prev[i]
-		}
+		cas := prev.cas(i)
 		c, err := r.write(ctx, k.Item, value, ttl, cas)
-		return outcome{i: i, cas: c, err: err}
+		return outcome{i: i, cas: c, err: err, added: cas == 0}
 	}, s.decide(len(reps)), func(o outcome) {
 		mu.Lock()
 		if !resolved {
@@ -221,8 +252,11 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		}
 		f := failed
 		mu.Unlock()
-		if f {
+		switch {
+		case f:
 			undo(o)
+		case o.err == nil:
+			atomic.StoreUint64(&ver[o.i], o.cas)
 		}
 	})
 	ok, err := tally(outs)
@@ -236,10 +270,9 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		}
 		return nil, err
 	}
-	ver := make(version, len(reps))
-	for _, o := range outs {
+	for _, o := range append(outs, late...) {
 		if o.err == nil {
-			ver[o.i] = o.cas
+			atomic.StoreUint64(&ver[o.i], o.cas)
 		}
 	}
 	return ver, nil
@@ -249,16 +282,17 @@ func (s *store) CompareAndDelete(ctx context.Context, k lockext.Key, v lockext.V
 	ver, _ := v.(version)
 	reps := s.of(k.Name)
 	if len(reps) == 1 {
-		if len(ver) == 0 || ver[0] == 0 {
+		if ver.cas(0) == 0 {
 			return lockext.ErrStoreExists
 		}
-		return reps[0].del(ctx, k.Item, ver[0])
+		return reps[0].del(ctx, k.Item, ver.cas(0))
 	}
 	outs := fanOut(reps, func(i int, r *replica) outcome {
-		if i >= len(ver) || ver[i] == 0 {
+		cas := ver.cas(i)
+		if cas == 0 {
 			return outcome{i: i, err: lockext.ErrStoreExists}
 		}
-		return outcome{i: i, err: r.del(ctx, k.Item, ver[i])}
+		return outcome{i: i, err: r.del(ctx, k.Item, cas)}
 	}, s.decide(len(reps)), nil)
 	ok, err := tally(outs)
 	if ok >= s.majority() {
@@ -268,8 +302,8 @@ func (s *store) CompareAndDelete(ctx context.Context, k lockext.Key, v lockext.V
 }
 
 func isZero(v version) bool {
-	for _, c := range v {
-		if c != 0 {
+	for i := range v {
+		if v.cas(i) != 0 {
 			return false
 		}
 	}
