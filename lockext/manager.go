@@ -75,7 +75,8 @@ type keyState struct {
 	queue   []*waiter // queue[0] is the head: the only one that tries
 	seen    uint64    // highest fence seen on this name, so ours go above it
 	handing bool      // a release is handing the lock on; the head must not try
-	trying  bool      // the head is trying; a release must not hand over meanwhile
+	trying  bool      // the head is trying; a release waits for it to finish
+	tried   chan struct{} // closed when the head's try ends
 }
 
 // holding is a grant made by this process, with the version it left in
@@ -261,6 +262,7 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 			g, ttl, err := m.attempt(ctx, st, req)
 			m.mu.Lock()
 			st.trying = false
+			close(st.tried)
 			if err == nil || !errors.Is(err, ErrNotLocked) {
 				m.leave(st, w)
 				m.mu.Unlock()
@@ -320,7 +322,9 @@ func (m *Manager) turn(st *keyState, w *waiter) (try bool, sleep time.Duration, 
 			try, sleep = false, min(until, m.cfg.Poll)
 		}
 	}
-	st.trying = try
+	if try {
+		st.trying, st.tried = true, make(chan struct{})
+	}
 	return try, sleep, ttl
 }
 

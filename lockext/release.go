@@ -104,10 +104,23 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, ver Version) error {
 	}()
 	for {
 		m.mu.Lock()
+		if st.trying {
+			// The head is looking in memcached by itself: let it finish,
+			// then hand over. Writing meanwhile would have the two changes
+			// meet on the replicas in different orders, and a name whose
+			// replicas disagree needs all of them to decide.
+			tried := st.tried
+			m.mu.Unlock()
+			select {
+			case <-tried:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
 		st.held = nil
-		if len(st.queue) == 0 || st.trying {
-			// Nobody to hand to, or the head is busy trying by itself: free
-			// the lock and let the deferred signal send the head round again.
+		if len(st.queue) == 0 {
+			// Nobody to hand to: free the lock.
 			m.mu.Unlock()
 			return m.store.CompareAndDelete(ctx, st.key, ver)
 		}

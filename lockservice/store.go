@@ -20,19 +20,21 @@ type store struct {
 	n        int          // replicas per name
 }
 
-// version is one cas per replica of a name, 0 where that replica did not
-// take the write. A replica that answers after the majority has decided
-// is filled in then (atomically: the version may be in use already): it
-// holds the item too, and the next compare-and-swap or delete must include
-// it, or it would keep a stale copy that blocks the name whenever one
-// other replica is out.
-type version []uint64
+// version is a lock item's state as the store last wrote or read it: the
+// value, and its cas on each replica of the name (0 where unknown: that
+// replica did not answer in time, or missed an earlier write). A replica
+// that answers after the majority has decided is filled in then
+// (atomically: the version may be in use already).
+type version struct {
+	cas   []uint64
+	value []byte
+}
 
-func (v version) cas(i int) uint64 {
-	if i >= len(v) {
+func (v *version) casAt(i int) uint64 {
+	if v == nil || i >= len(v.cas) {
 		return 0
 	}
-	return atomic.LoadUint64(&v[i])
+	return atomic.LoadUint64(&v.cas[i])
 }
 
 func (s *store) majority() int { return s.n/2 + 1 }
@@ -173,22 +175,22 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 	best, misses := agree(outs)
 	switch {
 	case len(best) >= need:
-		ver := make(version, len(reps))
+		ver := &version{cas: make([]uint64, len(reps)), value: best[0].value}
 		it := lockext.Item{Value: best[0].value, Version: ver, TTL: best[0].ttl}
 		for _, o := range best {
-			ver[o.i] = o.cas
+			ver.cas[o.i] = o.cas
 			it.TTL = min(it.TTL, o.ttl)
 		}
 		return it, nil
 	case misses >= need:
 		return lockext.Item{}, lockext.ErrStoreMiss
-	case len(best) > 0 || misses > 0:
-		// Replicas disagree (a write or an undo half done): the lock is not
-		// free; report it held by whoever most replicas name.
-		if len(best) == 0 {
-			return lockext.Item{}, lockext.ErrStoreMiss
-		}
-		return lockext.Item{Value: best[0].value, Version: make(version, len(reps)), TTL: -1}, nil
+	case len(best) > 0:
+		// Replicas disagree (a write half done, a replica that missed one):
+		// the lock is not free. Report it held by whoever most replicas
+		// name; a change from there finds each replica's cas by value.
+		return lockext.Item{Value: best[0].value, Version: &version{cas: make([]uint64, len(reps)), value: best[0].value}, TTL: -1}, nil
+	case misses > 0:
+		return lockext.Item{}, lockext.ErrStoreMiss
 	}
 	_, err := tally(outs)
 	return lockext.Item{}, err
@@ -199,38 +201,35 @@ func (s *store) Add(ctx context.Context, k lockext.Key, value []byte, ttl int) (
 }
 
 func (s *store) CompareAndSwap(ctx context.Context, k lockext.Key, value []byte, ttl int, v lockext.Version) (lockext.Version, error) {
-	ver, _ := v.(version)
-	if isZero(ver) {
+	prev, _ := v.(*version)
+	if prev == nil {
 		return nil, lockext.ErrStoreExists // nothing known to compare with
 	}
-	return s.write(ctx, k, value, ttl, ver)
+	return s.write(ctx, k, value, ttl, prev)
 }
 
-// write adds (prev nil) or compare-and-swaps on every replica of the
-// name. A replica whose cas is unknown (it missed an earlier write, or
-// lost its items and has recovered) is given the item by an add, so that
-// a lock held for long is kept on all its replicas again; if anything is
-// there, the add fails.
+// write adds (prev nil) or swaps prev's value for value on every replica
+// of the name (see swapOn), and counts when a majority took it.
 //
 // Without a majority, what was added is undone, so that it blocks nobody;
-// so is an add that succeeds only after the decision. What a
-// compare-and-swap replaced is left as it is: undoing it would delete the
-// grant that the replicas that refused still hold, and leave it on too few
-// of them to outvote an add. It names the grant's holder or the waiter it
-// was being handed to, and blocks nobody longer than a grant could.
-func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int, prev version) (lockext.Version, error) {
+// so is an add that succeeds only after the decision. What a swap replaced
+// is left as it is: undoing it would delete the grant that the replicas
+// that refused still hold, and leave it on too few of them to outvote an
+// add. It names the grant's holder or the waiter it was being handed to,
+// and blocks nobody longer than a grant could.
+func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int, prev *version) (lockext.Version, error) {
 	if err := s.differ(); err != nil {
 		return nil, err
 	}
 	reps := s.of(k.Name)
-	if len(reps) == 1 { // no majority to gather
-		c, err := reps[0].write(ctx, k.Item, value, ttl, prev.cas(0))
+	if len(reps) == 1 { // no majority to gather, nothing to catch up
+		c, err := reps[0].write(ctx, k.Item, value, ttl, prev.casAt(0))
 		if err != nil {
 			return nil, err
 		}
-		return version{c}, nil
+		return &version{cas: []uint64{c}, value: value}, nil
 	}
-	ver := make(version, len(reps))
+	ver := &version{cas: make([]uint64, len(reps)), value: value}
 	var mu sync.Mutex
 	resolved, failed := false, false
 	var pending []outcome
@@ -240,9 +239,7 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		}
 	}
 	outs := fanOut(reps, func(i int, r *replica) outcome {
-		cas := prev.cas(i)
-		c, err := r.write(ctx, k.Item, value, ttl, cas)
-		return outcome{i: i, cas: c, err: err, added: cas == 0}
+		return swapOn(ctx, i, r, k.Item, value, ttl, prev)
 	}, s.decide(len(reps)), func(o outcome) {
 		mu.Lock()
 		if !resolved {
@@ -256,7 +253,7 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		case f:
 			undo(o)
 		case o.err == nil:
-			atomic.StoreUint64(&ver[o.i], o.cas)
+			atomic.StoreUint64(&ver.cas[o.i], o.cas)
 		}
 	})
 	ok, err := tally(outs)
@@ -272,27 +269,58 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 	}
 	for _, o := range append(outs, late...) {
 		if o.err == nil {
-			atomic.StoreUint64(&ver[o.i], o.cas)
+			atomic.StoreUint64(&ver.cas[o.i], o.cas)
 		}
 	}
 	return ver, nil
 }
 
+// swapOn writes value on replica r: added when prev is nil; else in place
+// of prev's value, by its cas when known, and otherwise (unknown, or
+// changed since: a replica that missed a write or lost its items) by the
+// cas of what r holds if that is prev's value, or added if r holds
+// nothing. So the replicas that fell behind catch up with every change,
+// and a lock held for long is back on all of them. Adds are checked
+// against the marker like any grant.
+func swapOn(ctx context.Context, i int, r *replica, item string, value []byte, ttl int, prev *version) outcome {
+	cas := prev.casAt(i)
+	if prev == nil || cas != 0 {
+		c, err := r.write(ctx, item, value, ttl, cas)
+		if prev == nil || err == nil || !(errors.Is(err, lockext.ErrStoreExists) || errors.Is(err, lockext.ErrStoreMiss)) {
+			return outcome{i: i, cas: c, err: err, added: cas == 0}
+		}
+	}
+	held, c, _, err := r.get(ctx, item)
+	switch {
+	case errors.Is(err, lockext.ErrStoreMiss):
+		c = 0
+	case err != nil:
+		return outcome{i: i, err: err}
+	case !bytes.Equal(held, prev.value):
+		return outcome{i: i, err: lockext.ErrStoreExists}
+	}
+	nc, err := r.write(ctx, item, value, ttl, c)
+	return outcome{i: i, cas: nc, err: err, added: c == 0}
+}
+
+// CompareAndDelete releases prev on every replica of the name. A replica
+// that holds nothing counts as released: the grant is gone from it either
+// way. (With one lock server, a missing item is reported: the grant ran
+// out or was lost.)
 func (s *store) CompareAndDelete(ctx context.Context, k lockext.Key, v lockext.Version) error {
-	ver, _ := v.(version)
+	prev, _ := v.(*version)
+	if prev == nil {
+		return lockext.ErrStoreExists
+	}
 	reps := s.of(k.Name)
 	if len(reps) == 1 {
-		if ver.cas(0) == 0 {
+		if prev.casAt(0) == 0 {
 			return lockext.ErrStoreExists
 		}
-		return reps[0].del(ctx, k.Item, ver.cas(0))
+		return reps[0].del(ctx, k.Item, prev.casAt(0))
 	}
 	outs := fanOut(reps, func(i int, r *replica) outcome {
-		cas := ver.cas(i)
-		if cas == 0 {
-			return outcome{i: i, err: lockext.ErrStoreExists}
-		}
-		return outcome{i: i, err: r.del(ctx, k.Item, cas)}
+		return outcome{i: i, err: deleteOn(ctx, i, r, k.Item, prev)}
 	}, s.decide(len(reps)), nil)
 	ok, err := tally(outs)
 	if ok >= s.majority() {
@@ -301,11 +329,29 @@ func (s *store) CompareAndDelete(ctx context.Context, k lockext.Key, v lockext.V
 	return err
 }
 
-func isZero(v version) bool {
-	for i := range v {
-		if v.cas(i) != 0 {
-			return false
+// deleteOn deletes prev's value from replica r, by its cas when known,
+// else by the cas of what r holds if that is prev's value.
+func deleteOn(ctx context.Context, i int, r *replica, item string, prev *version) error {
+	if cas := prev.casAt(i); cas != 0 {
+		err := r.del(ctx, item, cas)
+		if err == nil || errors.Is(err, lockext.ErrStoreMiss) {
+			return nil
+		}
+		if !errors.Is(err, lockext.ErrStoreExists) {
+			return err
 		}
 	}
-	return true
+	held, c, _, err := r.get(ctx, item)
+	switch {
+	case errors.Is(err, lockext.ErrStoreMiss):
+		return nil
+	case err != nil:
+		return err
+	case !bytes.Equal(held, prev.value):
+		return lockext.ErrStoreExists
+	}
+	if err := r.del(ctx, item, c); err != nil && !errors.Is(err, lockext.ErrStoreMiss) {
+		return err
+	}
+	return nil
 }
