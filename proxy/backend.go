@@ -87,8 +87,11 @@ func newBackend(addr string, nconns int, timeout time.Duration, logger *slog.Log
 
 // send queues c on the connection chosen by pin. Calls with the same pin go
 // over one connection, so one client's commands reach memcached in order.
+// The call's deadline starts here, once the whole request is in hand: a
+// client slow to send its data block is never taken for a slow server.
 func (b *backend) send(pin uint64, c *call) {
 	b.requests.Add(1)
+	c.deadline = time.Now().Add(c.timeout)
 	b.conns[pin%uint64(len(b.conns))].queue <- c
 }
 
@@ -322,7 +325,7 @@ func (sc *serverConn) read(p *pipeline) {
 		}
 		p.pop()
 		sc.b.answered()
-		sc.b.observe(time.Since(c.deadline.Add(-sc.b.timeout)))
+		sc.b.observe(time.Since(c.deadline.Add(-c.timeout)))
 		c.finish(nil)
 	}
 }
