@@ -23,8 +23,8 @@ type call struct {
 	shape    replyShape
 	timeout  time.Duration // how long the server has to answer, from send
 	deadline time.Time     // set by backend.send: the server's clock starts there
-	reply    []byte // the server's reply, without the MN of a quiet call
-	err      error  // set instead of reply when the server could not answer
+	reply    []byte        // the server's reply, without the MN of a quiet call
+	err      error         // set instead of reply when the server could not answer
 	done     chan struct{}
 }
 
