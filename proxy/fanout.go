@@ -16,8 +16,15 @@ func (c *clientConn) fanout(line []byte) reply {
 		shape = shapeQuiet
 	case r.cmd == cmdStats:
 		shape = statsShape(r.tokens[1:])
+	case r.cmd == cmdLruCrawler && len(r.tokens) > 1:
+		switch string(r.tokens[1]) {
+		case "metadump":
+			shape = shapeUntilEnd
+		case "mgdump":
+			shape = shapeUntilEN
+		}
 	}
-	f := &fanout{s: c.s, cmd: r.cmd}
+	f := &fanout{s: c.s, cmd: r.cmd, shape: shape}
 	if r.cmd == cmdStats && len(r.tokens) > 1 {
 		f.group = string(r.tokens[1])
 	}
@@ -30,12 +37,12 @@ func (c *clientConn) fanout(line []byte) reply {
 	return f
 }
 
-// statsShape: most stats groups end in END; "reset" and "detail on|off"
-// answer one line.
+// statsShape: most stats groups end in END; "reset", "detail on|off" and
+// "sizes_enable|sizes_disable" answer one line.
 func statsShape(args [][]byte) replyShape {
 	if len(args) > 0 {
 		switch string(args[0]) {
-		case "reset":
+		case "reset", "sizes_enable", "sizes_disable":
 			return shapeSingle
 		case "detail":
 			if len(args) > 1 && string(args[1]) != "dump" {
@@ -49,6 +56,7 @@ func statsShape(args [][]byte) replyShape {
 type fanout struct {
 	s     *Server
 	cmd   command
+	shape replyShape
 	group string // stats group; "" is the general one, which adds the proxy's own counters
 	calls []*call
 }
@@ -90,7 +98,22 @@ func (f *fanout) write(w *bufio.Writer) {
 			f.s.writeProxyStats(w)
 		}
 		w.Write(replyEND)
-	default: // flush_all: OK only when every server said OK
+	case cmdLruCrawler:
+		if f.shape == shapeUntilEnd || f.shape == shapeUntilEN {
+			writeDumps(w, replies, failed, f.shape)
+			return
+		}
+		fallthrough
+	default: // flush_all and admin commands: OK only when every server said OK
+		if f.shape == shapeQuiet { // noreply: what a server chose to say anyway, once
+			for _, r := range replies {
+				if len(r) > 0 {
+					w.Write(r)
+					return
+				}
+			}
+			return
+		}
 		for _, r := range replies {
 			if r != nil && !bytes.Equal(r, replyOK) {
 				w.Write(r)
@@ -103,6 +126,29 @@ func (f *fanout) write(w *bufio.Writer) {
 		}
 		w.Write(replies[0])
 	}
+}
+
+// writeDumps joins lru_crawler dumps: every server's lines, then one
+// END (or EN); a server's error, or failure, stands for all.
+func writeDumps(w *bufio.Writer, replies [][]byte, failed []byte, shape replyShape) {
+	end := replyEND
+	if shape == shapeUntilEN {
+		end = replyEN
+	}
+	for _, r := range replies {
+		if r != nil && !bytes.HasSuffix(r, end) {
+			w.Write(r)
+			return
+		}
+	}
+	if failed != nil {
+		w.Write(failed)
+		return
+	}
+	for _, r := range replies {
+		w.Write(r[:len(r)-len(end)])
+	}
+	w.Write(end)
 }
 
 // lowestVersion answers "version" with the oldest server's version, so that
@@ -151,6 +197,19 @@ var firstServerStats = map[string]bool{
 	"pointer_size": true, "max_connections": true, "threads": true,
 }
 
+// perClassSettings are stats (items and slabs groups, "<class>:<name>")
+// that describe a slab class rather than count in it: the first server's.
+var perClassSettings = map[string]bool{
+	"chunk_size": true, "chunks_per_page": true, "age": true, "age_hot": true, "age_warm": true,
+}
+
+func isFirstServerStat(name string) bool {
+	if i := strings.LastIndexByte(name, ':'); i >= 0 {
+		return perClassSettings[name[i+1:]]
+	}
+	return firstServerStats[name]
+}
+
 // listingGroups are stats groups that describe one server's settings or
 // contents rather than count: the first server's answer stands.
 var listingGroups = map[string]bool{"settings": true, "cachedump": true, "detail": true, "conns": true}
@@ -188,7 +247,7 @@ func mergeStats(w *bufio.Writer, replies [][]byte, group string) {
 				st = &stat{name: name, value: value, kind: 'i'}
 				byName[name] = st
 				order = append(order, st)
-			} else if firstServerStats[name] {
+			} else if isFirstServerStat(name) {
 				continue
 			}
 			if i, err := strconv.ParseInt(value, 10, 64); err == nil && st.kind == 'i' {
@@ -204,7 +263,7 @@ func mergeStats(w *bufio.Writer, replies [][]byte, group string) {
 	for _, st := range order {
 		value := st.value
 		switch {
-		case firstServerStats[st.name] || listingGroups[group]:
+		case isFirstServerStat(st.name) || listingGroups[group]:
 		case st.kind == 'i':
 			value = strconv.FormatInt(st.isum, 10)
 		case st.kind == 'f':

@@ -12,6 +12,7 @@ var (
 	crlf      = []byte("\r\n")
 	replyEND  = []byte("END\r\n")
 	replyMN   = []byte("MN\r\n")
+	replyEN   = []byte("EN\r\n")
 	replyOK   = []byte("OK\r\n")
 	prefixVA  = []byte("VA ")
 	prefixVAL = []byte("VALUE ")
@@ -42,6 +43,10 @@ func readReply(br *bufio.Reader, c *call) error {
 			return nil
 		case shapeUntilEnd:
 			if bytes.Equal(line, replyEND) || isErrorLine(line) {
+				return nil
+			}
+		case shapeUntilEN:
+			if bytes.Equal(line, replyEN) || isErrorLine(line) {
 				return nil
 			}
 		}
