@@ -105,6 +105,10 @@ func (c *clientConn) serve() {
 			cancel()
 		}
 	}()
+	if first, err := c.br.Peek(1); err == nil && first[0] == binRequestMagic {
+		c.serveBinary()
+		return
+	}
 	for first := true; !c.stopping.Load(); first = false {
 		line, err := c.readLine()
 		if err != nil {
