@@ -134,7 +134,8 @@ var binShapes = map[byte]binShape{
 
 var (
 	errBinMagic   = errors.New("proxy: not a binary request")
-	errBinInvalid = errors.New("proxy: invalid binary request")
+	errBinInvalid = errors.New("proxy: invalid binary request")    // memcached: "Invalid arguments", and closes
+	errBinLength  = errors.New("proxy: binary body shorter than key") // memcached: "Unknown command", and closes
 )
 
 // readBinRequest reads one request's header, extras and key from br into
@@ -157,12 +158,15 @@ func readBinRequest(br *bufio.Reader, r *binRequest) error {
 	r.opaque = binary.BigEndian.Uint32(h[12:])
 	r.cas = binary.BigEndian.Uint64(h[16:])
 	r.extras, r.key, r.valueLen = r.extras[:0], r.key[:0], 0
+	if r.keyLen+r.extLen > r.bodyLen {
+		return errBinLength
+	}
 	shape, known := binShapes[r.opcode]
 	if !known {
 		r.valueLen = r.bodyLen // dropped unread by the caller
 		return nil
 	}
-	if r.keyLen+r.extLen > r.bodyLen || !shape.allows(r) {
+	if !shape.allows(r) {
 		return errBinInvalid
 	}
 	buf := make([]byte, r.extLen+r.keyLen)

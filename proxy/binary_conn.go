@@ -28,8 +28,11 @@ func (c *clientConn) serveBinary() {
 	for !c.stopping.Load() {
 		if err := readBinRequest(c.br, &r); err != nil {
 			c.sawEOF = errors.Is(err, io.EOF)
-			if err == errBinInvalid {
+			switch err {
+			case errBinInvalid:
 				c.send(staticReply(binError(&r, statusInvalid, "")))
+			case errBinLength:
+				c.send(staticReply(binError(&r, statusUnknown, "")))
 			}
 			return
 		}
@@ -43,7 +46,10 @@ func (c *clientConn) serveBinary() {
 // handleBinary carries out one request; false when the connection ends.
 func (c *clientConn) handleBinary(r *binRequest) bool {
 	cmd, known := binCommands[r.opcode]
-	if !known { // verbosity and SASL among them, as memcached 1.6 without SASL
+	// Verbosity and SASL among them, as memcached 1.6 without SASL answers
+	// them. (memcached 1.6 then reads a verbosity's extras as the next
+	// header and hangs up; the proxy goes on.)
+	if !known {
 		if _, err := c.br.Discard(r.valueLen); err != nil {
 			return false
 		}
