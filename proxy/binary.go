@@ -134,7 +134,7 @@ var binShapes = map[byte]binShape{
 
 var (
 	errBinMagic   = errors.New("proxy: not a binary request")
-	errBinInvalid = errors.New("proxy: invalid binary request")    // memcached: "Invalid arguments", and closes
+	errBinInvalid = errors.New("proxy: invalid binary request")       // memcached: "Invalid arguments", and closes
 	errBinLength  = errors.New("proxy: binary body shorter than key") // memcached: "Unknown command", and closes
 )
 

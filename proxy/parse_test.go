@@ -42,7 +42,7 @@ func TestParse(t *testing.T) {
 		{line: "delete a 0 noreply", cmd: cmdDelete, key: "a", noreply: true, data: -1},
 		{line: "delete a 5", err: errDelete},
 		{line: "delete a 5 noreply", err: errDelete}, // refused quietly
-		{line: "verbosity noreply", err: errFormat},   // likewise
+		{line: "verbosity noreply", err: errFormat},  // likewise
 		{line: "touch a 1", cmd: cmdTouch, key: "a", data: -1},
 		{line: "mg a v q", cmd: cmdMetaGet, key: "a", noreply: true, data: -1},
 		{line: "mg YWJj b v", cmd: cmdMetaGet, key: "abc", data: -1},
