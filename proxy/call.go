@@ -13,7 +13,6 @@ const (
 	shapeSingle   replyShape = iota // one line, plus a data block after VA/VALUE
 	shapeUntilEnd                   // lines up to END (retrievals, stats)
 	shapeQuiet                      // everything up to the MN of the noop we add
-	shapeUntilEN                    // lines up to EN (lru_crawler mgdump)
 )
 
 var noop = []byte("mn\r\n")

@@ -3,6 +3,9 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"errors"
+	"net"
+	"os"
 	"strconv"
 	"strings"
 )
@@ -16,17 +19,13 @@ func (c *clientConn) fanout(line []byte) reply {
 		shape = shapeQuiet
 	case r.cmd == cmdStats:
 		shape = statsShape(r.tokens[1:])
-	case r.cmd == cmdLruCrawler && len(r.tokens) > 1:
-		switch string(r.tokens[1]) {
-		case "metadump":
-			shape = shapeUntilEnd
-		case "mgdump":
-			shape = shapeUntilEN
-		}
 	}
 	f := &fanout{s: c.s, cmd: r.cmd, shape: shape}
 	if r.cmd == cmdStats && len(r.tokens) > 1 {
 		f.group = string(r.tokens[1])
+	}
+	if r.cmd == cmdLruCrawler && len(r.tokens) > 1 && (string(r.tokens[1]) == "metadump" || string(r.tokens[1]) == "mgdump") {
+		return c.dump(line)
 	}
 	for _, b := range c.s.topo.Load().cache {
 		call := newCall(shape, c.s.cfg.Timeout)
@@ -36,6 +35,77 @@ func (c *clientConn) fanout(line []byte) reply {
 	}
 	return f
 }
+
+// dump streams an lru_crawler metadump or mgdump from every server, one
+// after the other, on a connection of its own: memcached refuses a dump
+// pipelined behind other commands, takes over the connection while it
+// dumps, and ends its lines in a bare "\n". The client gets every server's
+// lines, then one END (EN); the first error a server sends, or a server
+// failing, ends the dump instead.
+type dump struct {
+	line    []byte
+	servers []string
+	timeout time.Duration // for each read: a dump may take long, but not stall
+}
+
+func (c *clientConn) dump(line []byte) reply {
+	d := &dump{line: append(append([]byte(nil), line...), crlf...), timeout: c.s.cfg.Timeout}
+	for _, b := range c.s.topo.Load().cache {
+		d.servers = append(d.servers, b.addr)
+	}
+	return d
+}
+
+func (d *dump) write(w *bufio.Writer) {
+	end := replyEND
+	if bytes.Contains(d.line, []byte("mgdump")) {
+		end = replyEN
+	}
+	for _, addr := range d.servers {
+		if err := d.from(addr, w, end); err == errDumpRefused {
+			return
+		} else if err != nil {
+			w.Write(serverError(err))
+			return
+		}
+	}
+	w.Write(end)
+}
+
+// from copies one server's dump lines to w. A line that is neither a
+// dump line nor the end is the server's error: passed on, and the end.
+func (d *dump) from(addr string, w *bufio.Writer, end []byte) error {
+	nc, err := net.DialTimeout("tcp", addr, d.timeout)
+	if err != nil {
+		return errServerDown
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(d.timeout))
+	if _, err := nc.Write(d.line); err != nil {
+		return errServerDown
+	}
+	br := bufio.NewReaderSize(nc, 16<<10)
+	for {
+		nc.SetReadDeadline(time.Now().Add(d.timeout))
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return errServerTimeout
+		} else if err != nil {
+			return errServerDown
+		}
+		switch {
+		case bytes.Equal(line, end):
+			return nil
+		case isErrorLine(line):
+			w.Write(line)
+			return errDumpRefused
+		}
+		w.Write(line)
+	}
+}
+
+// errDumpRefused: a server refused the dump and its words were passed on.
+var errDumpRefused = errors.New("dump refused")
 
 // statsShape: most stats groups end in END; "reset", "detail on|off" and
 // "sizes_enable|sizes_disable" answer one line.
@@ -98,12 +168,6 @@ func (f *fanout) write(w *bufio.Writer) {
 			f.s.writeProxyStats(w)
 		}
 		w.Write(replyEND)
-	case cmdLruCrawler:
-		if f.shape == shapeUntilEnd || f.shape == shapeUntilEN {
-			writeDumps(w, replies, failed, f.shape)
-			return
-		}
-		fallthrough
 	default: // flush_all and admin commands: OK only when every server said OK
 		if f.shape == shapeQuiet { // noreply: what a server chose to say anyway, once
 			for _, r := range replies {
@@ -126,29 +190,6 @@ func (f *fanout) write(w *bufio.Writer) {
 		}
 		w.Write(replies[0])
 	}
-}
-
-// writeDumps joins lru_crawler dumps: every server's lines, then one
-// END (or EN); a server's error, or failure, stands for all.
-func writeDumps(w *bufio.Writer, replies [][]byte, failed []byte, shape replyShape) {
-	end := replyEND
-	if shape == shapeUntilEN {
-		end = replyEN
-	}
-	for _, r := range replies {
-		if r != nil && !bytes.HasSuffix(r, end) {
-			w.Write(r)
-			return
-		}
-	}
-	if failed != nil {
-		w.Write(failed)
-		return
-	}
-	for _, r := range replies {
-		w.Write(r[:len(r)-len(end)])
-	}
-	w.Write(end)
 }
 
 // lowestVersion answers "version" with the oldest server's version, so that

@@ -45,10 +45,7 @@ func readReply(br *bufio.Reader, c *call) error {
 			if bytes.Equal(line, replyEND) || isErrorLine(line) {
 				return nil
 			}
-		case shapeUntilEN:
-			if bytes.Equal(line, replyEN) || isErrorLine(line) {
-				return nil
-			}
+
 		}
 	}
 }
