@@ -122,6 +122,14 @@ func differentialCases() []string {
 		"ms " + tooLong + " 2\r\nhi\r\nmg " + tooLong + " v\r\n",
 		"ms m 2 I\r\nhi\r\nms m 2 c\r\nhi\r\nmg m c v\r\n",
 		"mn\r\nmn\r\n",
+		// meta flags, each form
+		"ms mm 2 T0 F5 I\r\nhi\r\nmg mm s v f h t k O9\r\nmg mm s v f h t k O9 q\r\nmg zz s v O8 q k\r\nmg zz v O7 k\r\n",
+		"ms mm 2 MA\r\nhi\r\nms zz 2 MA N0\r\nhi\r\nmg zz v\r\nms mm 2 MP\r\nab\r\nms mm 2 MR\r\ncd\r\nms mm 2 ME\r\nef\r\nms mm 2 MS\r\ngh\r\nms mm 2 MX\r\nij\r\nmg mm v\r\n",
+		"ms mm 2\r\nhi\r\nmd mm I T30\r\nmg mm v c\r\nmg mm v\r\nms mm 2 I\r\nho\r\nmg mm v\r\nmd mm q\r\nmd mm q\r\nmd mm O5\r\n",
+		"ma cnt N0 J10 MI D5 v t\r\nma cnt MD D100 v\r\nma cnt q\r\nma cnt v O1 k\r\nma cnt MX\r\nma cnt D-1\r\nma cnt Dx\r\n",
+		"ms mm 2\r\nhi\r\nme mm\r\nme zz\r\nme\r\n",
+		"mg zz N30 v s t\r\nmg zz v\r\nms mm 2 E999\r\nhi\r\nmg mm c v\r\nms mm 2 C998\r\nho\r\nms mm 2 C999\r\nho\r\n",
+		"mg mm v T-1\r\nmg mm v\r\nms mm S2\r\nhi\r\nmg mm v O12345678901234567890123456789012\r\nmg mm v O123456789012345678901234567890123\r\n",
 		// whole-cache commands
 		"set a 0 0 1\r\nx\r\nflush_all\r\nget a\r\nflush_all 0\r\nflush_all abc\r\nflush_all noreply\r\nflush_all 0 noreply\r\n",
 		"version\r\nverbosity\r\nverbosity 1\r\nverbosity 1 noreply\r\nverbosity a\r\nverbosity 1 2 3\r\n",

@@ -242,6 +242,9 @@ func (r *request) touchesReserved(prefix []byte) bool {
 func parseMeta(r *request) error {
 	t := r.tokens
 	if len(t) < 2 {
+		if r.cmd == cmdMetaDebug {
+			return errFormat // memcached's words for "me" alone
+		}
 		return errUnknown
 	}
 	if len(t[1]) > maxKeyLen {
