@@ -11,6 +11,26 @@ import (
 	"github.com/memcachedlock/memcachedlock/ring"
 )
 
+// IPv6 servers are placed as twemproxy places them (it writes them bare,
+// "::1:port:weight"; the proxy in brackets): ketama names the points after
+// the bare host.
+func TestIPv6PlacementMatchesNutcracker(t *testing.T) {
+	c := cluster{testmc.Start(t, "-l", "::1"), testmc.Start(t, "-l", "::1"), testmc.Start(t, "-l", "::1")}
+	var bare, bracketed []string
+	for i, m := range c {
+		bare = append(bare, fmt.Sprintf("::1:%d:%d", m.Port, i+1))
+		bracketed = append(bracketed, fmt.Sprintf("[::1]:%d:%d", m.Port, i+1))
+	}
+	servers, err := ring.ParseServers(bracketed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := placementKeys()
+	compare(t, c, keys, func() {
+		writeAll(t, memcache.New(testmc.StartNutcracker(t, bare, "md5", "ketama").Addr), keys)
+	}, proxy.Config{Servers: servers, Distribution: ring.Ketama, Hash: "md5"})
+}
+
 // A server given by its IPv6 address is dialled there.
 func TestIPv6ServerAddress(t *testing.T) {
 	v6 := testmc.Start(t, "-l", "::1") // and 127.0.0.1, to look at it directly
