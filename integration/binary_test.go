@@ -176,6 +176,14 @@ func binaryCases() [][]breq {
 			{op: bSet, key: strings.Repeat("k", 250), extras: sx, value: "long"}, {op: bGetK, key: strings.Repeat("k", 250)}},
 		// text and binary share items
 		{{op: bSet, key: "shared", extras: storeX(3, 0), value: "bin"}, {op: bGet, key: "shared"}},
+		// incr and decr: auto-create with an expiration, cas given
+		{{op: bDecr, key: "c", extras: incrX(1, 5, 100)}, {op: bDecr, key: "c", extras: incrX(1, 5, 100)}, {op: bGet, key: "c"},
+			{op: bIncr, key: "c", extras: incrX(1, 0, 0), cas: 1 << 40}, {op: bDeleteQ, key: "c"}, {op: bIncr, key: "c", extras: incrX(1, 7, 0xfffffffe)}},
+		// cas on append and delete that match nothing
+		{{op: bSet, key: "x", extras: sx, value: "1"}, {op: bAppend, key: "x", value: "2", cas: 1 << 40}, {op: bPrepend, key: "zz", value: "2", cas: 1 << 40},
+			{op: bDelete, key: "zz", cas: 1 << 40}, {op: bTouch, key: "x", extras: u32(0)}, {op: bGet, key: "x"}},
+		// a long getkq batch over every server, in order, ended by the noop
+		getkqBatch(60),
 		// big values, and one over the limit, which also removes the old value
 		{{op: bSet, key: "big", extras: sx, value: big}, {op: bGet, key: "big"}, {op: bSet, key: "big", extras: sx, value: big + big},
 			{op: bGet, key: "big"}, {op: bSetQ, key: "big", extras: sx, value: big + big}, {op: bAdd, key: "big", extras: sx, value: big + big}},
@@ -202,6 +210,34 @@ func binaryCases() [][]breq {
 		{{op: bGet, key: "a", bodyFx: -1}},
 		// a bad magic after the first request
 		{{op: bNoop, opaque: 1}, {op: bNoop, magic: 0x81}},
+	}
+}
+
+// getkqBatch sets n keys, then asks for them and as many misses with getkq.
+func getkqBatch(n int) []breq {
+	var reqs []breq
+	for i := 0; i < n; i++ {
+		reqs = append(reqs, breq{op: bSetQ, key: fmt.Sprintf("batch:%d", i), extras: storeX(uint32(i), 0), value: strings.Repeat("v", i)})
+	}
+	for i := 0; i < n; i++ {
+		reqs = append(reqs, breq{op: bGetKQ, key: fmt.Sprintf("batch:%d", i), opaque: uint32(i)}, breq{op: bGetKQ, key: fmt.Sprintf("nope:%d", i)})
+	}
+	return reqs
+}
+
+// One item, three protocols, one server connection each: what text sets,
+// binary and meta read, and the other way round.
+func TestTextMetaAndBinaryShareItems(t *testing.T) {
+	addr, _ := startProxy(t, proxy.Config{Servers: startCluster(t, 3).servers(t)})
+	if got := exchange(t, addr, "set t 9 0 4\r\ntext\r\n"); got != "STORED\r\nMN\r\n" {
+		t.Fatalf("text set: %q", got)
+	}
+	got := exchangeBinary(t, addr, []breq{{op: bGetK, key: "t"}, {op: bSet, key: "b c", extras: storeX(4, 0), value: "binary"}})
+	if got[0].status != 0 || got[0].extras != u32(9) || got[0].value != "text" || got[1].status != 0 {
+		t.Fatalf("binary: %v", got)
+	}
+	if got := exchange(t, addr, "mg YiBj b v f\r\n"); got != "VA 6 f4\r\nbinary\r\nMN\r\n" {
+		t.Errorf("meta get of a binary key with a space: %q", got)
 	}
 }
 
