@@ -139,10 +139,10 @@ var (
 )
 
 // readBinRequest reads one request's header, extras and key from br into
-// r; the value, r.valueLen bytes, is left for the caller. errBinMagic and
-// errBinInvalid mean the stream cannot be trusted (memcached closes it);
-// an unknown opcode is not an error here. It reads at most 24+255+65535
-// bytes, however long the body claims to be.
+// r; the value, r.valueLen bytes, is left for the caller. errBinMagic,
+// errBinInvalid and errBinLength mean the stream cannot be trusted
+// (memcached closes it); an unknown opcode is not an error here. It reads
+// at most 24+255+250 bytes, however long the body claims to be.
 func readBinRequest(br *bufio.Reader, r *binRequest) error {
 	var h [binHeaderLen]byte
 	if _, err := io.ReadFull(br, h[:]); err != nil {
