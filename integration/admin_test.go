@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bradfitz/gomemcache/memcache"
+
 	"github.com/memcachedlock/memcachedlock/proxy"
 )
 
@@ -40,6 +42,37 @@ func TestMetadumpJoinsServers(t *testing.T) {
 	for _, m := range c {
 		if got := ask(t, m.Addr, "lru_crawler metadump all\r\n", "END", "CLIENT_ERROR"); got != "CLIENT_ERROR lru crawler disabled\r\n" {
 			t.Errorf("%s after disable through the proxy: %q", m.Addr, got)
+		}
+	}
+}
+
+// watch through the proxy: one OK, then every server's log lines; a bad
+// argument is refused as memcached refuses it, and the connection goes on.
+func TestWatchStreamsEveryServer(t *testing.T) {
+	c := startCluster(t, 2)
+	servers := c.servers(t)
+	addr, _ := startProxy(t, proxy.Config{Servers: servers})
+	w := dialRaw(t, addr)
+	if got := w.roundTrip("watch bogus"); got != "ERROR" {
+		t.Fatalf("watch bogus: %q", got)
+	}
+	if got := w.roundTrip("watch mutations"); got != "OK" {
+		t.Fatalf("watch mutations: %q", got)
+	}
+	keys := []string{keysOn(t, servers, 0, 1)[0], keysOn(t, servers, 1, 1)[0]}
+	mc := memcache.New(addr)
+	for _, k := range keys {
+		if err := mc.Set(&memcache.Item{Key: k, Value: []byte("v")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]bool{}
+	for len(seen) < len(keys) {
+		l := w.line()
+		for _, k := range keys {
+			if strings.Contains(l, "key="+url.QueryEscape(k)+" ") {
+				seen[k] = true
+			}
 		}
 	}
 }

@@ -273,7 +273,6 @@ var (
 	replyBadChunk   = staticReply("CLIENT_ERROR bad data chunk\r\n")
 	replyNoReplyErr = staticReply("CLIENT_ERROR noreply not allowed\r\n")
 	replyNoShutdown = staticReply("ERROR: shutdown not enabled\r\n")
-	replyNoWatch    = staticReply("CLIENT_ERROR watch is not supported through the proxy: connect to a server\r\n")
 )
 
 // errorReply turns a parse error into the line memcached would send.

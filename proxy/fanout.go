@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -107,6 +108,98 @@ func (d *dump) from(addr string, w *bufio.Writer, end []byte) error {
 
 // errDumpRefused: a server refused the dump and its words were passed on.
 var errDumpRefused = errors.New("dump refused")
+
+// logStream streams every server's log lines (memcached's "watch"), each
+// from a connection of its own, since a log stream cannot share one. The
+// client gets one OK, then the lines as they come. As in memcached, the
+// client's connection is the stream's from then on; the stream ends when
+// the client hangs up or the proxy stops.
+type logStream struct {
+	conns   []net.Conn
+	readers []*bufio.Reader
+	ctx     context.Context // the client's
+	client  net.Conn        // for the write deadline of a stream that outlives it
+}
+
+// openLogStream asks every server to watch. When one refuses (a bad
+// argument) or fails, it returns that answer instead, and the client's
+// connection goes on as before.
+func (c *clientConn) openLogStream(line []byte) (*logStream, reply) {
+	ls := &logStream{ctx: c.ctx, client: c.nc}
+	out := append(append([]byte(nil), line...), crlf...)
+	timeout := c.s.cfg.Timeout
+	for _, b := range c.s.topo.Load().cache {
+		nc, err := net.DialTimeout("tcp", b.addr, timeout)
+		if err != nil {
+			ls.close()
+			return nil, staticReply(serverError(errServerDown))
+		}
+		ls.conns = append(ls.conns, nc)
+		nc.SetDeadline(time.Now().Add(timeout))
+		br := bufio.NewReader(nc)
+		_, err = nc.Write(out)
+		var first []byte
+		if err == nil {
+			first, err = br.ReadSlice('\n')
+		}
+		if err != nil || !bytes.Equal(first, replyOK) {
+			ls.close()
+			if err != nil {
+				return nil, staticReply(serverError(errServerDown))
+			}
+			return nil, staticReply(append([]byte(nil), first...))
+		}
+		nc.SetDeadline(time.Time{})
+		ls.readers = append(ls.readers, br)
+	}
+	return ls, nil
+}
+
+func (ls *logStream) close() {
+	for _, nc := range ls.conns {
+		nc.Close()
+	}
+}
+
+func (ls *logStream) write(w *bufio.Writer) {
+	done := make(chan struct{})
+	defer func() {
+		close(done)
+		ls.close()
+	}()
+	lines := make(chan []byte, 64)
+	for _, br := range ls.readers {
+		go func() {
+			for {
+				l, err := br.ReadBytes('\n')
+				if err != nil {
+					return
+				}
+				select {
+				case lines <- l:
+				case <-done:
+					return
+				}
+			}
+		}()
+	}
+	w.Write(replyOK)
+	for {
+		ls.client.SetWriteDeadline(time.Now().Add(writeTimeout))
+		if w.Flush() != nil {
+			return
+		}
+		select {
+		case l := <-lines:
+			w.Write(l)
+			for len(lines) > 0 {
+				w.Write(<-lines)
+			}
+		case <-ls.ctx.Done():
+			return
+		}
+	}
+}
 
 // statsShape: most stats groups end in END; "reset", "detail on|off" and
 // "sizes_enable|sizes_disable" answer one line.
