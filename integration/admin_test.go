@@ -40,8 +40,8 @@ func TestMetadumpJoinsServers(t *testing.T) {
 		t.Fatalf("lru_crawler disable: %q", got)
 	}
 	for _, m := range c {
-		if got := ask(t, m.Addr, "lru_crawler metadump all\r\n", "END", "CLIENT_ERROR"); got != "CLIENT_ERROR lru crawler disabled\r\n" {
-			t.Errorf("%s after disable through the proxy: %q", m.Addr, got)
+		if got := ask(t, m.Addr, "stats settings\r\n", "END"); !strings.Contains(got, "STAT lru_crawler no\r\n") {
+			t.Errorf("%s after lru_crawler disable through the proxy:\n%s", m.Addr, got)
 		}
 	}
 }
