@@ -187,6 +187,8 @@ for i in range(200):
 assert nr.get("nr:199") == b"199"
 assert nr.get_many(["nr:%d" % i for i in range(200)])["nr:0"] == b"0"
 assert pc.version().startswith(b"1.")
+assert pc.cache_memlimit(64) is True  # an admin command, to every server
+assert pc.stats("slabs") is not None and pc.stats("items") is not None
 pc.flush_all()
 assert pc.get("nr:5") is None
 print("ok")

@@ -2,11 +2,13 @@ package integration
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,6 +33,37 @@ func TestDifferentialAgainstMemcached(t *testing.T) {
 			got := exchange(t, target.addr, tc)
 			if got != want {
 				t.Errorf("case %s via proxy (%s):\n sent %q\n memcached %q\n proxy     %q", name, target.name, tc, want, got)
+			}
+		}
+	}
+}
+
+// Slow senders: the same bytes, in pieces with pauses between them, to a
+// proxy whose server timeout is shorter than the pauses. A slow client is
+// not a slow server: memcached waits for it, and so does the proxy.
+func TestDifferentialSlowSenders(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	direct := startCluster(t, 1)[0].Addr
+	proxyOne, _ := startProxy(t, proxy.Config{Servers: startCluster(t, 1).servers(t), Timeout: timeout})
+	proxyThree, _ := startProxy(t, proxy.Config{Servers: startCluster(t, 3).servers(t), Timeout: timeout})
+	oneByOne := func(s string) []string { return strings.Split(s, "") }
+	cases := [][]string{
+		{"set greeting 0 0 5\r\n", "hello\r\n", "get greeting\r\n"},
+		{"set a 0 0 1", "0 noreply\r\n", "1234567890", "\r\nget a\r\n"},
+		{"ms m 5 T0\r\n", "hel", "lo\r\n", "mg m v\r\n"},
+		{"get a", " greeting ", "m\r\n"},
+		{"set big 0 0 2000000\r\n", strings.Repeat("x", 1000000), strings.Repeat("x", 1000000) + "\r\n", "get big\r\n"},
+		oneByOne("set a 0 0 3\r\nabc\r\nget a\r\nincr a 1\r\nmg a v\r\ndelete a noreply\r\nget a\r\n"),
+	}
+	for i, chunks := range cases {
+		pause := 2 * timeout
+		if len(chunks) > 10 {
+			pause = time.Millisecond
+		}
+		want := exchangeChunks(t, direct, chunks, pause)
+		for _, target := range []struct{ name, addr string }{{"1 server", proxyOne}, {"3 servers", proxyThree}} {
+			if got := exchangeChunks(t, target.addr, chunks, pause); got != want {
+				t.Errorf("case %d via proxy (%s):\n sent %q\n memcached %q\n proxy     %q", i, target.name, chunks, want, got)
 			}
 		}
 	}
@@ -89,12 +122,47 @@ func differentialCases() []string {
 		"ms " + tooLong + " 2\r\nhi\r\nmg " + tooLong + " v\r\n",
 		"ms m 2 I\r\nhi\r\nms m 2 c\r\nhi\r\nmg m c v\r\n",
 		"mn\r\nmn\r\n",
+		// meta flags, each form
+		"ms mm 2 T0 F5 I\r\nhi\r\nmg mm s v f h t k O9\r\nmg mm s v f h t k O9 q\r\nmg zz s v O8 q k\r\nmg zz v O7 k\r\n",
+		"ms mm 2 MA\r\nhi\r\nms zz 2 MA N0\r\nhi\r\nmg zz v\r\nms mm 2 MP\r\nab\r\nms mm 2 MR\r\ncd\r\nms mm 2 ME\r\nef\r\nms mm 2 MS\r\ngh\r\nms mm 2 MX\r\nij\r\nmg mm v\r\n",
+		"ms mm 2\r\nhi\r\nmd mm I T30\r\nmg mm v c\r\nmg mm v\r\nms mm 2 I\r\nho\r\nmg mm v\r\nmd mm q\r\nmd mm q\r\nmd mm O5\r\n",
+		"ma cnt N0 J10 MI D5 v t\r\nma cnt MD D100 v\r\nma cnt q\r\nma cnt v O1 k\r\nma cnt MX\r\nma cnt D-1\r\nma cnt Dx\r\n",
+		"ms mm 2\r\nhi\r\nme mm\r\nme zz\r\nme\r\n",
+		"mg zz N30 v s t\r\nmg zz v\r\nms mm 2 E999\r\nhi\r\nmg mm c v\r\nms mm 2 C998\r\nho\r\nms mm 2 C999\r\nho\r\n",
+		"mg mm v T-1\r\nmg mm v\r\nms mm S2\r\nhi\r\nmg mm v O12345678901234567890123456789012\r\nmg mm v O123456789012345678901234567890123\r\n",
 		// whole-cache commands
 		"set a 0 0 1\r\nx\r\nflush_all\r\nget a\r\nflush_all 0\r\nflush_all abc\r\nflush_all noreply\r\nflush_all 0 noreply\r\n",
 		"version\r\nverbosity\r\nverbosity 1\r\nverbosity 1 noreply\r\nverbosity a\r\nverbosity 1 2 3\r\n",
 		// a long pipelined mix
 		strings.Repeat("set p 0 0 1\r\n1\r\nincr p 1\r\nget p zz\r\ndelete p\r\nmg p v\r\n", 50),
 		"quit\r\nget a\r\n",
+		// malformed lines that end in noreply: memcached keeps quiet
+		"delete a 5 noreply\r\ndelete a 0 noreply\r\ndelete a b c noreply\r\ndelete noreply\r\ndelete a noreply noreply\r\n",
+		"verbosity noreply\r\nverbosity x noreply\r\nverbosity noreply noreply\r\nverbosity 1 2 noreply\r\n",
+		"incr a noreply\r\ntouch a noreply\r\nincr noreply\r\nincr a x noreply\r\ntouch a x noreply\r\nincr " + tooLong + " 1 noreply\r\n",
+		"set a 0 0 noreply\r\nx\r\nset a x 0 1 noreply\r\nx\r\ncas a 0 0 1 noreply\r\nx\r\ncas a 0 0 1 x noreply\r\nx\r\nset a 0 0 -1 noreply\r\n",
+		"set " + tooLong + " 0 0 1 noreply\r\nx\r\nset " + tooLong + " 0 0 5\r\nx\r\ndelete " + tooLong + " noreply\r\n",
+		"flush_all x noreply\r\nflush_all 1 2 noreply\r\nset a 0 0 1 2 noreply\r\nx\r\n",
+		// a value over the limit also removes the old one (set, ms); the others keep it
+		"set a 0 0 1\r\nx\r\nset a 0 0 2000000\r\n" + strings.Repeat("x", 2000000) + "\r\nget a\r\n",
+		"set a 0 0 1\r\nx\r\nset a 0 0 2000000 noreply\r\n" + strings.Repeat("x", 2000000) + "\r\nget a\r\n",
+		"set a 0 0 1\r\nx\r\nms a 2000000 q\r\n" + strings.Repeat("x", 2000000) + "\r\nget a\r\n",
+		"set a 0 0 1\r\nx\r\nms YQ== 2000000 b\r\n" + strings.Repeat("x", 2000000) + "\r\nget a\r\n",
+		"set a 0 0 1\r\nx\r\nappend a 0 0 2000000\r\n" + strings.Repeat("x", 2000000) + "\r\nget a\r\n",
+		"set a 0 0 1\r\nx\r\nadd a 0 0 2000000\r\n" + strings.Repeat("x", 2000000) + "\r\nreplace a 0 0 2000000\r\n" + strings.Repeat("x", 2000000) + "\r\ncas a 0 0 2000000 1\r\n" + strings.Repeat("x", 2000000) + "\r\nget a\r\n",
+		// admin commands: fanned out, OK when all say OK
+		"cache_memlimit 100\r\ncache_memlimit\r\ncache_memlimit abc\r\ncache_memlimit 100 noreply\r\ncache_memlimit 1 2 3\r\ncache_memlimit x noreply\r\ncache_memlimit 64\r\n",
+		"slabs reassign\r\nslabs reassign a b\r\nslabs automove 1\r\nslabs automove 5\r\nslabs automove\r\nslabs foo\r\nslabs\r\nslabs reassign 1 2 noreply\r\nslabs automove 0\r\n",
+		"slabs reassign 50 51\r\nslabs reassign 1 1\r\n",
+		"lru_crawler sleep 100\r\nlru_crawler tocrawl 10\r\nlru_crawler foo\r\nlru_crawler\r\nlru_crawler crawl all\r\nlru_crawler tocrawl 0\r\n",
+		"lru tune 10 25 0.1 2\r\nlru mode flat\r\nlru mode segmented\r\nlru temp_ttl 10\r\nlru foo\r\nlru\r\n",
+		"stats sizes\r\nstats sizes_enable\r\nstats sizes_disable\r\nstats detail on\r\nstats detail dump\r\nstats detail off\r\nstats detail\r\n",
+		"stats cachedump\r\nstats bogus\r\nstats reset\r\nstats extstore\r\nshutdown\r\n",
+		// lines that look like HTTP requests: memcached hangs up
+		"GET / HTTP/1.0\r\n",
+		"POST /x HTTP/1.1\r\nHost: y\r\n\r\n",
+		"foo HTTP/1.0\r\n",
+		"GET a\r\nGET /\r\nget a HTTP/1.0\r\nversion HTTP/1.0\r\nGET / HTTP/1.0 x\r\n",
 	}
 	var many strings.Builder
 	many.WriteString("get")
@@ -112,20 +180,36 @@ var volatile = regexp.MustCompile(`(?m)( c| cas=| la=|^VALUE \S+ \d+ \d+ )\d+`)
 // known) and returns what came back, with volatile numbers blanked.
 func exchange(t *testing.T, addr, in string) string {
 	t.Helper()
+	return exchangeChunks(t, addr, []string{in}, 0)
+}
+
+// exchangeChunks is exchange with the input sent in pieces, pause apart.
+func exchangeChunks(t *testing.T, addr string, chunks []string, pause time.Duration) string {
+	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	go c.Write([]byte(in + "mn\r\n"))
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	in := strings.Join(chunks, "")
+	go func() {
+		for i, chunk := range chunks {
+			if i > 0 {
+				time.Sleep(pause)
+			}
+			c.Write([]byte(chunk))
+		}
+		c.Write([]byte("mn\r\n"))
+	}()
 	var got []byte
 	buf := make([]byte, 64<<10)
 	noops := 1 + strings.Count(in, "mn\r\n")
 	for !bytes.HasSuffix(got, []byte("MN\r\n")) || bytes.Count(got, []byte("MN\r\n")) < noops {
 		n, err := c.Read(buf)
 		got = append(got, buf[:n]...)
-		if err == io.EOF {
+		// A server that hangs up on unread input resets the connection.
+		if err == io.EOF || errors.Is(err, syscall.ECONNRESET) {
 			got = append(got, "<closed>"...)
 			break
 		}

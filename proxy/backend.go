@@ -87,8 +87,11 @@ func newBackend(addr string, nconns int, timeout time.Duration, logger *slog.Log
 
 // send queues c on the connection chosen by pin. Calls with the same pin go
 // over one connection, so one client's commands reach memcached in order.
+// The call's deadline starts here, once the whole request is in hand: a
+// client slow to send its data block is never taken for a slow server.
 func (b *backend) send(pin uint64, c *call) {
 	b.requests.Add(1)
+	c.deadline = time.Now().Add(c.timeout)
 	b.conns[pin%uint64(len(b.conns))].queue <- c
 }
 
@@ -194,7 +197,8 @@ func (sc *serverConn) serve(nc net.Conn) error {
 // The reader always waits on the socket, even when nothing is in flight,
 // so a server that closes an idle connection (it restarted) is noticed at
 // once and redialled before the next request, not by failing it. The read
-// deadline is the oldest call's; none while idle.
+// deadline is one timeout from when the oldest call was sent
+// or, if later, became the oldest; none while idle.
 type pipeline struct {
 	nc     net.Conn
 	b      *backend
@@ -235,7 +239,11 @@ func (p *pipeline) pop() {
 	p.calls[0] = nil
 	p.calls = p.calls[1:]
 	if len(p.calls) > 0 {
-		p.nc.SetReadDeadline(p.calls[0].deadline)
+		// The server starts on a pipelined request once it has answered
+		// the ones before it, so its clock starts again now: a long run
+		// of large replies ahead of it is not taken for a slow server,
+		// and a hung server is still noticed within one timeout.
+		p.nc.SetReadDeadline(time.Now().Add(p.calls[0].timeout))
 	} else {
 		p.nc.SetReadDeadline(time.Time{})
 	}
@@ -322,7 +330,7 @@ func (sc *serverConn) read(p *pipeline) {
 		}
 		p.pop()
 		sc.b.answered()
-		sc.b.observe(time.Since(c.deadline.Add(-sc.b.timeout)))
+		sc.b.observe(time.Since(c.deadline.Add(-c.timeout)))
 		c.finish(nil)
 	}
 }

@@ -21,9 +21,10 @@ var noop = []byte("mn\r\n")
 type call struct {
 	out      []byte // what to send, line and data block
 	shape    replyShape
-	deadline time.Time
-	reply    []byte // the server's reply, without the MN of a quiet call
-	err      error  // set instead of reply when the server could not answer
+	timeout  time.Duration // how long the server has to answer, from send
+	deadline time.Time     // set by backend.send: the server's clock starts there
+	reply    []byte        // the server's reply, without the MN of a quiet call
+	err      error         // set instead of reply when the server could not answer
 	done     chan struct{}
 }
 
@@ -31,7 +32,7 @@ var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}
 
 func newCall(shape replyShape, timeout time.Duration) *call {
 	c := callPool.Get().(*call)
-	c.shape, c.deadline = shape, time.Now().Add(timeout)
+	c.shape, c.timeout = shape, timeout
 	c.out, c.reply, c.err = c.out[:0], c.reply[:0], nil
 	return c
 }

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"io"
 )
 
@@ -10,7 +12,14 @@ func (c *clientConn) handle(line []byte) bool {
 	r := &c.req
 	if err := parse(line, r); err != nil {
 		c.s.cfg.Logger.Debug("command refused", "client", c.nc.RemoteAddr().String(), "err", err)
-		c.send(errorReply(err))
+		if err == errHTTP {
+			return false
+		}
+		// memcached keeps quiet about a malformed line that ends in
+		// noreply, once it has counted its arguments.
+		if !r.noreply || r.cmd.isMeta() || err == errUnknown {
+			c.send(errorReply(err))
+		}
 		return true
 	}
 	c.s.metrics.commands[r.cmd].Inc()
@@ -36,8 +45,24 @@ func (c *clientConn) handle(line []byte) bool {
 		if !r.noreply {
 			c.send(replyOKStatic)
 		}
-	case cmdFlushAll, cmdVersion, cmdStats:
+	case cmdFlushAll, cmdVersion, cmdStats, cmdCacheMemlimit, cmdSlabs, cmdLruCrawler, cmdLru:
 		c.send(c.fanout(line))
+	case cmdShutdown:
+		// The proxy never stops the servers it fronts: the answer of a
+		// memcached started without -A.
+		c.send(replyNoShutdown)
+	case cmdWatch:
+		stream, refused := c.openLogStream(line)
+		if stream == nil {
+			c.send(refused)
+			return true
+		}
+		c.send(stream)
+		// The connection is the stream's now: memcached ignores what the
+		// client sends, and so does the proxy; hanging up ends the stream.
+		io.Copy(io.Discard, c.br)
+		c.cancel()
+		return false
 	case cmdQuit:
 		return false
 	default:
@@ -65,13 +90,7 @@ func (c *clientConn) store(line []byte) bool {
 	r := &c.req
 	n := r.dataLen
 	if n > c.s.cfg.MaxItemSize {
-		if !c.skipData(n) {
-			return false
-		}
-		if !r.noreply {
-			c.send(replyTooLarge)
-		}
-		return true
+		return c.refuseTooLarge()
 	}
 	b := c.s.topo.Load().pick(r.key) // before the data overwrites the line
 	call := c.newCall(line)
@@ -89,6 +108,50 @@ func (c *clientConn) store(line []byte) bool {
 	b.send(c.pin, call)
 	c.send(call)
 	return true
+}
+
+// refuseTooLarge drops a value over the size limit. As memcached does, a
+// set (or meta set) that fails this way also removes the key's old value,
+// so that nobody reads stale data; other storage commands leave it.
+func (c *clientConn) refuseTooLarge() bool {
+	r := &c.req
+	var del *call
+	if r.cmd == cmdSet || r.cmd == cmdMetaSet {
+		del = newCall(shapeQuiet, c.s.cfg.Timeout)
+		del.out = append(append(append(del.out, "md "...), r.tokens[1]...), " q"...)
+		if r.cmd == cmdMetaSet && !bytes.Equal(r.key, r.tokens[1]) {
+			del.out = append(del.out, " b"...)
+		}
+		del.out = append(del.out, crlf...)
+		c.s.topo.Load().pick(r.key).send(c.pin, del)
+	}
+	quiet := r.noreply && r.cmd != cmdMetaSet // meta q never hides an error
+	if !c.skipData(r.dataLen) {
+		if del != nil {
+			c.send(&tooLarge{del: del, quiet: true})
+		}
+		return false
+	}
+	if del != nil || !quiet {
+		c.send(&tooLarge{del: del, quiet: quiet})
+	}
+	return true
+}
+
+// tooLarge answers a refused value once the old value is gone.
+type tooLarge struct {
+	del   *call // nil when nothing was removed
+	quiet bool
+}
+
+func (t *tooLarge) write(w *bufio.Writer) {
+	if t.del != nil {
+		t.del.wait()
+		t.del.release()
+	}
+	if !t.quiet {
+		replyTooLarge.write(w)
+	}
 }
 
 // skipData reads and drops a data block the proxy refuses.

@@ -105,6 +105,10 @@ func (c *clientConn) serve() {
 			cancel()
 		}
 	}()
+	if first, err := c.br.Peek(1); err == nil && first[0] == binRequestMagic {
+		c.serveBinary()
+		return
+	}
 	for first := true; !c.stopping.Load(); first = false {
 		line, err := c.readLine()
 		if err != nil {
@@ -268,6 +272,7 @@ var (
 	replyTooLarge   = staticReply("SERVER_ERROR object too large for cache\r\n")
 	replyBadChunk   = staticReply("CLIENT_ERROR bad data chunk\r\n")
 	replyNoReplyErr = staticReply("CLIENT_ERROR noreply not allowed\r\n")
+	replyNoShutdown = staticReply("ERROR: shutdown not enabled\r\n")
 )
 
 // errorReply turns a parse error into the line memcached would send.

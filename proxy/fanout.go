@@ -17,9 +17,12 @@ func (c *clientConn) fanout(line []byte) reply {
 	case r.cmd == cmdStats:
 		shape = statsShape(r.tokens[1:])
 	}
-	f := &fanout{s: c.s, cmd: r.cmd}
+	f := &fanout{s: c.s, cmd: r.cmd, shape: shape}
 	if r.cmd == cmdStats && len(r.tokens) > 1 {
 		f.group = string(r.tokens[1])
+	}
+	if r.cmd == cmdLruCrawler && len(r.tokens) > 1 && (string(r.tokens[1]) == "metadump" || string(r.tokens[1]) == "mgdump") {
+		return c.dump(line)
 	}
 	for _, b := range c.s.topo.Load().cache {
 		call := newCall(shape, c.s.cfg.Timeout)
@@ -30,12 +33,12 @@ func (c *clientConn) fanout(line []byte) reply {
 	return f
 }
 
-// statsShape: most stats groups end in END; "reset" and "detail on|off"
-// answer one line.
+// statsShape: most stats groups end in END; "reset", "detail on|off" and
+// "sizes_enable|sizes_disable" answer one line.
 func statsShape(args [][]byte) replyShape {
 	if len(args) > 0 {
 		switch string(args[0]) {
-		case "reset":
+		case "reset", "sizes_enable", "sizes_disable":
 			return shapeSingle
 		case "detail":
 			if len(args) > 1 && string(args[1]) != "dump" {
@@ -49,6 +52,7 @@ func statsShape(args [][]byte) replyShape {
 type fanout struct {
 	s     *Server
 	cmd   command
+	shape replyShape
 	group string // stats group; "" is the general one, which adds the proxy's own counters
 	calls []*call
 }
@@ -90,7 +94,16 @@ func (f *fanout) write(w *bufio.Writer) {
 			f.s.writeProxyStats(w)
 		}
 		w.Write(replyEND)
-	default: // flush_all: OK only when every server said OK
+	default: // flush_all and admin commands: OK only when every server said OK
+		if f.shape == shapeQuiet { // noreply: what a server chose to say anyway, once
+			for _, r := range replies {
+				if len(r) > 0 {
+					w.Write(r)
+					return
+				}
+			}
+			return
+		}
 		for _, r := range replies {
 			if r != nil && !bytes.Equal(r, replyOK) {
 				w.Write(r)
@@ -151,6 +164,19 @@ var firstServerStats = map[string]bool{
 	"pointer_size": true, "max_connections": true, "threads": true,
 }
 
+// perClassSettings are stats (items and slabs groups, "<class>:<name>")
+// that describe a slab class rather than count in it: the first server's.
+var perClassSettings = map[string]bool{
+	"chunk_size": true, "chunks_per_page": true, "age": true, "age_hot": true, "age_warm": true,
+}
+
+func isFirstServerStat(name string) bool {
+	if i := strings.LastIndexByte(name, ':'); i >= 0 {
+		return perClassSettings[name[i+1:]]
+	}
+	return firstServerStats[name]
+}
+
 // listingGroups are stats groups that describe one server's settings or
 // contents rather than count: the first server's answer stands.
 var listingGroups = map[string]bool{"settings": true, "cachedump": true, "detail": true, "conns": true}
@@ -188,7 +214,7 @@ func mergeStats(w *bufio.Writer, replies [][]byte, group string) {
 				st = &stat{name: name, value: value, kind: 'i'}
 				byName[name] = st
 				order = append(order, st)
-			} else if firstServerStats[name] {
+			} else if isFirstServerStat(name) {
 				continue
 			}
 			if i, err := strconv.ParseInt(value, 10, 64); err == nil && st.kind == 'i' {
@@ -204,7 +230,7 @@ func mergeStats(w *bufio.Writer, replies [][]byte, group string) {
 	for _, st := range order {
 		value := st.value
 		switch {
-		case firstServerStats[st.name] || listingGroups[group]:
+		case isFirstServerStat(st.name) || listingGroups[group]:
 		case st.kind == 'i':
 			value = strconv.FormatInt(st.isum, 10)
 		case st.kind == 'f':

@@ -40,6 +40,12 @@ const (
 	cmdVerbosity
 	cmdStats
 	cmdQuit
+	cmdCacheMemlimit
+	cmdSlabs
+	cmdLruCrawler
+	cmdLru
+	cmdShutdown
+	cmdWatch
 	cmdLock
 	cmdRLock
 	cmdUnlock
@@ -56,11 +62,15 @@ var commands = map[string]command{
 	"me": cmdMetaDebug, "mn": cmdMetaNoop,
 	"flush_all": cmdFlushAll, "version": cmdVersion, "verbosity": cmdVerbosity,
 	"stats": cmdStats, "quit": cmdQuit,
+	"cache_memlimit": cmdCacheMemlimit, "slabs": cmdSlabs, "lru_crawler": cmdLruCrawler,
+	"lru": cmdLru, "shutdown": cmdShutdown, "watch": cmdWatch,
 	"lock": cmdLock, "rlock": cmdRLock, "unlock": cmdUnlock, "extend": cmdExtend,
 	"lockinfo": cmdLockInfo,
 }
 
 func (c command) isLock() bool { return c >= cmdLock && c <= cmdLockInfo }
+
+func (c command) isMeta() bool { return c >= cmdMetaGet && c <= cmdMetaNoop }
 
 // Refusals, worded as memcached words them.
 var (
@@ -69,6 +79,9 @@ var (
 	errDelete    = errors.New("CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]")
 	errReserved  = errors.New("CLIENT_ERROR key is reserved for locks")
 	errKeyDecode = errors.New("CLIENT_ERROR error decoding key")
+	// errHTTP: a line that looks like an HTTP request. memcached hangs up
+	// on it without a word, and so does the proxy.
+	errHTTP = errors.New("HTTP request")
 )
 
 // request is one parsed command line. Its slices point into the line, which
@@ -78,7 +91,7 @@ type request struct {
 	tokens  [][]byte // all tokens, the verb first
 	keys    [][]byte // retrievals: the keys
 	key     []byte   // the routing key of a single-key command, decoded
-	noreply bool     // classic noreply, or meta quiet mode
+	noreply bool     // classic noreply (set even on a line that is then refused, as memcached does), or meta quiet mode
 	dataLen int      // length of the data block that follows, or -1
 }
 
@@ -111,6 +124,9 @@ func parse(line []byte, r *request) error {
 	}
 	cmd, ok := commands[string(r.tokens[0])]
 	if !ok {
+		if bytes.HasPrefix(r.tokens[len(r.tokens)-1], []byte("HTTP/")) {
+			return errHTTP
+		}
 		return errUnknown
 	}
 	r.cmd = cmd
@@ -139,7 +155,7 @@ func parse(line []byte, r *request) error {
 		if n != want && n != want+1 {
 			return errUnknown
 		}
-		r.noreply = n == want+1 && string(t[n-1]) == "noreply"
+		r.noreply = string(t[n-1]) == "noreply"
 		if !validKey(t[1]) {
 			return errFormat
 		}
@@ -163,18 +179,18 @@ func parse(line []byte, r *request) error {
 		if n != 3 && n != 4 {
 			return errUnknown
 		}
+		r.key, r.noreply = t[1], string(t[n-1]) == "noreply"
 		if !validKey(t[1]) {
 			return errFormat
 		}
-		r.key, r.noreply = t[1], n == 4 && string(t[3]) == "noreply"
 	case cmdDelete:
 		if n < 2 || n > 4 {
 			return errUnknown
 		}
+		r.key, r.noreply = t[1], n > 2 && string(t[n-1]) == "noreply"
 		if !validKey(t[1]) {
 			return errFormat
 		}
-		r.key, r.noreply = t[1], string(t[n-1]) == "noreply"
 		// memcached accepts a legacy "0" hold time and nothing else.
 		if rest := n - 2 - b2i(r.noreply); rest > 1 || rest == 1 && string(t[2]) != "0" {
 			return errDelete
@@ -188,11 +204,14 @@ func parse(line []byte, r *request) error {
 		if n != 2 && n != 3 {
 			return errUnknown
 		}
+		r.noreply = string(t[n-1]) == "noreply"
 		if _, ok := parseUint(t[1], 32); !ok {
 			return errFormat
 		}
+	case cmdStats, cmdSlabs, cmdLruCrawler, cmdLru, cmdShutdown, cmdWatch:
+		// memcached judges the arguments; these reply even to "noreply".
+	case cmdCacheMemlimit:
 		r.noreply = string(t[n-1]) == "noreply"
-	case cmdStats:
 	default: // lock commands check their own arguments
 		if n >= 2 {
 			r.key = t[1]
@@ -223,6 +242,9 @@ func (r *request) touchesReserved(prefix []byte) bool {
 func parseMeta(r *request) error {
 	t := r.tokens
 	if len(t) < 2 {
+		if r.cmd == cmdMetaDebug {
+			return errFormat // memcached's words for "me" alone
+		}
 		return errUnknown
 	}
 	if len(t[1]) > maxKeyLen {

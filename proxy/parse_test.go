@@ -41,6 +41,8 @@ func TestParse(t *testing.T) {
 		{line: "delete a", cmd: cmdDelete, key: "a", data: -1},
 		{line: "delete a 0 noreply", cmd: cmdDelete, key: "a", noreply: true, data: -1},
 		{line: "delete a 5", err: errDelete},
+		{line: "delete a 5 noreply", err: errDelete}, // refused quietly
+		{line: "verbosity noreply", err: errFormat},  // likewise
 		{line: "touch a 1", cmd: cmdTouch, key: "a", data: -1},
 		{line: "mg a v q", cmd: cmdMetaGet, key: "a", noreply: true, data: -1},
 		{line: "mg YWJj b v", cmd: cmdMetaGet, key: "abc", data: -1},
@@ -56,12 +58,25 @@ func TestParse(t *testing.T) {
 		{line: "lock a 30 100 me", cmd: cmdLock, key: "a", data: -1},
 		{line: "GET a", err: errUnknown},
 		{line: "", err: errUnknown},
+		// memcached takes a last "noreply" as noreply whatever the count
+		{line: "incr a noreply", cmd: cmdIncr, key: "a", noreply: true, data: -1},
+		{line: "touch a noreply", cmd: cmdTouch, key: "a", noreply: true, data: -1},
+		{line: "delete noreply", cmd: cmdDelete, key: "noreply", data: -1},
+		{line: "cache_memlimit 10 noreply", cmd: cmdCacheMemlimit, noreply: true, data: -1},
+		{line: "slabs reassign 1 2", cmd: cmdSlabs, data: -1},
+		{line: "lru_crawler metadump all", cmd: cmdLruCrawler, data: -1},
+		{line: "GET / HTTP/1.0", err: errHTTP},
+		{line: "foo HTTP/", err: errHTTP},
+		{line: "get a HTTP/1.0", cmd: cmdGet, keys: 2, data: -1},
 	} {
 		var r request
 		err := parse([]byte(tc.line), &r)
 		if err != tc.err {
 			t.Errorf("%q: error %v, want %v", tc.line, err, tc.err)
 			continue
+		}
+		if err != nil && r.noreply != (tc.noreply || strings.HasSuffix(tc.line, " noreply") && err != errUnknown) {
+			t.Errorf("%q: refused with noreply %v", tc.line, r.noreply)
 		}
 		if err != nil {
 			continue
@@ -105,6 +120,7 @@ func FuzzParse(f *testing.F) {
 		"replace a 0 0 1", "append a 0 0 1", "prepend a 0 0 1", "cas a 0 0 1 1", "incr a 1",
 		"decr a 1", "touch a 1", "delete a", "mg a v", "ms a 1 T0", "md a q", "ma a", "me a",
 		"mn", "flush_all", "version", "verbosity 1", "stats", "quit", "lock a", "rlock a 1 1 o",
+		"cache_memlimit 1", "slabs automove 1", "lru_crawler crawl all", "lru mode flat", "GET / HTTP/1.1",
 		"unlock a 1", "extend a 1 1", "lockinfo a", "mg YWJj b", "set a 99999999999999999999 0 1",
 	} {
 		f.Add([]byte(seed))

@@ -12,6 +12,7 @@ var (
 	crlf      = []byte("\r\n")
 	replyEND  = []byte("END\r\n")
 	replyMN   = []byte("MN\r\n")
+	replyEN   = []byte("EN\r\n")
 	replyOK   = []byte("OK\r\n")
 	prefixVA  = []byte("VA ")
 	prefixVAL = []byte("VALUE ")
@@ -44,6 +45,7 @@ func readReply(br *bufio.Reader, c *call) error {
 			if bytes.Equal(line, replyEND) || isErrorLine(line) {
 				return nil
 			}
+
 		}
 	}
 }

@@ -26,6 +26,13 @@ func TestParseServer(t *testing.T) {
 		{spec: "10.0.0.1:11212:3", want: Server{Addr: "10.0.0.1:11212", Weight: 3}},
 		{spec: "10.0.0.1:11212:3 alpha", want: Server{Addr: "10.0.0.1:11212", Weight: 3, Name: "alpha"}},
 		{spec: "localhost:1", want: Server{Addr: "localhost:1", Weight: 1}},
+		{spec: "[::1]:11211", want: Server{Addr: "[::1]:11211", Weight: 1}},
+		{spec: "[fe80::1%eth0]:11212:4 v6", want: Server{Addr: "[fe80::1%eth0]:11212", Weight: 4, Name: "v6"}},
+		{spec: "[::1]", bad: true},
+		{spec: "[::1]11211", bad: true},
+		{spec: "[::1:11211", bad: true},
+		{spec: "::1:11211", bad: true},
+		{spec: "[::1]:11211:2:3", bad: true},
 		{spec: "10.0.0.1", bad: true},
 		{spec: "10.0.0.1:0", bad: true},
 		{spec: "10.0.0.1:11211:0", bad: true},
@@ -63,6 +70,8 @@ func TestKetamaNameDropsDefaultPort(t *testing.T) {
 		"10.0.0.1:11211":       "10.0.0.1",
 		"10.0.0.1:11212":       "10.0.0.1:11212",
 		"10.0.0.1:11211:2 web": "web",
+		"[::1]:11211":          "::1", // bare, as libmemcached names it
+		"[::1]:11212:2":        "::1:11212",
 	} {
 		if got := servers(t, spec)[0].ketamaName(); got != want {
 			t.Errorf("%s: ketama name %q, want %q", spec, got, want)

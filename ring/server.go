@@ -17,15 +17,21 @@ type Server struct {
 }
 
 // ketamaName is the string whose md5 places the server's points. As in
-// libmemcached and twemproxy, the default port 11211 is left out of it.
+// libmemcached and twemproxy, the default port 11211 is left out of it, and
+// an IPv6 host is written bare, without the brackets of its address:
+// "::1" or "::1:11212".
 func (s Server) ketamaName() string {
 	if s.Name != "" {
 		return s.Name
 	}
-	if host, port, err := net.SplitHostPort(s.Addr); err == nil && port == "11211" {
+	host, port, err := net.SplitHostPort(s.Addr)
+	if err != nil {
+		return s.Addr
+	}
+	if port == "11211" {
 		return host
 	}
-	return s.Addr
+	return host + ":" + port
 }
 
 // String gives the server back in the form ParseServer reads.
@@ -40,7 +46,8 @@ func (s Server) String() string {
 	return out
 }
 
-// ParseServer reads "host:port[:weight] [name]", twemproxy's server form.
+// ParseServer reads "host:port[:weight] [name]", twemproxy's server form;
+// an IPv6 host is written in brackets: "[::1]:11211:2".
 func ParseServer(spec string) (Server, error) {
 	fields := strings.Fields(spec)
 	if len(fields) == 0 || len(fields) > 2 {
@@ -50,18 +57,26 @@ func ParseServer(spec string) (Server, error) {
 	if len(fields) == 2 {
 		s.Name = fields[1]
 	}
+	// The host ends at the first colon, or, for an IPv6 host, at "]".
 	addr := fields[0]
-	parts := strings.Split(addr, ":")
-	if len(parts) == 3 {
-		w, err := strconv.Atoi(parts[2])
+	end := strings.IndexByte(addr, ':')
+	if strings.HasPrefix(addr, "[") {
+		end = strings.IndexByte(addr, ']') + 1
+	}
+	if end <= 0 || end >= len(addr) || addr[end] != ':' {
+		return Server{}, fmt.Errorf("ring: server %q: want host:port[:weight] [name]", spec)
+	}
+	parts := strings.Split(addr[end+1:], ":") // port[:weight]
+	if len(parts) == 2 {
+		w, err := strconv.Atoi(parts[1])
 		if err != nil || w < 1 {
 			return Server{}, fmt.Errorf("ring: server %q: weight must be a whole number >= 1", spec)
 		}
 		s.Weight = w
-		addr = parts[0] + ":" + parts[1]
-	} else if len(parts) != 2 {
+	} else if len(parts) != 1 {
 		return Server{}, fmt.Errorf("ring: server %q: want host:port[:weight] [name]", spec)
 	}
+	addr = addr[:end+1] + parts[0]
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil || host == "" {
 		return Server{}, fmt.Errorf("ring: server %q: want host:port[:weight] [name]", spec)
