@@ -50,21 +50,45 @@ def memcached():
     proc.wait()
 
 
-@pytest.fixture(scope="session")
-def proxy(memcached):
+def proxy_binary():
     binary = os.environ.get("MEMCACHEDLOCK_BIN", os.path.join(ROOT, "bin", "memcachedlock"))
     if not os.path.exists(binary):
         pytest.fail("proxy binary %s missing: run make build" % binary)
+    return binary
+
+
+def start_proxy(servers, *flags):
+    """A proxy in front of servers on a free port: (process, address)."""
     port = free_port()
-    proc = start([binary, "serve", "--listen", "127.0.0.1:%d" % port, "--servers", memcached,
-                  "--log-level", "warn"], port)
-    addr = "127.0.0.1:%d" % port
-    old = os.environ.get("MEMCACHEDLOCK_SERVERS")
-    os.environ["MEMCACHEDLOCK_SERVERS"] = addr
+    proc = start([proxy_binary(), "serve", "--listen", "127.0.0.1:%d" % port, "--servers", servers,
+                  "--log-level", "warn"] + list(flags), port)
+    return proc, "127.0.0.1:%d" % port
+
+
+@pytest.fixture
+def proxy_with():
+    """Starts proxies with extra flags; stops them after the test."""
+    procs = []
+
+    def starter(servers, *flags):
+        proc, addr = start_proxy(servers, *flags)
+        procs.append(proc)
+        return addr
+    yield starter
+    for proc in procs:
+        proc.terminate()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def proxy(memcached):
+    proc, addr = start_proxy(memcached)
+    old = os.environ.get("MEMCACHEDLOCK_ADDR")
+    os.environ["MEMCACHEDLOCK_ADDR"] = addr
     yield addr
     if old is None:
-        del os.environ["MEMCACHEDLOCK_SERVERS"]
+        del os.environ["MEMCACHEDLOCK_ADDR"]
     else:
-        os.environ["MEMCACHEDLOCK_SERVERS"] = old
+        os.environ["MEMCACHEDLOCK_ADDR"] = old
     proc.terminate()
     proc.wait()
