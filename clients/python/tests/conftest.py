@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -92,3 +93,13 @@ def proxy(memcached):
         os.environ["MEMCACHEDLOCK_ADDR"] = old
     proc.terminate()
     proc.wait()
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """memcached, proxies and a ZEO server, as the ZODB benchmark runs them."""
+    pytest.importorskip("ZEO", reason="the zodb extra: pip install './clients/python[zodb]'")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    import zodb_bench
+    with zodb_bench.Cluster(proxy_binary()) as c:
+        yield c
