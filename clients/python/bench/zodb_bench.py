@@ -244,8 +244,9 @@ def locker(mode, cluster_addrs, worker):
 
 # --- a client process -------------------------------------------------------------
 
-def client_process(mode, addrs, name, worker, start_at, stop_at, work_ms, work_kind, results):
-    """One ZEO client: transactions until stop_at; puts its counts on results."""
+def client_process(mode, addrs, name, worker, start_at, stop_at, work_ms, work_kind, think_ms, results):
+    """One ZEO client: transactions until stop_at, think_ms apart (the rest
+    of a request, outside the lock); puts its counts on results."""
     locked = locker(mode, addrs, worker)
     db = zeo_db(addrs["zeo"])
     conn = db.open()  # with transaction.manager, as the application server's thread would
@@ -288,12 +289,14 @@ def client_process(mode, addrs, name, worker, start_at, stop_at, work_ms, work_k
         except ConflictError:
             stats["failed"] += 1
         stats["retries"] += tries - 1
+        if think_ms:
+            time.sleep(think_ms / 1000.0)
     conn.close()
     db.close()
     results.put(stats)
 
 
-def run_segment(cluster, mode, name, clients=6, duration=5.0, work_ms=10.0, work_kind="cpu"):
+def run_segment(cluster, mode, name, clients=6, duration=5.0, work_ms=10.0, work_kind="cpu", think_ms=0.0):
     """Runs one mode for duration seconds with clients processes on a
     fresh hot object; returns the summed counts and the check."""
     make_catalog(cluster.zeo, name)
@@ -305,14 +308,14 @@ def run_segment(cluster, mode, name, clients=6, duration=5.0, work_ms=10.0, work
     for w in range(clients):
         addrs = dict(zeo=cluster.zeo, memcached=cluster.memcached[0], lock=cluster.lock_addr(mode, w))
         p = ctx.Process(target=client_process,
-                        args=(mode, addrs, name, w, start_at, stop_at, work_ms, work_kind, results))
+                        args=(mode, addrs, name, w, start_at, stop_at, work_ms, work_kind, think_ms, results))
         p.start()
         procs.append(p)
     got = [results.get(timeout=duration + 120) for _ in procs]
     for p in procs:
         p.join()
     total = dict(mode=mode, duration=duration, commits=0, conflicts=0, retries=0, failed=0,
-                 wasted_ms=0.0, latencies=[])
+                 wasted_ms=0.0, latencies=[], per_client=sorted(s["commits"] for s in got))
     for s in got:
         for k in ("commits", "conflicts", "retries", "failed", "wasted_ms"):
             total[k] += s[k]
@@ -349,17 +352,18 @@ def summarize(segments):
             wasted=sum(s["wasted_ms"] for s in runs) / max(commits, 1),
             p50=percentile(lat, 50), p99=percentile(lat, 99),
             failed=sum(s["failed"] for s in runs),
+            spread=max(max(s["per_client"]) / max(min(s["per_client"]), 1) for s in runs),
             consistent=all(s["consistent"] for s in runs)))
     return rows
 
 
 def table(rows):
-    lines = ["| mode           | commits/s | ConflictErrors/commit | retries | work redone ms/commit | p50 ms | p99 ms | failed | counter == commits |",
-             "|----------------|-----------|-----------------------|---------|-----------------------|--------|--------|--------|--------------------|"]
+    lines = ["| mode           | commits/s | ConflictErrors/commit | retries | work redone ms/commit | p50 ms | p99 ms | max/min per client | failed | counter == commits |",
+             "|----------------|-----------|-----------------------|---------|-----------------------|--------|--------|--------------------|--------|--------------------|"]
     for r in rows:
-        lines.append("| %-14s | %9.1f | %21.3f | %7d | %21.2f | %6.1f | %6.1f | %6d | %-18s |" % (
+        lines.append("| %-14s | %9.1f | %21.3f | %7d | %21.2f | %6.1f | %6.1f | %18.2f | %6d | %-18s |" % (
             r["mode"], r["rate"], r["conflicts"], r["retries"], r["wasted"], r["p50"], r["p99"],
-            r["failed"], "yes" if r["consistent"] else "NO"))
+            r["spread"], r["failed"], "yes" if r["consistent"] else "NO"))
     return "\n".join(lines)
 
 
@@ -371,6 +375,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="rounds, modes alternating in each (default 3)")
     parser.add_argument("--work-ms", type=float, default=10.0, help="expensive work per transaction (default 10)")
     parser.add_argument("--work", choices=("cpu", "sleep"), default="cpu", help="CPU time or a sleep (default cpu)")
+    parser.add_argument("--think-ms", type=float, default=0.0,
+                        help="pause between a client's transactions, outside the lock (default 0)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma separated, of: " + ", ".join(MODES))
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
@@ -382,14 +388,14 @@ def main(argv=None):
         for r in range(args.rounds):
             for mode in modes:
                 s = run_segment(cluster, mode, "catalog-%s-%d" % (mode, r), args.clients, args.duration,
-                                args.work_ms, args.work)
+                                args.work_ms, args.work, args.think_ms)
                 print("round %d %-14s %6.1f commits/s %5d conflicts %s" % (
                     r + 1, mode, s["commits"] / s["duration"], s["conflicts"],
                     "" if s["consistent"] else "INCONSISTENT"), file=sys.stderr)
                 segments.append(s)
         replicas = cluster.replicas
-    print("%d ZEO client processes, %g ms of %s work per transaction, %d rounds of %gs per mode, %s%s" % (
-        args.clients, args.work_ms, args.work, args.rounds, args.duration,
+    print("%d ZEO client processes, %g ms of %s work per transaction, %g ms think, %d rounds of %gs per mode, %s%s" % (
+        args.clients, args.work_ms, args.work, args.think_ms, args.rounds, args.duration,
         datetime.date.today().isoformat(),
         ", zlock-2proxies with --lock-replicas %d" % replicas if replicas else ""))
     print(table(summarize(segments)))
