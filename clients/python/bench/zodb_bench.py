@@ -27,7 +27,6 @@ import argparse
 import datetime
 import multiprocessing
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -71,18 +70,14 @@ def _wait_listening(port, proc, what):
 
 
 def serve_flags(binary):
-    """Flags this build of the proxy needs for memcached servers started
-    moments ago: a flag whose help speaks of freshly started lock servers
-    (so the proxy does not wait out --lock-ttl-max for its marker), and
-    --lock-replicas when the build has it."""
+    """What this build of the proxy offers for memcached servers started
+    moments ago: --lock-fresh-servers (else it refuses locks on servers
+    without its marker for --lock-ttl-max), and whether it has
+    --lock-replicas."""
     text = subprocess.run([binary, "serve", "--help"], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, universal_newlines=True).stdout
-    fresh = []
-    for line in text.splitlines():
-        m = re.match(r"\s*(--[a-z-]+)", line)
-        if m and m.group(1).startswith("--lock") and re.search(r"\bfresh|\bnew\b", line, re.I):
-            fresh.append(m.group(1))
-    return fresh[:1], "--lock-replicas" in text
+    fresh = ["--lock-fresh-servers"] if "--lock-fresh-servers" in text else []
+    return fresh, "--lock-replicas" in text
 
 
 class Cluster(object):

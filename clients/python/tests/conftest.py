@@ -58,11 +58,19 @@ def proxy_binary():
     return binary
 
 
+def fresh_servers_flag():
+    """The memcached servers here were just started for the test: say so
+    to a proxy that would otherwise refuse locks on them for a while."""
+    help_text = subprocess.run([proxy_binary(), "serve", "--help"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, universal_newlines=True).stdout
+    return ["--lock-fresh-servers"] if "--lock-fresh-servers" in help_text else []
+
+
 def start_proxy(servers, *flags):
     """A proxy in front of servers on a free port: (process, address)."""
     port = free_port()
     proc = start([proxy_binary(), "serve", "--listen", "127.0.0.1:%d" % port, "--servers", servers,
-                  "--log-level", "warn"] + list(flags), port)
+                  "--log-level", "warn"] + fresh_servers_flag() + list(flags), port)
     return proc, "127.0.0.1:%d" % port
 
 
