@@ -81,23 +81,29 @@ def serve_flags(binary):
 
 
 class Cluster(object):
-    """memcached (three when the proxy has --lock-replicas), two proxies in
-    front of them, and a ZEO server with a FileStorage in a temporary
-    directory. Use as a context manager."""
+    """A memcached and a proxy in front of it alone; two proxies in front of
+    three more memcached (one, when the proxy has no --lock-replicas) with
+    --lock-replicas 3; and a ZEO server with a FileStorage in a temporary
+    directory. The single proxy has memcached of its own: proxies that share
+    a lock server must agree on the lock servers. Use as a context manager."""
 
     def __init__(self, proxy_bin, replicas=True):
         self.proxy_bin = os.path.abspath(proxy_bin)
         self.procs = []
         self.dir = tempfile.mkdtemp(prefix="zodb-bench-")
-        fresh, has_replicas = serve_flags(self.proxy_bin)
-        self.replicas = 3 if (replicas and has_replicas) else 0
-        self.memcached = [self._memcached() for _ in range(3 if self.replicas else 1)]
-        servers = ",".join(self.memcached)
-        flags = ["--log-level", "warn"] + fresh
-        self.proxy = self._proxy(["--servers", self.memcached[0]] + flags)
-        extra = ["--lock-replicas", str(self.replicas)] if self.replicas else []
-        self.proxies = [self._proxy(["--servers", servers] + flags + extra) for _ in range(2)]
-        self.zeo = self._zeo()
+        try:
+            fresh, has_replicas = serve_flags(self.proxy_bin)
+            self.replicas = 3 if (replicas and has_replicas) else 0
+            flags = ["--log-level", "warn"] + fresh
+            self.memcached = self._memcached()
+            self.proxy = self._proxy(["--servers", self.memcached] + flags)
+            servers = ",".join(self._memcached() for _ in range(self.replicas or 1))
+            extra = ["--lock-replicas", str(self.replicas)] if self.replicas else []
+            self.proxies = [self._proxy(["--servers", servers] + flags + extra) for _ in range(2)]
+            self.zeo = self._zeo()
+        except BaseException:
+            self.close()
+            raise
 
     def _start(self, args, port, what):
         with open(os.path.join(self.dir, "log"), "ab") as log:
@@ -301,7 +307,7 @@ def run_segment(cluster, mode, name, clients=6, duration=5.0, work_ms=10.0, work
     stop_at = start_at + duration
     procs = []
     for w in range(clients):
-        addrs = dict(zeo=cluster.zeo, memcached=cluster.memcached[0], lock=cluster.lock_addr(mode, w))
+        addrs = dict(zeo=cluster.zeo, memcached=cluster.memcached, lock=cluster.lock_addr(mode, w))
         p = ctx.Process(target=client_process,
                         args=(mode, addrs, name, w, start_at, stop_at, work_ms, work_kind, think_ms, results))
         p.start()
