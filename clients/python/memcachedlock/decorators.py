@@ -63,7 +63,7 @@ def _options(timeout, interval, wait, kw):
     return timeout, (timeout if wait is None else wait)
 
 
-class _Held(object):
+class _Lease(object):
     """A grant taken for one call, kept alive by a Keeper when the call may
     outlive the ttl sent on the wire."""
 
@@ -108,7 +108,7 @@ def _locking(get_key, timeout, wait, reentrant, on_unavailable):
             # call releases it.
             return call()
         try:
-            lease = _Held(_client(), key, timeout, wait, reentrant)
+            lease = _Lease(_client(), key, timeout, wait, reentrant)
         except Unavailable as err:
             if (on_unavailable or ON_UNAVAILABLE) == "raise":
                 raise
@@ -157,7 +157,7 @@ def zlock(get_key, timeout=30, interval=0.05, wait=None, conflict_error=None, **
     def locked_call(key, call):
         client = _client()
         try:
-            lease = _Held(client, key, timeout, wait, False)
+            lease = _Lease(client, key, timeout, wait, False)
         except NotLocked:
             logger.warning("%s busy; raising ConflictError so the request is retried", key)
             raise conflict()
