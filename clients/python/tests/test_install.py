@@ -3,6 +3,7 @@ fresh virtualenv, then import; and a source distribution that carries the
 tests."""
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -14,7 +15,10 @@ def test_pip_install_into_a_fresh_venv(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", HERE], check=True)
+    # A copy, as a user's checkout: pip builds in the tree it is given.
+    src = str(tmp_path / "clients-python")
+    shutil.copytree(HERE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", src], check=True)
     out = subprocess.run(
         [python, "-c", "import memcachedlock; print(memcachedlock.__version__); print(memcachedlock.__file__)"],
         cwd=str(tmp_path), check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout.split()
