@@ -71,11 +71,10 @@ class _Lease(object):
         ttl = min(timeout, LEASE_TTL)
         if timeout > ttl:
             ttl = max(ttl, 2)  # a one-second grant may end before its first extend
-        start = time.monotonic()
         self.grant = client.lock(key, ttl, wait, owner_id(), reentrant)
         self.keeper = None
-        if timeout > ttl:
-            self.keeper = Keeper(self.grant, ttl, start + timeout, client.servers)
+        if timeout > ttl:  # the lock's lifetime counts from the grant, as before
+            self.keeper = Keeper(self.grant, ttl, time.monotonic() + timeout, client.servers)
 
     def stop_keeper(self):
         if self.keeper is not None:
