@@ -1,7 +1,7 @@
 # memcachedlock: see README.md.
 GO ?= go
 
-.PHONY: all build test run bench bench-locks lint deps clean release docker
+.PHONY: all build test test-python run bench bench-locks bench-zodb lint deps clean release docker venv
 
 all: build
 
@@ -34,13 +34,27 @@ docker:
 deps:
 	scripts/deps.sh
 
-PYTHON ?= /usr/bin/python3
+# Debian's python3 (scripts/deps.sh installs python3-venv for it), else the first on PATH.
+PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
+VENV ?= $(CURDIR)/.venv
+
+## venv: the Python client installed (editable) with ZODB, ZEO, Products.ZCatalog and pytest into .venv; reused until pyproject.toml changes
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: clients/python/pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e './clients/python[test,zope]'
+	touch $@
 
 ## test: every test, with the race detector, against real memcached processes; then the Python client's
 test: deps build
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
-	cd clients/python && MEMCACHEDLOCK_BIN=$(CURDIR)/bin/memcachedlock $(PYTHON) -m pytest -q tests
+	$(MAKE) test-python
+
+## test-python: the Python client's pytest suite, ZODB and ZEO included, against the built proxy
+test-python: build venv
+	cd clients/python && MEMCACHEDLOCK_BIN=$(CURDIR)/bin/memcachedlock $(VENV)/bin/python -m pytest -q
 
 ## run: the proxy on 127.0.0.1:11311 in front of two local memcached servers
 run: build
@@ -57,9 +71,13 @@ lint:
 	$(GO) vet ./...
 
 clean:
-	rm -rf bin dist
+	rm -rf bin dist $(VENV)
 
 ## bench-locks: W=8 workers contend for one lock (hold 1ms, think 5ms) through the proxy, beside 50ms polling
 bench-locks: build deps
 	$(GO) build -o bin/memcachedlock-bench ./cmd/memcachedlock-bench
 	bin/memcachedlock-bench locks --workers 8 --hold 1ms --think 5ms --duration 4s
+
+## bench-zodb: 6 ZEO client processes write one hot catalog-like object: no lock, 50ms polling, zlock via one and via two proxies
+bench-zodb: build deps venv
+	$(VENV)/bin/python clients/python/bench/zodb_bench.py --proxy-bin bin/memcachedlock

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks run against, when it is missing:
-# memcached, twemproxy (nutcracker), libmemcached's tools and the Python
-# memcached clients, all from Debian's packages. Needs root (or sudo).
+# memcached, twemproxy (nutcracker), libmemcached's tools, the Python
+# memcached clients (the Go tests run them with Debian's python3) and
+# python3-venv (make venv: pytest, ZODB and ZEO come from PyPI into .venv),
+# all from Debian's packages. Needs root (or sudo).
 set -euo pipefail
 
 need=()
@@ -10,7 +12,8 @@ command -v nutcracker >/dev/null || [ -x /usr/sbin/nutcracker ] || need+=(nutcra
 command -v memcaslap >/dev/null || need+=(libmemcached-tools)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import memcache' 2>/dev/null || need+=(python3-memcache)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import pymemcache' 2>/dev/null || need+=(python3-pymemcache)
-[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import pytest' 2>/dev/null || need+=(python3-pytest)
+# Debian's python3 has no ensurepip (so no "python3 -m venv") without python3-venv.
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -1,11 +1,21 @@
 """A small client for memcachedlock's lock commands, standard library only."""
 
 import hashlib
+import logging
 import os
 import socket
 import threading
+import time
 
-DEFAULT_SERVERS = "127.0.0.1:11211"
+logger = logging.getLogger("memcachedlock")
+
+#: Where the proxy listens when neither MEMCACHEDLOCK_ADDR nor
+#: MEMCACHEDLOCK_SERVERS says: the proxy's own default, as for the CLI.
+DEFAULT_ADDR = "127.0.0.1:11311"
+
+#: Longest wait sent in one lock command, in seconds: the proxy's default
+#: --lock-wait-max. Longer waits are sent in pieces of this size.
+WAIT_CHUNK = 300
 
 
 class LockError(Exception):
@@ -14,6 +24,10 @@ class LockError(Exception):
 
 class Unavailable(LockError):
     """The proxy, or the memcached that holds the lock, cannot be reached."""
+
+
+class NotMemcachedlock(Unavailable):
+    """The address answered like memcached, which has no lock commands."""
 
 
 class NotLocked(LockError):
@@ -45,10 +59,15 @@ class Grant(object):
         return "Grant(%r, fence=%d, ttl=%d, count=%d)" % (self.key, self.fence, self.ttl, self.count)
 
 
-def servers_from_env():
-    """The proxy addresses in MEMCACHEDLOCK_SERVERS (default 127.0.0.1:11211)."""
-    value = os.environ.get("MEMCACHEDLOCK_SERVERS", DEFAULT_SERVERS)
+def addresses_from_env():
+    """The proxy addresses: MEMCACHEDLOCK_ADDR as for the CLI, else
+    MEMCACHEDLOCK_SERVERS (the old library's variable), comma separated;
+    default 127.0.0.1:11311."""
+    value = os.environ.get("MEMCACHEDLOCK_ADDR") or os.environ.get("MEMCACHEDLOCK_SERVERS") or DEFAULT_ADDR
     return [s.strip() for s in value.split(",") if s.strip()]
+
+
+servers_from_env = addresses_from_env  # the name before MEMCACHEDLOCK_ADDR
 
 
 def owner_id():
@@ -88,7 +107,25 @@ def parse_reply(line):
         raise NotFound(line)
     if word == "SERVER_ERROR":
         raise Unavailable(line)
+    if word == "ERROR":
+        raise NotMemcachedlock("ERROR to a lock command: this is memcached, not memcachedlock; "
+                               "point MEMCACHEDLOCK_ADDR at the proxy")
+    if word == "CLIENT_ERROR":
+        raise LockError(line + _setting_hint(line))
     raise LockError(line)
+
+
+def _setting_hint(line):
+    """Which Python setting to change when the proxy refuses a number."""
+    if "ttl" in line:
+        return (" (the lock's ttl on the wire: LockClient.lock(ttl=...); the decorators send "
+                "min(timeout, memcachedlock.decorators.LEASE_TTL) and keep longer calls alive: "
+                "lower LEASE_TTL to the proxy's --lock-ttl-max)")
+    if "wait" in line:
+        return (" (the wait of one lock command: waits are sent in pieces of "
+                "memcachedlock.client.WAIT_CHUNK seconds: lower WAIT_CHUNK to the proxy's "
+                "--lock-wait-max)")
+    return ""
 
 
 def lock_line(verb, key, ttl, wait, owner):
@@ -104,9 +141,10 @@ class LockClient(object):
     threads (the decorators keep one per thread)."""
 
     def __init__(self, servers=None, connect_timeout=2.0):
-        self.servers = servers or servers_from_env()
+        self.servers = servers or addresses_from_env()
         self.connect_timeout = connect_timeout
         self.sock = None
+        self.addr = None
         self.buf = b""
 
     def _connect(self):
@@ -116,7 +154,7 @@ class LockClient(object):
             try:
                 sock = socket.create_connection((host, int(port)), self.connect_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self.sock, self.buf = sock, b""
+                self.sock, self.addr, self.buf = sock, server, b""
                 return
             except (OSError, ValueError) as err:
                 last = err
@@ -147,22 +185,74 @@ class LockClient(object):
         line, self.buf = self.buf.split(b"\r\n", 1)
         return line.decode("utf-8", "surrogateescape")
 
+    def _reply(self, line, timeout):
+        try:
+            return parse_reply(self.command(line, timeout))
+        except NotMemcachedlock as err:
+            raise NotMemcachedlock("%s answered %s" % (self.addr, err))
+
     def lock(self, key, ttl=30, wait=30, owner=None, reentrant=False):
-        """Take the lock, waiting up to wait seconds in the proxy."""
+        """Take the lock, waiting up to wait seconds in the proxy (sent in
+        pieces of WAIT_CHUNK seconds)."""
         verb = "rlock" if reentrant else "lock"
         if reentrant and not owner:
             raise ValueError("a reentrant lock needs an owner")
-        fence, ttl, count = parse_reply(self.command(lock_line(verb, key, ttl, wait, owner), wait + 10))
-        return Grant(lock_name(key), fence, ttl, count)
+        deadline = time.monotonic() + wait
+        while True:
+            chunk = min(max(deadline - time.monotonic(), 0), WAIT_CHUNK)
+            try:
+                fence, ttl, count = self._reply(lock_line(verb, key, ttl, chunk, owner), chunk + 10)
+                return Grant(lock_name(key), fence, ttl, count)
+            except NotLocked:
+                if deadline - time.monotonic() <= 0:
+                    raise
 
     def unlock(self, grant):
         """Release one level; returns the levels left."""
-        return parse_reply(self.command("unlock %s %d" % (grant.key, grant.fence), 10))
+        return self._reply("unlock %s %d" % (grant.key, grant.fence), 10)
 
     def extend(self, grant, ttl):
         """Set the grant's remaining lifetime, in whole seconds."""
-        return parse_reply(self.command("extend %s %d %d" % (grant.key, grant.fence, max(int(ttl), 1)), 10))
+        return self._reply("extend %s %d %d" % (grant.key, grant.fence, max(int(ttl), 1)), 10)
 
     def info(self, key):
         """The current holder, as a dict; NotFound when nobody holds it."""
-        return parse_reply(self.command("lockinfo " + lock_name(key), 10))
+        return self._reply("lockinfo " + lock_name(key), 10)
+
+
+class Keeper(object):
+    """Keeps a grant alive, over a connection of its own, while a call runs
+    longer than the grant's ttl: extends it to ttl seconds every (ttl-1)/2
+    seconds (memcached's clock counts whole seconds, so a grant may end up
+    to a second early), until stopped or until the deadline (time.monotonic),
+    after which the grant runs out as a lock of that lifetime would."""
+
+    def __init__(self, grant, ttl, deadline, servers):
+        self.grant, self.ttl, self.deadline = grant, max(int(ttl), 2), deadline
+        self.client = LockClient(servers)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="memcachedlock keeper %s" % grant.key)
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _run(self):
+        period = (self.ttl - 1) / 2.0
+        try:
+            while not self.stopped.wait(period):
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    return
+                try:
+                    self.client.extend(self.grant, min(self.ttl, max(int(left), 1)))
+                except Unavailable as err:
+                    logger.warning("could not extend %s (%s); trying again in %.1fs", self.grant.key, err, period)
+                except LockError as err:
+                    logger.warning("lease of %s lost: %s", self.grant.key, err)
+                    return
+        finally:
+            self.client.close()
+
+    def stop(self):
+        """Stop extending; returns once no extend is in flight."""
+        self.stopped.set()
+        self.thread.join()

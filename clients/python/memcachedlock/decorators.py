@@ -4,8 +4,9 @@ proxy's blocking waits instead of polling."""
 import functools
 import logging
 import threading
+import time
 
-from .client import LockClient, NotLocked, Unavailable, owner_id
+from .client import Keeper, LockClient, NotLocked, Unavailable, owner_id
 
 logger = logging.getLogger("memcachedlock")
 
@@ -13,6 +14,12 @@ logger = logging.getLogger("memcachedlock")
 #: function unlocked with a warning (the old behaviour, so a site does not
 #: go down with its lock service), or "raise" Unavailable.
 ON_UNAVAILABLE = "run"
+
+#: The longest ttl, in seconds, sent to the proxy. A decorator whose
+#: timeout is longer takes a lease of LEASE_TTL seconds and keeps it alive
+#: while the call runs, up to timeout: a process that dies holding it
+#: blocks the others for LEASE_TTL seconds at most, not for timeout.
+LEASE_TTL = 30
 
 
 class DontLock(Exception):
@@ -56,6 +63,25 @@ def _options(timeout, interval, wait, kw):
     return timeout, (timeout if wait is None else wait)
 
 
+class _Lease(object):
+    """A grant taken for one call, kept alive by a Keeper when the call may
+    outlive the ttl sent on the wire."""
+
+    def __init__(self, client, key, timeout, wait, reentrant):
+        ttl = min(timeout, LEASE_TTL)
+        if timeout > ttl:
+            ttl = max(ttl, 2)  # a one-second grant may end before its first extend
+        self.grant = client.lock(key, ttl, wait, owner_id(), reentrant)
+        self.keeper = None
+        if timeout > ttl:  # the lock's lifetime counts from the grant, as before
+            self.keeper = Keeper(self.grant, ttl, time.monotonic() + timeout, client.servers)
+
+    def stop_keeper(self):
+        if self.keeper is not None:
+            self.keeper.stop()
+            self.keeper = None
+
+
 def _decorator(get_key, locked_call):
     """Wrap a function so that each call is named by get_key(fun, *args,
     **kw) and run as locked_call(name, call); a get_key that raises DontLock
@@ -81,11 +107,11 @@ def _locking(get_key, timeout, wait, reentrant, on_unavailable):
             # call releases it.
             return call()
         try:
-            grant = _client().lock(key, timeout, wait, owner_id(), reentrant)
-        except Unavailable:
+            lease = _Lease(_client(), key, timeout, wait, reentrant)
+        except Unavailable as err:
             if (on_unavailable or ON_UNAVAILABLE) == "raise":
                 raise
-            logger.warning("lock service unavailable; running %s unlocked", key)
+            logger.warning("lock service unavailable (%s); running %s unlocked", err, key)
             return call()
         held[key] = held.get(key, 0) + 1
         try:
@@ -94,15 +120,18 @@ def _locking(get_key, timeout, wait, reentrant, on_unavailable):
             held[key] -= 1
             if not held[key]:
                 del held[key]
-            _release(_client(), grant)
+            lease.stop_keeper()
+            _release(_client(), lease.grant)
     return _decorator(get_key, locked_call)
 
 
 def lock(get_key, timeout=30, interval=0.05, wait=None, on_unavailable=None, **kw):
     """Exclusive lock around the call, named by get_key(fun, *args, **kw).
 
-    timeout: lock lifetime in seconds; interval: accepted, no longer used
-    (the wait happens in the proxy); wait: how long to wait, default timeout.
+    timeout: lock lifetime in seconds (a call running longer than
+    LEASE_TTL keeps its lease alive up to timeout); interval: accepted, no
+    longer used (the wait happens in the proxy); wait: how long to wait,
+    default timeout.
     """
     timeout, wait = _options(timeout, interval, wait, kw)
     return _locking(get_key, timeout, wait, False, on_unavailable)
@@ -127,26 +156,29 @@ def zlock(get_key, timeout=30, interval=0.05, wait=None, conflict_error=None, **
     def locked_call(key, call):
         client = _client()
         try:
-            grant = client.lock(key, timeout, wait, owner_id())
+            lease = _Lease(client, key, timeout, wait, False)
         except NotLocked:
             logger.warning("%s busy; raising ConflictError so the request is retried", key)
             raise conflict()
-        except Unavailable:
-            logger.warning("lock service unavailable; running %s unlocked", key)
+        except Unavailable as err:
+            logger.warning("lock service unavailable (%s); running %s unlocked", err, key)
             return call()
         try:
             result = call()
         except conflict:
+            lease.stop_keeper()
             try:
-                client.extend(grant, 1)
+                client.extend(lease.grant, 1)
                 logger.info("ConflictError in %s: lock reserved 1s for the retry", key)
             except Exception as err:
                 logger.warning("could not reserve %s for the retry: %s", key, err)
             raise
         except BaseException:
-            _release(client, grant)
+            lease.stop_keeper()
+            _release(client, lease.grant)
             raise
-        _release(client, grant)
+        lease.stop_keeper()
+        _release(client, lease.grant)
         return result
     return _decorator(get_key, locked_call)
 

@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -50,21 +51,63 @@ def memcached():
     proc.wait()
 
 
-@pytest.fixture(scope="session")
-def proxy(memcached):
+def proxy_binary():
     binary = os.environ.get("MEMCACHEDLOCK_BIN", os.path.join(ROOT, "bin", "memcachedlock"))
     if not os.path.exists(binary):
         pytest.fail("proxy binary %s missing: run make build" % binary)
+    return binary
+
+
+def fresh_servers_flag():
+    """The memcached servers here were just started for the test: say so
+    to a proxy that would otherwise refuse locks on them for a while."""
+    help_text = subprocess.run([proxy_binary(), "serve", "--help"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, universal_newlines=True).stdout
+    return ["--lock-fresh-servers"] if "--lock-fresh-servers" in help_text else []
+
+
+def start_proxy(servers, *flags):
+    """A proxy in front of servers on a free port: (process, address)."""
     port = free_port()
-    proc = start([binary, "serve", "--listen", "127.0.0.1:%d" % port, "--servers", memcached,
-                  "--log-level", "warn"], port)
-    addr = "127.0.0.1:%d" % port
-    old = os.environ.get("MEMCACHEDLOCK_SERVERS")
-    os.environ["MEMCACHEDLOCK_SERVERS"] = addr
+    proc = start([proxy_binary(), "serve", "--listen", "127.0.0.1:%d" % port, "--servers", servers,
+                  "--log-level", "warn"] + fresh_servers_flag() + list(flags), port)
+    return proc, "127.0.0.1:%d" % port
+
+
+@pytest.fixture
+def proxy_with():
+    """Starts proxies with extra flags; stops them after the test."""
+    procs = []
+
+    def starter(servers, *flags):
+        proc, addr = start_proxy(servers, *flags)
+        procs.append(proc)
+        return addr
+    yield starter
+    for proc in procs:
+        proc.terminate()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def proxy(memcached):
+    proc, addr = start_proxy(memcached)
+    old = os.environ.get("MEMCACHEDLOCK_ADDR")
+    os.environ["MEMCACHEDLOCK_ADDR"] = addr
     yield addr
     if old is None:
-        del os.environ["MEMCACHEDLOCK_SERVERS"]
+        del os.environ["MEMCACHEDLOCK_ADDR"]
     else:
-        os.environ["MEMCACHEDLOCK_SERVERS"] = old
+        os.environ["MEMCACHEDLOCK_ADDR"] = old
     proc.terminate()
     proc.wait()
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """memcached, proxies and a ZEO server, as the ZODB benchmark runs them."""
+    pytest.importorskip("ZEO", reason="the zodb extra: pip install './clients/python[zodb]'")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    import zodb_bench
+    with zodb_bench.Cluster(proxy_binary()) as c:
+        yield c

@@ -112,7 +112,7 @@ def test_dont_lock_runs_unlocked(proxy):
 
 
 def test_unavailable_runs_unlocked_or_raises(monkeypatch):
-    monkeypatch.setenv("MEMCACHEDLOCK_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("MEMCACHEDLOCK_ADDR", "127.0.0.1:1")
     _local.__dict__.clear()
 
     @lock(key_of)
