@@ -72,10 +72,10 @@ type Manager struct {
 type keyState struct {
 	key     Key
 	held    *holding
-	queue   []*waiter // queue[0] is the head: the only one that tries
-	seen    uint64    // highest fence seen on this name, so ours go above it
-	handing bool      // a release is handing the lock on; the head must not try
-	trying  bool      // the head is trying; a release waits for it to finish
+	queue   []*waiter     // queue[0] is the head: the only one that tries
+	seen    uint64        // highest fence seen on this name, so ours go above it
+	handing bool          // a release is handing the lock on; the head must not try
+	trying  bool          // the head is trying; a release waits for it to finish
 	tried   chan struct{} // closed when the head's try ends
 }
 
