@@ -60,6 +60,18 @@ const (
 	kindConn      = 'c' // held by one connection, released when it closes
 )
 
+// Fence reads the fence a lock item's value begins with. Fences grow with
+// every grant, so a store with replicas can tell a stale copy (a lower
+// fence than the value it expects) from a newer one.
+func Fence(value []byte) (uint64, bool) {
+	n := 0
+	for n < len(value) && value[n] >= '0' && value[n] <= '9' {
+		n++
+	}
+	f, err := strconv.ParseUint(string(value[:n]), 10, 64)
+	return f, err == nil
+}
+
 // record is the lock item's value: "<fence> <mode> <count> <kind> <owner>".
 type record struct {
 	fence uint64

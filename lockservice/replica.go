@@ -438,6 +438,17 @@ func (r *replica) del(ctx context.Context, item string, cas uint64) error {
 	return fmt.Errorf("%w: md: %s", errBadReply, m.status)
 }
 
+// restore swaps value back over an item a void swap left (cas is its cas),
+// so that the replicas agree again; if that fails, its ttl ends it.
+func (r *replica) restore(item string, value []byte, ttl int, cas uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	if ttl < 1 {
+		ttl = int(r.hold / time.Second) // unknown: the longest a grant could have
+	}
+	r.write(ctx, item, value, ttl, cas)
+}
+
 // undo deletes an item a void write left, so that it blocks nobody; if
 // that fails, its ttl ends it.
 func (r *replica) undo(item string, cas uint64) {

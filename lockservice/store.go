@@ -28,6 +28,7 @@ type store struct {
 type version struct {
 	cas   []uint64
 	value []byte
+	ttl   int // the grant's seconds when written or read; -1 unknown
 }
 
 func (v *version) casAt(i int) uint64 {
@@ -175,11 +176,12 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 	best, misses := agree(outs)
 	switch {
 	case len(best) >= need:
-		ver := &version{cas: make([]uint64, len(reps)), value: best[0].value}
+		ver := &version{cas: make([]uint64, len(reps)), value: best[0].value, ttl: best[0].ttl}
 		it := lockext.Item{Value: best[0].value, Version: ver, TTL: best[0].ttl}
 		for _, o := range best {
 			ver.cas[o.i] = o.cas
 			it.TTL = min(it.TTL, o.ttl)
+			ver.ttl = max(ver.ttl, o.ttl)
 		}
 		return it, nil
 	case misses >= need:
@@ -188,7 +190,7 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 		// Replicas disagree (a write half done, a replica that missed one):
 		// the lock is not free. Report it held by whoever most replicas
 		// name; a change from there finds each replica's cas by value.
-		return lockext.Item{Value: best[0].value, Version: &version{cas: make([]uint64, len(reps)), value: best[0].value}, TTL: -1}, nil
+		return lockext.Item{Value: best[0].value, Version: &version{cas: make([]uint64, len(reps)), value: best[0].value, ttl: -1}, TTL: -1}, nil
 	case misses > 0:
 		return lockext.Item{}, lockext.ErrStoreMiss
 	}
@@ -211,12 +213,10 @@ func (s *store) CompareAndSwap(ctx context.Context, k lockext.Key, value []byte,
 // write adds (prev nil) or swaps prev's value for value on every replica
 // of the name (see swapOn), and counts when a majority took it.
 //
-// Without a majority, what was added is undone, so that it blocks nobody;
-// so is an add that succeeds only after the decision. What a swap replaced
-// is left as it is: undoing it would delete the grant that the replicas
-// that refused still hold, and leave it on too few of them to outvote an
-// add. It names the grant's holder or the waiter it was being handed to,
-// and blocks nobody longer than a grant could.
+// Without a majority, what was added is undone, so that it blocks nobody,
+// and what was swapped is swapped back (never deleted: the replicas that
+// refused still hold the grant it replaced); so is a write that succeeds
+// only after the decision.
 func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int, prev *version) (lockext.Version, error) {
 	if err := s.differ(); err != nil {
 		return nil, err
@@ -227,15 +227,22 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		if err != nil {
 			return nil, err
 		}
-		return &version{cas: []uint64{c}, value: value}, nil
+		return &version{cas: []uint64{c}, value: value, ttl: ttl}, nil
 	}
-	ver := &version{cas: make([]uint64, len(reps)), value: value}
+	ver := &version{cas: make([]uint64, len(reps)), value: value, ttl: ttl}
 	var mu sync.Mutex
 	resolved, failed := false, false
 	var pending []outcome
 	undo := func(o outcome) {
-		if o.err == nil && o.added {
+		switch {
+		case o.err != nil:
+		case o.added:
 			reps[o.i].undo(k.Item, o.cas)
+		default:
+			// Put back what was there, for no shorter than it had: the
+			// replicas that refused still hold it, and a name whose
+			// replicas disagree needs every one of them to decide.
+			reps[o.i].restore(k.Item, prev.value, max(prev.ttl, ttl), o.cas)
 		}
 	}
 	outs := fanOut(reps, func(i int, r *replica) outcome {
@@ -278,8 +285,8 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 // swapOn writes value on replica r: added when prev is nil; else in place
 // of prev's value, by its cas when known, and otherwise (unknown, or
 // changed since: a replica that missed a write or lost its items) by the
-// cas of what r holds if that is prev's value, or added if r holds
-// nothing. So the replicas that fell behind catch up with every change,
+// cas of what r holds if that is prev's value or an older grant, or added
+// if r holds nothing. So the replicas that fell behind catch up with every change,
 // and a lock held for long is back on all of them. Adds are checked
 // against the marker like any grant.
 func swapOn(ctx context.Context, i int, r *replica, item string, value []byte, ttl int, prev *version) outcome {
@@ -296,11 +303,26 @@ func swapOn(ctx context.Context, i int, r *replica, item string, value []byte, t
 		c = 0
 	case err != nil:
 		return outcome{i: i, err: err}
-	case !bytes.Equal(held, prev.value):
+	case !sameOrStale(held, prev.value):
 		return outcome{i: i, err: lockext.ErrStoreExists}
 	}
 	nc, err := r.write(ctx, item, value, ttl, c)
 	return outcome{i: i, cas: nc, err: err, added: c == 0}
+}
+
+// sameOrStale reports whether a replica that holds held may be written
+// over as if it held want: it does, or it holds an older grant (a lower
+// fence) that it missed the end of. An older grant can never be current
+// again: want, granted after it, was once on a majority, and a grant
+// regains no majority it lost. A newer value (another writer's, on its
+// way) is left alone.
+func sameOrStale(held, want []byte) bool {
+	if bytes.Equal(held, want) {
+		return true
+	}
+	h, ok1 := lockext.Fence(held)
+	w, ok2 := lockext.Fence(want)
+	return ok1 && ok2 && h < w
 }
 
 // CompareAndDelete releases prev on every replica of the name. A replica
@@ -347,7 +369,7 @@ func deleteOn(ctx context.Context, i int, r *replica, item string, prev *version
 		return nil
 	case err != nil:
 		return err
-	case !bytes.Equal(held, prev.value):
+	case !sameOrStale(held, prev.value):
 		return lockext.ErrStoreExists
 	}
 	if err := r.del(ctx, item, c); err != nil && !errors.Is(err, lockext.ErrStoreMiss) {
