@@ -38,6 +38,9 @@ type replica struct {
 	log     *slog.Logger
 
 	adopting sync.Mutex // one adoption at a time: a second one must see the first's marker
+	// othersMarked reports whether another lock server carries our marker:
+	// then one without it lost its state rather than being new.
+	othersMarked func(context.Context) bool
 
 	mu        sync.Mutex
 	fresh     bool   // trust a server without a marker: it was just started for us
@@ -56,13 +59,22 @@ func markerValue(evictions int64, layout string) string {
 	return fmt.Sprintf("v1 %s %d %s", hex.EncodeToString(b[:]), evictions, layout)
 }
 
-func parseMarker(v string) (evictions int64, layout string, ok bool) {
+// recoveryValue is the marker a proxy that saw the server lose its state
+// writes at once: "v1 recovering <until, unix ms> <layout>". Proxies that
+// come later learn from it that the server is recovering, and until when.
+func recoveryValue(until time.Time, layout string) string {
+	return fmt.Sprintf("v1 recovering %d %s", until.UnixMilli(), layout)
+}
+
+// parseMarker reads a marker: n is the evictions base of a ready marker,
+// or the end of recovery (unix ms) when recovering is true.
+func parseMarker(v string) (n int64, recovering bool, layout string, ok bool) {
 	f := strings.Fields(v)
 	if len(f) != 4 || f[0] != "v1" {
-		return 0, "", false
+		return 0, false, "", false
 	}
 	n, err := strconv.ParseInt(f[2], 10, 64)
-	return n, f[3], err == nil
+	return n, f[1] == "recovering", f[3], err == nil
 }
 
 // State describes a lock server for stats, metrics and logs.
@@ -118,67 +130,98 @@ func (r *replica) ready(ctx context.Context) (string, error) {
 }
 
 // adopt reads the server's marker, counters and settings. A marker present
-// is trusted: whoever wrote it waited out any grant the server could have
-// lost before. A server without one may have lost grants that still run,
-// unless it cannot have: it never flushed nor evicted, and it started longer
-// ago than the longest ttl. Otherwise it recovers first.
+// is trusted: a ready one was written by whoever waited out any grant the
+// server could have lost before, a recovering one says until when to wait.
+// A server without one is new, or lost its state: if another lock server
+// carries our marker, or a running proxy announces a recovery within a
+// moment (it saw the loss: a proxy watches its servers' markers several
+// times a second), it recovers; otherwise it is a new one and gets a ready
+// marker.
 func (r *replica) adopt(ctx context.Context) error {
-	reply, err := r.conn.Exchange(ctx, []byte("mg "+r.marker+" v c\r\nstats\r\nstats settings\r\n"))
+	for look := 0; ; look++ {
+		reply, err := r.conn.Exchange(ctx, []byte("mg "+r.marker+" v c\r\nstats\r\nstats settings\r\n"))
+		if err != nil {
+			return err
+		}
+		rs := replies{reply}
+		m, err := rs.meta()
+		if err != nil {
+			return err
+		}
+		st, err := rs.stats()
+		if err != nil {
+			return err
+		}
+		settings, err := rs.stats()
+		if err != nil {
+			return err
+		}
+		evictable := settings["evictions"] == "on"
+		r.mu.Lock()
+		fresh := r.fresh
+		if evictable && !r.evictable {
+			r.log.Warn("lock server evicts items when full: an eviction puts its locks into recovery; "+
+				"run lock servers with -M (and enough -m) or use --lock-replicas 3", "server", r.addr)
+		}
+		r.evictable = evictable
+		r.mu.Unlock()
+
+		switch {
+		case m.status == "VA":
+			cas, _ := m.flag('c')
+			return r.trust(string(m.value), uint64(cas), statInt(st, "evictions"))
+		case fresh:
+			return r.writeMarker(ctx, 0)
+		case r.othersMarked != nil && r.othersMarked(ctx):
+			r.recover(time.Now().Add(r.hold+time.Second), "found without its marker beside lock servers that have theirs")
+			return nil
+		case look == 0:
+			select { // give a proxy that saw the loss the time to say so
+			case <-time.After(adoptSettle):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		default:
+			return r.writeMarker(ctx, 0)
+		}
+	}
+}
+
+// adoptSettle is how long a proxy waits before taking a server without a
+// marker for a new one: more than the marker watch's period plus a
+// redial, so that a proxy that saw the server lose its state has said so.
+const adoptSettle = 3 * markerWatch
+
+// markerWatch is how often a proxy reads its lock servers' markers, to see
+// a flush or a restart (and announce the recovery) before a proxy started
+// afterwards takes the server for a new one.
+const markerWatch = 100 * time.Millisecond
+
+// watch reads the marker once and acts on what changed.
+func (r *replica) watch(ctx context.Context) {
+	r.mu.Lock()
+	known := r.known
+	r.mu.Unlock()
+	if known == "" {
+		return
+	}
+	reply, err := r.conn.Exchange(ctx, []byte("mg "+r.marker+" v c\r\n"))
 	if err != nil {
-		return err
+		return
 	}
 	rs := replies{reply}
 	m, err := rs.meta()
 	if err != nil {
-		return err
+		return
 	}
-	st, err := rs.stats()
-	if err != nil {
-		return err
-	}
-	settings, err := rs.stats()
-	if err != nil {
-		return err
-	}
-	evictable := settings["evictions"] == "on"
-	evictions := statInt(st, "evictions")
-	r.mu.Lock()
-	fresh := r.fresh
-	if evictable && !r.evictable {
-		r.log.Warn("lock server evicts items when full: an eviction puts its locks into recovery; "+
-			"run lock servers with -M (and enough -m) or use --lock-replicas 3", "server", r.addr)
-	}
-	r.evictable = evictable
-	r.mu.Unlock()
-
-	if m.status == "VA" {
-		cas, _ := m.flag('c')
-		return r.trust(string(m.value), uint64(cas), evictions)
-	}
-	wait := r.hold + time.Second
-	switch {
-	case fresh:
-		wait = 0
-	case statInt(st, "cmd_flush") == 0 && evictions == 0:
-		// Only a restart can have lost grants: those end by boot + hold.
-		// memcached's uptime starts at 2 and ticks once a second, so it
-		// overstates the time since boot by up to uptimeSlack.
-		wait -= time.Duration(max(statInt(st, "uptime")-uptimeSlack, 0)) * time.Second
-	}
-	if wait <= 0 {
-		return r.writeMarker(ctx, 0)
-	}
-	r.recover(time.Now().Add(wait), "found without its marker")
-	return nil
+	r.check(known, m, nil)
 }
 
-// uptimeSlack is how many seconds memcached's uptime may run ahead of the
-// time since it started: it counts from two seconds before the start.
-const uptimeSlack = 3
-
-// trust adopts a marker value read from the server.
+// trust adopts a marker value read from the server: a ready marker is
+// trusted from now on; a recovering one puts the server into recovery until
+// its end, after which a ready marker is written over it.
 func (r *replica) trust(value string, cas uint64, evictions int64) error {
-	base, layout, ok := parseMarker(value)
+	n, recovering, layout, ok := parseMarker(value)
 	if !ok {
 		return fmt.Errorf("%w: marker %q", errBadReply, value)
 	}
@@ -192,18 +235,57 @@ func (r *replica) trust(value string, cas uint64, evictions int64) error {
 		r.differs = layout
 		return ErrServersDiffer
 	}
-	r.known, r.knownCAS, r.base = value, cas, base
-	if r.evictable && evictions > base {
+	r.knownCAS = cas
+	if recovering {
+		// Recovered once the time is past (until set, known empty): the
+		// next ready() writes a ready marker over this one.
+		end := time.UnixMilli(n)
+		if !end.After(time.Now()) {
+			end = time.Now().Add(-time.Millisecond) // already over
+		}
+		r.recoverLocked(end, "another proxy saw it lose its lock state")
+		return nil
+	}
+	r.known, r.base = value, n
+	if r.evictable && evictions > n {
 		r.recoverLocked(time.Now().Add(r.hold+time.Second), "evicted items")
+		go r.announce()
 	}
 	return nil
 }
 
-// recover puts the server into recovery until the given time.
+// recover puts the server into recovery until the given time, after this
+// proxy saw it lose its state, and tells the other proxies.
 func (r *replica) recover(until time.Time, why string) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.recoverLocked(until, why)
+	r.mu.Unlock()
+	go r.announce()
+}
+
+// announce writes the recovery marker, so that every proxy, one started
+// later included, recovers until the same end. It overwrites what is
+// there: a ready marker is no longer true, and another proxy's recovery
+// ends no later than ours.
+func (r *replica) announce() {
+	r.mu.Lock()
+	until := r.until
+	r.mu.Unlock()
+	if !time.Now().Before(until) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	m, err := r.storeMarker(ctx, recoveryValue(until, r.layout), "MS")
+	if err != nil || m.status != "HD" {
+		return // a later look at the marker sees the loss again
+	}
+	cas, _ := m.flag('c')
+	r.mu.Lock()
+	if r.until.Equal(until) {
+		r.knownCAS = uint64(cas)
+	}
+	r.mu.Unlock()
 }
 
 func (r *replica) recoverLocked(until time.Time, why string) {

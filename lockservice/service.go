@@ -94,12 +94,59 @@ func New(cfg Config, dial func(addr string) Conn) (*Service, error) {
 	s.manager = lockext.New(s.store, lockext.Config{
 		Prefix: cfg.Prefix, MaxTTL: cfg.MaxTTL, MaxWait: cfg.MaxWait, Poll: cfg.Poll, Instance: cfg.Instance,
 	})
+	for _, rep := range s.replicas {
+		rep.othersMarked = func(ctx context.Context) bool { return s.othersMarked(ctx, rep) }
+	}
 	if cfg.Fresh {
 		s.adoptFresh()
 	}
-	s.wg.Add(1)
+	s.wg.Add(1 + len(s.replicas))
 	go s.tend()
+	for _, rep := range s.replicas {
+		go s.watch(rep)
+	}
 	return s, nil
+}
+
+// othersMarked reports whether a lock server other than r carries a marker
+// of our layout.
+func (s *Service) othersMarked(ctx context.Context, r *replica) bool {
+	for _, o := range s.replicas {
+		if o == r {
+			continue
+		}
+		reply, err := o.conn.Exchange(ctx, []byte("mg "+o.marker+" v\r\n"))
+		if err != nil {
+			continue
+		}
+		rs := replies{reply}
+		m, err := rs.meta()
+		if err != nil || m.status != "VA" {
+			continue
+		}
+		if _, _, layout, ok := parseMarker(string(m.value)); ok && layout == r.layout {
+			return true
+		}
+	}
+	return false
+}
+
+// watch reads r's marker several times a second, so that a flush or a
+// restart is seen, and announced to proxies that start later, at once.
+func (s *Service) watch(r *replica) {
+	defer s.wg.Done()
+	tick := time.NewTicker(markerWatch)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+		r.watch(ctx)
+		cancel()
+	}
 }
 
 // adoptFresh adopts every lock server now, trusting those without a
