@@ -33,6 +33,8 @@ type lockLoad struct {
 	grants   []time.Time       // when each LOCKED arrived
 	overlaps []string
 	replies  map[string]int // replies other than LOCKED, by kind
+	slowest  string         // the lock command that took longest to answer
+	slowTook time.Duration
 	faults   []faultEvent
 
 	reg fencedRegister
@@ -133,6 +135,14 @@ func (l *lockLoad) unlocking(i int) {
 	delete(l.holding, i)
 }
 
+func (l *lockLoad) took(d time.Duration, what string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if d > l.slowTook {
+		l.slowTook, l.slowest = d, what
+	}
+}
+
 func (l *lockLoad) reply(kind string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -176,6 +186,7 @@ func (l *lockLoad) client(i int) {
 	for n := 0; !l.stop.Load(); n++ {
 		sent := time.Now()
 		line, err := exchange(fmt.Sprintf("lock %s %d %d c%d.%d", l.name, int(l.ttl.Seconds()), l.wait.Milliseconds(), i, n), l.wait)
+		l.took(time.Since(sent), fmt.Sprintf("client %d through proxy %d at %s: %q %v", i, i%len(l.slots), sent.Format("15:04:05.000"), line, err))
 		if err != nil {
 			drop("connection lost")
 			time.Sleep(20 * time.Millisecond)
@@ -221,6 +232,7 @@ type loadReport struct {
 	longestAfter                    string
 	byFault                         map[string]time.Duration // longest gap ending after each kind of fault
 	replies                         map[string]int
+	slowest                         string
 }
 
 func (l *lockLoad) report(start, end time.Time) loadReport {
@@ -229,7 +241,8 @@ func (l *lockLoad) report(start, end time.Time) loadReport {
 	l.reg.mu.Lock()
 	defer l.reg.mu.Unlock()
 	r := loadReport{grants: len(l.grants), overlaps: len(l.overlaps), stale: l.reg.stale, writes: l.reg.writes,
-		byFault: make(map[string]time.Duration), replies: l.replies}
+		byFault: make(map[string]time.Duration), replies: l.replies,
+		slowest: fmt.Sprintf("%s, %s", l.slowTook.Round(time.Millisecond), l.slowest)}
 	times := append([]time.Time{start}, l.grants...)
 	times = append(times, end)
 	sort.Slice(times, func(a, b int) bool { return times[a].Before(times[b]) })
@@ -262,7 +275,8 @@ func (r loadReport) String() string {
 	for _, k := range kinds {
 		fmt.Fprintf(&b, "  longest gap after %-14s %s\n", k+":", r.byFault[k].Round(time.Millisecond))
 	}
-	fmt.Fprintf(&b, "  other replies: %v", r.replies)
+	fmt.Fprintf(&b, "  other replies: %v\n", r.replies)
+	fmt.Fprintf(&b, "  slowest lock command: %s", r.slowest)
 	return b.String()
 }
 
