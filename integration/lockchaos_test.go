@@ -152,11 +152,17 @@ func TestLockChaos(t *testing.T) {
 			for time.Sleep(500 * time.Millisecond); time.Since(start) < soakFor(12*time.Second); {
 				time.Sleep(rig.randomFault(rng, tc.replicas == 3))
 			}
-			rig.load.finish()
-			r := rig.load.check(t, start, time.Now())
-			if limit := 4 * rig.cfg.Timeout; tc.replicas == 3 && r.longest > limit {
-				t.Errorf("%s without a grant (after %q) with three replicas and one lock server out at a time; limit %s",
-					r.longest.Round(time.Millisecond), r.longestAfter, limit)
+			r := rig.load.check(t, start, rig.load.finish())
+			if tc.replicas != 3 {
+				return
+			}
+			// A replaced proxy costs its own clients a reconnection, which
+			// no number of lock servers helps: only lock server faults count.
+			for kind, gap := range r.byFault {
+				if limit := 4 * rig.cfg.Timeout; kind != "proxy" && gap > limit {
+					t.Errorf("%s without a grant after a %s fault with three replicas and one lock server out at a time; limit %s",
+						gap.Round(time.Millisecond), kind, limit)
+				}
 			}
 		})
 	}
@@ -193,12 +199,11 @@ func TestLockFaultGaps(t *testing.T) {
 			run("flush_all", func() { rig.flush(target, 0) }, rig.hold)
 			run("flush_all 2 (delayed)", func() { rig.flush(target, 2) }, rig.hold+2*time.Second)
 			run("proxy replaced", func() { rig.replaceProxy(0) }, time.Second)
-			rig.load.finish()
-			rig.load.check(t, start, time.Now())
+			rig.load.check(t, start, rig.load.finish())
 			for _, p := range phases {
 				gap := rig.load.longestGap(p.from, p.to)
 				t.Logf("replicas %d, %-32s longest gap without a grant %s", replicas, p.what+":", gap.Round(time.Millisecond))
-				if limit := 4 * rig.cfg.Timeout; replicas == 3 && gap > limit {
+				if limit := 4 * rig.cfg.Timeout; replicas == 3 && p.what != "proxy replaced" && gap > limit {
 					t.Errorf("%s: %s without a grant with three replicas; limit %s", p.what, gap.Round(time.Millisecond), limit)
 				}
 			}

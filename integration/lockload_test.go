@@ -110,9 +110,13 @@ func (l *lockLoad) start(clients int) {
 	}
 }
 
-func (l *lockLoad) finish() {
+// finish stops the clients and returns when it asked them to: the end
+// of the measured run (a client may still be in a wait after that).
+func (l *lockLoad) finish() time.Time {
+	end := time.Now()
 	l.stop.Store(true)
 	l.wg.Wait()
+	return end
 }
 
 // granted records a LOCKED and checks it against every grant held.
@@ -243,8 +247,12 @@ func (l *lockLoad) report(start, end time.Time) loadReport {
 	r := loadReport{grants: len(l.grants), overlaps: len(l.overlaps), stale: l.reg.stale, writes: l.reg.writes,
 		byFault: make(map[string]time.Duration), replies: l.replies,
 		slowest: fmt.Sprintf("%s, %s", l.slowTook.Round(time.Millisecond), l.slowest)}
-	times := append([]time.Time{start}, l.grants...)
-	times = append(times, end)
+	times := []time.Time{start, end}
+	for _, g := range l.grants {
+		if g.Before(end) {
+			times = append(times, g)
+		}
+	}
 	sort.Slice(times, func(a, b int) bool { return times[a].Before(times[b]) })
 	for k := 1; k < len(times); k++ {
 		gap := times[k].Sub(times[k-1])
