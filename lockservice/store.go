@@ -261,6 +261,8 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 			undo(o)
 		case o.err == nil:
 			atomic.StoreUint64(&ver.cas[o.i], o.cas)
+		case errors.Is(o.err, lockext.ErrStoreExists):
+			s.overwrite(k.Item, value, ttl, reps[o.i], ver, o.i)
 		}
 	})
 	ok, err := tally(outs)
@@ -275,11 +277,32 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		return nil, err
 	}
 	for _, o := range append(outs, late...) {
-		if o.err == nil {
+		switch {
+		case o.err == nil:
 			atomic.StoreUint64(&ver.cas[o.i], o.cas)
+		case errors.Is(o.err, lockext.ErrStoreExists):
+			go s.overwrite(k.Item, value, ttl, reps[o.i], ver, o.i)
 		}
 	}
 	return ver, nil
+}
+
+// overwrite puts a write that won its majority on a replica that refused
+// it because something else was there: most often a losing contender's add
+// not yet undone, which the next change would find under another value
+// again and again while clients contend, leaving the replica out of every
+// version until its copy expired (and one other replica out would then
+// stall the name). With the majority ours, what is there is no grant.
+func (s *store) overwrite(item string, value []byte, ttl int, r *replica, ver *version, i int) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	held, cas, _, err := r.get(ctx, item)
+	if err != nil || bytes.Equal(held, value) {
+		return
+	}
+	if c, err := r.write(ctx, item, value, ttl, cas); err == nil {
+		atomic.StoreUint64(&ver.cas[i], c)
+	}
 }
 
 // swapOn writes value on replica r: added when prev is nil; else in place
