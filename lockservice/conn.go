@@ -95,6 +95,30 @@ func (r *replies) stats() (map[string]string, error) {
 	}
 }
 
+// evictions reads one stats reply up to END and returns its evictions
+// counter, without keeping the rest: it rides behind every grant on a
+// server that may evict.
+func (r *replies) evictions() (int64, error) {
+	var n int64 = -1
+	for {
+		line, err := r.line()
+		if err != nil {
+			return 0, err
+		}
+		if string(line) == "END" {
+			if n < 0 {
+				return 0, fmt.Errorf("%w: stats without evictions", errBadReply)
+			}
+			return n, nil
+		}
+		if v, ok := bytes.CutPrefix(line, []byte("STAT evictions ")); ok {
+			if n, err = strconv.ParseInt(string(v), 10, 64); err != nil {
+				return 0, fmt.Errorf("%w: %q", errBadReply, line)
+			}
+		}
+	}
+}
+
 // metaReply is one reply to a meta command.
 type metaReply struct {
 	status string

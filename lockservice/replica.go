@@ -214,7 +214,7 @@ func (r *replica) watch(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	r.check(known, m, nil)
+	r.check(known, m, -1)
 }
 
 // trust adopts a marker value read from the server: a ready marker is
@@ -365,7 +365,9 @@ func (r *replica) endRecovery(ctx context.Context) {
 // the marker is still the one trusted before it (and, where the server
 // evicts, nothing was evicted since the marker was written). A marker
 // replaced by another proxy's is adopted for next time.
-func (r *replica) check(trusted string, m metaReply, st map[string]string) error {
+// evictions is the server's counter read behind the write, or -1 when the
+// server does not evict and it was not read.
+func (r *replica) check(trusted string, m metaReply, evictions int64) error {
 	switch {
 	case m.status == "EN":
 		r.recover(time.Now().Add(r.hold+time.Second), "marker gone (flushed, restarted or evicted)")
@@ -374,11 +376,11 @@ func (r *replica) check(trusted string, m metaReply, st map[string]string) error
 		return fmt.Errorf("%w: marker: %s", errBadReply, m.status)
 	case string(m.value) != trusted:
 		cas, _ := m.flag('c')
-		if err := r.trust(string(m.value), uint64(cas), statInt(st, "evictions")); err != nil {
+		if err := r.trust(string(m.value), uint64(cas), max(evictions, 0)); err != nil {
 			return err
 		}
 		return errMarkerMoved
-	case st != nil && statInt(st, "evictions") > r.baseNow():
+	case evictions >= 0 && evictions > r.baseNow():
 		r.recover(time.Now().Add(r.hold+time.Second), "evicted items")
 		return ErrRecovering
 	}
@@ -469,9 +471,9 @@ func (r *replica) write(ctx context.Context, item string, value []byte, ttl int,
 		if err != nil {
 			return 0, err
 		}
-		var st map[string]string
+		evictions := int64(-1)
 		if evicts {
-			if st, err = rs.stats(); err != nil {
+			if evictions, err = rs.evictions(); err != nil {
 				return 0, err
 			}
 		}
@@ -485,7 +487,7 @@ func (r *replica) write(ctx context.Context, item string, value []byte, ttl int,
 			return 0, fmt.Errorf("%w: ms: %s", errBadReply, m.status)
 		}
 		newCAS, _ := m.flag('c')
-		if err := r.check(trusted, mk, st); err != nil {
+		if err := r.check(trusted, mk, evictions); err != nil {
 			r.undo(item, uint64(newCAS))
 			if errors.Is(err, errMarkerMoved) && tries == 0 && cas == 0 {
 				continue
