@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/memcachedlock/memcachedlock/lockservice"
@@ -131,7 +132,7 @@ func (s *Server) Serve(l net.Listener) error {
 				return ErrServerClosed
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
 				// Out of file descriptors or similar: back off, keep serving.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 				s.cfg.Logger.Warn("accept failed; retrying", "err", err, "delay", delay)
