@@ -41,6 +41,9 @@ type replica struct {
 	// othersMarked reports whether another lock server carries our marker:
 	// then one without it lost its state rather than being new.
 	othersMarked func(context.Context) bool
+	// unmarkedSince is when this proxy first found the server without a
+	// marker, for adoptSettle: adopt calls with short deadlines add up.
+	unmarkedSince time.Time
 
 	mu        sync.Mutex
 	fresh     bool   // trust a server without a marker: it was just started for us
@@ -138,7 +141,7 @@ func (r *replica) ready(ctx context.Context) (string, error) {
 // times a second), it recovers; otherwise it is a new one and gets a ready
 // marker.
 func (r *replica) adopt(ctx context.Context) error {
-	for look := 0; ; look++ {
+	for {
 		reply, err := r.conn.Exchange(ctx, []byte("mg "+r.marker+" v c\r\nstats\r\nstats settings\r\n"))
 		if err != nil {
 			return err
@@ -175,14 +178,19 @@ func (r *replica) adopt(ctx context.Context) error {
 		case r.othersMarked != nil && r.othersMarked(ctx):
 			r.recover(time.Now().Add(r.hold+time.Second), "found without its marker beside lock servers that have theirs")
 			return nil
-		case look == 0:
-			select { // give a proxy that saw the loss the time to say so
-			case <-time.After(adoptSettle):
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		default:
+		}
+		if r.unmarkedSince.IsZero() {
+			r.unmarkedSince = time.Now()
+		}
+		wait := adoptSettle - time.Since(r.unmarkedSince)
+		if wait <= 0 {
+			r.unmarkedSince = time.Time{}
 			return r.writeMarker(ctx, 0)
+		}
+		select { // give a proxy that saw the loss the time to say so
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }

@@ -166,3 +166,65 @@ func TestLayoutDiffers(t *testing.T) {
 		t.Fatalf("%v, want servers differ", err)
 	}
 }
+
+// A new lock server (no marker anywhere) is adopted after a short wait in
+// which a running proxy could announce a loss, even when each request's
+// deadline is shorter than that wait.
+func TestNewServerAdoptedWithShortDeadlines(t *testing.T) {
+	f := fakes("a:1")
+	servers, _ := ring.ParseServers([]string{"a:1"})
+	s, err := New(Config{
+		Servers: servers, Distribution: ring.Ketama, Hash: "md5", Replicas: 1,
+		Prefix: "__memcachedlock:", MaxTTL: 300, MaxWait: time.Minute, Poll: 10 * time.Millisecond,
+		Timeout: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, func(addr string) Conn { return f[addr] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := 0; ; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		_, err := s.NewSession().Lock(ctx, lockext.Request{Name: "k", TTL: 1, Owner: "o"})
+		cancel()
+		if err == nil {
+			return
+		}
+		if i == 200 {
+			t.Fatalf("a new lock server was never adopted: %v", err)
+		}
+	}
+}
+
+// A proxy that sees a lock server lose its state announces it: a proxy
+// started afterwards, which never knew the server, recovers too.
+func TestLossAnnouncedToLaterProxy(t *testing.T) {
+	f := fakes("a:1")
+	first := newTestService(t, f, 1, 300, "a:1")
+	if _, err := tryLock(first, "k", "one"); err != nil {
+		t.Fatal(err)
+	}
+	f["a:1"].flush() // as a restart would
+	for i := 0; ; i++ {
+		if st := first.States()[0]; st.Recovering {
+			break
+		}
+		if i == 500 {
+			t.Fatal("the first proxy never saw the loss")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // the announcement is written by then
+	servers, _ := ring.ParseServers([]string{"a:1"})
+	later, err := New(Config{
+		Servers: servers, Distribution: ring.Ketama, Hash: "md5", Replicas: 1,
+		Prefix: "__memcachedlock:", MaxTTL: 300, MaxWait: time.Minute, Poll: 10 * time.Millisecond,
+		Timeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, func(addr string) Conn { return f[addr] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer later.Close()
+	if g, err := tryLock(later, "k", "two"); !errors.Is(err, ErrRecovering) {
+		t.Fatalf("a proxy started after the loss: %+v %v, want recovering", g, err)
+	}
+}
