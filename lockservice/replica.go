@@ -55,12 +55,32 @@ type replica struct {
 	differs   string // the other lock server list, when the marker names one
 }
 
-// markerValue is "v1 <epoch> <evictions> <layout>".
+// markerValue is "v1 <epoch> <evictions> <layout>"; the epoch is random,
+// with the time it was written after a dot.
 func markerValue(evictions int64, layout string) string {
 	var b [8]byte
 	rand.Read(b[:])
-	return fmt.Sprintf("v1 %s %d %s", hex.EncodeToString(b[:]), evictions, layout)
+	return fmt.Sprintf("v1 %s.%d %d %s", hex.EncodeToString(b[:]), time.Now().UnixMilli(), evictions, layout)
 }
+
+// markerBorn is when a ready marker was written (zero if it does not say).
+func markerBorn(v string) time.Time {
+	f := strings.Fields(v)
+	if len(f) != 4 {
+		return time.Time{}
+	}
+	_, ms, ok := strings.Cut(f[1], ".")
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if !ok || err != nil {
+		return time.Time{}
+	}
+	return time.UnixMilli(n)
+}
+
+// newCluster is how long after its first marker a set of lock servers
+// counts as new: lock servers adopted one after the other when a cluster
+// starts are not taken for ones that lost their state.
+const newCluster = 10 * time.Second
 
 // recoveryValue is the marker a proxy that saw the server lose its state
 // writes at once: "v1 recovering <until, unix ms> <layout>". Proxies that

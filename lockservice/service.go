@@ -109,7 +109,8 @@ func New(cfg Config, dial func(addr string) Conn) (*Service, error) {
 }
 
 // othersMarked reports whether a lock server other than r carries a marker
-// of our layout.
+// of our layout that says r lost its state: a recovery marker, or a ready
+// one older than a new cluster's start.
 func (s *Service) othersMarked(ctx context.Context, r *replica) bool {
 	for _, o := range s.replicas {
 		if o == r {
@@ -124,7 +125,8 @@ func (s *Service) othersMarked(ctx context.Context, r *replica) bool {
 		if err != nil || m.status != "VA" {
 			continue
 		}
-		if _, _, layout, ok := parseMarker(string(m.value)); ok && layout == r.layout {
+		_, recovering, layout, ok := parseMarker(string(m.value))
+		if ok && layout == r.layout && (recovering || time.Since(markerBorn(string(m.value))) > newCluster) {
 			return true
 		}
 	}

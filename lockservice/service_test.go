@@ -3,6 +3,7 @@ package lockservice
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -226,5 +227,32 @@ func TestLossAnnouncedToLaterProxy(t *testing.T) {
 	defer later.Close()
 	if g, err := tryLock(later, "k", "two"); !errors.Is(err, ErrRecovering) {
 		t.Fatalf("a proxy started after the loss: %+v %v, want recovering", g, err)
+	}
+}
+
+// Lock servers of a new cluster, adopted one after the other, are not
+// taken for ones that lost their state because the first already has its
+// marker.
+func TestNewClusterOfSeveralServers(t *testing.T) {
+	f := fakes("a:1", "b:1", "c:1")
+	servers, _ := ring.ParseServers([]string{"a:1", "b:1", "c:1"})
+	s, err := New(Config{
+		Servers: servers, Distribution: ring.Ketama, Hash: "md5", Replicas: 1,
+		Prefix: "__memcachedlock:", MaxTTL: 300, MaxWait: time.Minute, Poll: 10 * time.Millisecond,
+		Timeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, func(addr string) Conn { return f[addr] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := 0; i < 30; i++ {
+		if _, err := tryLock(s, fmt.Sprintf("k%d", i), "o"); err != nil {
+			t.Fatalf("lock %d in a new cluster: %v", i, err)
+		}
+	}
+	for _, st := range s.States() {
+		if !st.Ready {
+			t.Errorf("%s: %+v, want ready", st.Addr, st)
+		}
 	}
 }
