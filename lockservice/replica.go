@@ -216,9 +216,10 @@ func (r *replica) adopt(ctx context.Context) error {
 }
 
 // adoptSettle is how long a proxy waits before taking a server without a
-// marker for a new one: more than the marker watch's period plus a
-// redial, so that a proxy that saw the server lose its state has said so.
-const adoptSettle = 3 * markerWatch
+// marker for a new one: several times the marker watch's period plus a
+// redial (100 ms), so that a proxy that saw the server lose its state has
+// said so. It is paid once, when a cluster is new.
+const adoptSettle = 10 * markerWatch
 
 // markerWatch is how often a proxy reads its lock servers' markers, to see
 // a flush or a restart (and announce the recovery) before a proxy started
