@@ -154,11 +154,15 @@ func TestLockMutualExclusionFourProxies(t *testing.T) {
 func TestLockPeersUnreachable(t *testing.T) {
 	c := startCluster(t, 1)
 	dead := fmt.Sprintf("127.0.0.1:%d", testmc.FreePort(t))
-	a1, _ := startProxy(t, proxy.Config{Servers: c.servers(t), Advertise: dead})
-	a2, _ := startProxy(t, proxy.Config{Servers: c.servers(t), Advertise: dead})
+	a1, s1 := startProxy(t, proxy.Config{Servers: c.servers(t), Advertise: dead})
+	a2, s2 := startProxy(t, proxy.Config{Servers: c.servers(t), Advertise: dead})
 	waitStat(t, a1, "proxy_lock_proxies", "2")
 	n := counterUnderLock(t, []string{a1, a2}, 4, time.Second)
-	t.Logf("%d increments with every home unreachable, none lost", n)
+	failed := s1.Stats().Locks.ForwardFailed + s2.Stats().Locks.ForwardFailed
+	if failed == 0 {
+		t.Fatal("no forward failed: the unreachable homes were never tried")
+	}
+	t.Logf("%d increments with every home unreachable (%d forwards fell back), none lost", n, failed)
 }
 
 // When a name's home proxy goes away, waiters queued there from other

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,50 +33,8 @@ func TestLockMutualExclusionAcrossProxies(t *testing.T) {
 	c := startCluster(t, 2)
 	p1, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
 	p2, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
-	mc := memcache.New(p1)
-	mc.Set(&memcache.Item{Key: "counter", Value: []byte("0")})
-
-	const workers = 8
-	var done atomic.Int64
-	var wg sync.WaitGroup
-	stop := time.Now().Add(2 * time.Second)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			addr := []string{p1, p2}[w%2]
-			lc := dialLock(t, addr)
-			cache := memcache.New(addr)
-			for time.Now().Before(stop) {
-				g, err := lc.Lock(context.Background(), "counter-lock", lockclient.Options{TTL: 10 * time.Second, Wait: 10 * time.Second})
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				it, err := cache.Get("counter")
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				n, _ := strconv.Atoi(string(it.Value))
-				cache.Set(&memcache.Item{Key: "counter", Value: []byte(strconv.Itoa(n + 1))})
-				done.Add(1)
-				if _, err := lc.Unlock(context.Background(), g); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}(w)
-	}
-	wg.Wait()
-	it, err := mc.Get("counter")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := string(it.Value); got != strconv.FormatInt(done.Load(), 10) {
-		t.Fatalf("counter %s after %d locked increments: updates were lost", got, done.Load())
-	}
-	t.Logf("%d increments under the lock through two proxies, none lost", done.Load())
+	n := counterUnderLock(t, []string{p1, p2}, 8, 2*time.Second)
+	t.Logf("%d increments under the lock through two proxies, none lost", n)
 }
 
 // Waiters queued on one proxy get the lock in the order they asked, and

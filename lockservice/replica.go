@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/memcachedlock/memcachedlock/lockext"
@@ -38,6 +39,9 @@ type replica struct {
 	log     *slog.Logger
 
 	adopting sync.Mutex // one adoption at a time: a second one must see the first's marker
+	// clash is shared by all the service's replicas: set once any marker
+	// names another lock server list, it stops every write.
+	clash *atomic.Bool
 	// othersMarked reports whether another lock server carries our marker:
 	// then one without it lost its state rather than being new.
 	othersMarked func(context.Context) bool
@@ -226,6 +230,16 @@ const adoptSettle = 10 * markerWatch
 // afterwards takes the server for a new one.
 const markerWatch = 100 * time.Millisecond
 
+// readMarker reads the server's marker item as it is now.
+func (r *replica) readMarker(ctx context.Context) (metaReply, error) {
+	reply, err := r.conn.Exchange(ctx, []byte("mg "+r.marker+" v c\r\n"))
+	if err != nil {
+		return metaReply{}, err
+	}
+	rs := replies{reply}
+	return rs.meta()
+}
+
 // watch reads the marker once and acts on what changed.
 func (r *replica) watch(ctx context.Context) {
 	r.mu.Lock()
@@ -234,12 +248,7 @@ func (r *replica) watch(ctx context.Context) {
 	if known == "" {
 		return
 	}
-	reply, err := r.conn.Exchange(ctx, []byte("mg "+r.marker+" v c\r\n"))
-	if err != nil {
-		return
-	}
-	rs := replies{reply}
-	m, err := rs.meta()
+	m, err := r.readMarker(ctx)
 	if err != nil {
 		return
 	}
@@ -262,6 +271,9 @@ func (r *replica) trust(value string, cas uint64, evictions int64) error {
 				"give every proxy the same lock servers, distribution and hash", "server", r.addr, "ours", r.layout, "theirs", layout)
 		}
 		r.differs = layout
+		if r.clash != nil {
+			r.clash.Store(true)
+		}
 		return ErrServersDiffer
 	}
 	r.knownCAS = cas

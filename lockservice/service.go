@@ -90,6 +90,7 @@ func New(cfg Config, dial func(addr string) Conn) (*Service, error) {
 	s.store = &store{ring: r, replicas: s.replicas, n: cfg.Replicas}
 	for _, rep := range s.replicas {
 		s.store.alone = append(s.store.alone, []*replica{rep})
+		rep.clash = &s.store.clash
 	}
 	s.manager = lockext.New(s.store, lockext.Config{
 		Prefix: cfg.Prefix, MaxTTL: cfg.MaxTTL, MaxWait: cfg.MaxWait, Poll: cfg.Poll, Instance: cfg.Instance,
@@ -116,12 +117,7 @@ func (s *Service) othersMarked(ctx context.Context, r *replica) bool {
 		if o == r {
 			continue
 		}
-		reply, err := o.conn.Exchange(ctx, []byte("mg "+o.marker+" v\r\n"))
-		if err != nil {
-			continue
-		}
-		rs := replies{reply}
-		m, err := rs.meta()
+		m, err := o.readMarker(ctx)
 		if err != nil || m.status != "VA" {
 			continue
 		}

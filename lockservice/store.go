@@ -18,6 +18,7 @@ type store struct {
 	replicas []*replica   // by lock ring index
 	alone    [][]*replica // each replica as a set of one, for names with one replica
 	n        int          // replicas per name
+	clash    atomic.Bool  // a lock server's marker names another list (see differ)
 }
 
 // version is a lock item's state as the store last wrote or read it: the
@@ -59,10 +60,8 @@ func (s *store) of(name string) []*replica {
 // asked for: the proxies then place names differently, and a name we put
 // on a server they do not use may be held through them elsewhere.
 func (s *store) differ() error {
-	for _, r := range s.replicas {
-		if r.state().Differs {
-			return ErrServersDiffer
-		}
+	if s.clash.Load() {
+		return ErrServersDiffer
 	}
 	return nil
 }
