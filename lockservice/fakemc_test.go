@@ -50,6 +50,13 @@ func (f *fakeMC) evict(key string) {
 	f.mu.Unlock()
 }
 
+// put stores an item as another writer would have.
+func (f *fakeMC) put(key string, value []byte, cas uint64) {
+	f.mu.Lock()
+	f.items[key] = fakeItem{value: value, cas: cas}
+	f.mu.Unlock()
+}
+
 func (f *fakeMC) set(down bool, delay time.Duration) {
 	f.mu.Lock()
 	f.down, f.delay = down, delay

@@ -144,7 +144,7 @@ func TestLateWriteIsUndone(t *testing.T) {
 	s := newTestService(t, f, 3, 300, "a:1", "b:1", "c:1")
 	// The name lives on all three; one is down, one holds somebody's item.
 	f["a:1"].set(true, 0)
-	f["c:1"].items["__memcachedlock:k"] = fakeItem{value: []byte("1 x 1 o other"), cas: 999}
+	f["c:1"].put("__memcachedlock:k", []byte("1 x 1 o other"), 999)
 	f["b:1"].set(false, 300*time.Millisecond)
 	if _, err := tryLock(s, "k", "me"); err == nil {
 		t.Fatal("granted without a majority")
