@@ -74,7 +74,7 @@ type keyState struct {
 	held    *holding
 	queue   []*waiter     // queue[0] is the head: the only one that tries
 	seen    uint64        // highest fence seen on this name, so ours go above it
-	handing bool          // a release is handing the lock on; the head must not try
+	handing int           // releases handing the lock on; while any is, the head must not try
 	trying  bool          // the head is trying; a release waits for it to finish
 	tried   chan struct{} // closed when the head's try ends
 }
@@ -167,7 +167,7 @@ func (m *Manager) state(name string) *keyState {
 
 // forget drops a state nobody holds or waits for; m.mu must be held.
 func (m *Manager) forget(st *keyState) {
-	if st.held == nil && len(st.queue) == 0 && !st.handing {
+	if st.held == nil && len(st.queue) == 0 && st.handing == 0 {
 		delete(m.keys, st.key.Name)
 	}
 }
@@ -212,7 +212,7 @@ func (m *Manager) lock(ctx context.Context, req *Request) (Grant, error) {
 		return Grant{}, ErrClosed
 	}
 	st := m.state(req.Name)
-	if h := st.held; h != nil && h.rec.sameHolder(req) && !st.handing && h.live() {
+	if h := st.held; h != nil && h.rec.sameHolder(req) && st.handing == 0 && h.live() {
 		m.mu.Unlock()
 		if g, err, done := m.refresh(ctx, st, req); done {
 			return g, err
@@ -313,7 +313,7 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 // expired through another process: what we remember is a hint. A request
 // that tries once always looks.
 func (m *Manager) turn(st *keyState, w *waiter) (try bool, sleep time.Duration, ttl int) {
-	try = st.queue[0] == w && !st.handing
+	try = st.queue[0] == w && st.handing == 0
 	sleep, ttl = time.Duration(math.MaxInt64), -1
 	if h := st.held; h != nil && try && w.req.Wait > 0 {
 		until := time.Until(h.expires)

@@ -328,3 +328,33 @@ func TestOnlyHeadPolls(t *testing.T) {
 		t.Fatalf("%d store operations in 200ms with 50 waiters", ops)
 	}
 }
+
+// A holder that releases the moment its grant arrives, while the release
+// that handed it over is still finishing: every release must find its own
+// grant. (Overlapping hand-ons once let the first one's end clear the
+// second one's guard, so the head tried memcached meanwhile and a release
+// answered NOT_OWNER for a grant it held.)
+func TestReleaseRightAfterHandoff(t *testing.T) {
+	m := testManager(newMemStore())
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := m.NewSession()
+			defer s.Close(context.Background())
+			for j := 0; j < 300; j++ {
+				g, err := s.Lock(context.Background(), req("k", 10, 10*time.Second, ""))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := s.Unlock(context.Background(), "k", g.Fence); err != nil {
+					t.Errorf("unlock of grant %d: %v", g.Fence, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}

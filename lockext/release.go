@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 )
 
@@ -93,12 +94,14 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 // handOn frees the lock whose current version is ver: straight to the head
 // waiter here when there is one, else by deleting the item.
 func (m *Manager) handOn(ctx context.Context, st *keyState, ver Version) error {
+	// A count, not a flag: the new holder may release (and hand on again)
+	// before this release has finished.
 	m.mu.Lock()
-	st.handing = true
+	st.handing++
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
-		st.handing = false
+		st.handing--
 		m.wakeHead(st)
 		m.mu.Unlock()
 	}()
@@ -145,6 +148,10 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, ver Version) error {
 			m.mu.Unlock()
 			m.grants.Add(1)
 			m.handoffs.Add(1)
+			// The new holder's reply is the lock's latency; the releaser's
+			// own reply and waking the next head can wait. Yielding runs the
+			// goroutine just woken here and now instead of after them.
+			runtime.Gosched()
 			return nil
 		}
 		m.mu.Unlock()

@@ -1,0 +1,127 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The lock path's own faults: how the proxy talks to a lock server
+// (connections of the lock service's own, used one exchange at a time) and
+// how a release hands over to the next waiter.
+
+// lockClient is a raw connection for use from several goroutines, which
+// report failures with t.Error instead of t.Fatal.
+type lockClient struct {
+	nc net.Conn
+	br *bufio.Reader
+}
+
+func dialLockClient(t *testing.T, addr string) *lockClient {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &lockClient{nc: nc, br: bufio.NewReader(nc)}
+}
+
+func (c *lockClient) ask(cmd string) (string, error) {
+	c.nc.SetDeadline(time.Now().Add(20 * time.Second)) // bounds a hang only
+	if _, err := fmt.Fprintf(c.nc, "%s\r\n", cmd); err != nil {
+		return "", err
+	}
+	line, err := c.br.ReadString('\n')
+	return strings.TrimSuffix(line, "\r\n"), err
+}
+
+// Holders that release the moment their grant arrives, through one proxy
+// and a real memcached: the release that handed the grant over may still
+// be finishing. Every release must find its own grant (two overlapping
+// hand-ons once let the first one's end lift the second one's guard, and a
+// release answered NOT_OWNER), and no two clients ever hold at once.
+func TestReleaseRightAfterGrant(t *testing.T) {
+	mc := startCluster(t, 1)
+	addr, _ := startProxy(t, faultConfig(mc.servers(t)))
+	var holders atomic.Int32
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		c := dialLockClient(t, addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 150; j++ {
+				got, err := c.ask("lock hot 3 10000")
+				if err != nil || !strings.HasPrefix(got, "LOCKED ") {
+					t.Errorf("lock: %q %v", got, err)
+					return
+				}
+				if n := holders.Add(1); n != 1 {
+					t.Errorf("%d holders at once", n)
+				}
+				holders.Add(-1)
+				if got, err := c.ask("unlock hot " + strings.Fields(got)[1]); got != "UNLOCKED 0" {
+					t.Errorf("unlock right after the grant: %q %v", got, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// A lock server that hangs with exchanges in flight: each answers
+// SERVER_ERROR, and once the server is back, its late replies to them are
+// never read as the replies to later commands. Every connection on which
+// an exchange failed is closed, so each command after the hang gets its
+// own answer: a lock, its lockinfo and its unlock agree on one fence.
+func TestLockServerHangsMidExchange(t *testing.T) {
+	mc := startCluster(t, 1)
+	addr, _ := startProxy(t, faultConfig(mc.servers(t)))
+	warm(t, addr)
+	var wg sync.WaitGroup
+	for i := 0; i < 6; i++ {
+		c := dialLockClient(t, addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := c.ask(fmt.Sprintf("lock hang%d 3 0", i))
+			if err != nil || !strings.HasPrefix(got, "SERVER_ERROR ") && !strings.HasPrefix(got, "LOCKED ") {
+				t.Errorf("lock during the hang: %q %v", got, err)
+			}
+		}()
+	}
+	mc[0].Pause()
+	time.Sleep(time.Second) // every exchange in flight times out (--timeout 300ms)
+	mc[0].Resume()
+	wg.Wait()
+
+	c := dialLockClient(t, addr)
+	for i := 0; i < 20; i++ {
+		name := fmt.Sprintf("after%d", i)
+		got, _ := c.ask("lock " + name + " 3 2000")
+		if got == "SERVER_ERROR lock server recovering" {
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		if !strings.HasPrefix(got, "LOCKED ") {
+			t.Fatalf("lock %s after the hang: %q", name, got)
+		}
+		fence := strings.Fields(got)[1]
+		if info, _ := c.ask("lockinfo " + name); !strings.HasPrefix(info, "LOCK "+fence+" ") {
+			t.Fatalf("lockinfo %s after LOCKED %s: %q", name, fence, info)
+		}
+		if got, _ := c.ask("unlock " + name + " " + fence); got != "UNLOCKED 0" {
+			t.Fatalf("unlock %s %s: %q", name, fence, got)
+		}
+		if info, _ := c.ask("lockinfo " + name); info != "NOT_FOUND" {
+			t.Fatalf("lockinfo %s after its unlock: %q", name, info)
+		}
+	}
+}
