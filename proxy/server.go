@@ -31,10 +31,11 @@ type Server struct {
 	quit         chan struct{} // closed when the proxy stops
 	quitOnce     sync.Once
 
-	topoMu  sync.Mutex // serializes changes of the topology
-	servers []ring.Server
-	pools   map[string]*backend // every backend, by address
-	ejected map[string]time.Time
+	topoMu    sync.Mutex // serializes changes of the topology
+	servers   []ring.Server
+	pools     map[string]*backend // every backend, by address
+	lockConns []*lockConn         // the lock service's connections to the lock servers
+	ejected   map[string]time.Time
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -74,7 +75,11 @@ func New(cfg Config) (*Server, error) {
 		Servers: cfg.LockServers, Distribution: cfg.Distribution, Hash: cfg.Hash, Replicas: cfg.LockReplicas,
 		Prefix: cfg.LockPrefix, MaxTTL: cfg.LockTTLMax, MaxWait: cfg.LockWaitMax, Poll: cfg.LockPoll,
 		Timeout: cfg.Timeout, Fresh: cfg.LockFresh, Logger: cfg.Logger,
-	}, func(addr string) lockservice.Conn { return lockConn{s.pools[addr]} })
+	}, func(addr string) lockservice.Conn {
+		lc := newLockConn(s.pools[addr])
+		s.lockConns = append(s.lockConns, lc)
+		return lc
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -251,6 +256,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			b.close()
 		}
 		s.topoMu.Unlock()
+		for _, lc := range s.lockConns {
+			lc.close()
+		}
 	})
 	return err
 }
