@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -28,6 +29,11 @@ func locksCommand() *cli.Command {
 			&cli.DurationFlag{Name: "duration", Value: 4 * time.Second, Usage: "length of each run"},
 			&cli.DurationFlag{Name: "interval", Value: 50 * time.Millisecond, Usage: "the polling baseline's retry interval"},
 			&cli.StringFlag{Name: "proxy-bin", Value: "bin/memcachedlock", Usage: "the proxy binary"},
+			&cli.StringFlag{Name: "compare-bin", Usage: "a second proxy binary, run in turn with --proxy-bin in every case (an A/B test on a busy machine)"},
+			&cli.IntSliceFlag{Name: "proxies", Value: cli.NewIntSlice(1, 2, 4), Usage: "numbers of proxies to spread the workers over"},
+			&cli.IntSliceFlag{Name: "replicas", Value: cli.NewIntSlice(1, 3), Usage: "--lock-replicas values to run"},
+			&cli.IntFlag{Name: "rounds", Value: 1, Usage: "runs of each case, alternating; the table shows the median by grants/s"},
+			&cli.BoolFlag{Name: "polling", Value: true, Usage: "run the polling baseline too"},
 		},
 		Action: runLocks,
 	}
@@ -41,6 +47,16 @@ type lockResult struct {
 	waits     []time.Duration
 	perWorker []int
 	lost      int
+	cpuTicks  int // the proxies' CPU time over the run; 0 for polling
+}
+
+func (r lockResult) rate() float64 { return float64(r.grants) / r.elapsed.Seconds() }
+
+// lockCase is one line of the table: a binary, a number of proxies and of
+// replicas.
+type lockCase struct {
+	bin               string
+	proxies, replicas int
 }
 
 func runLocks(cc *cli.Context) error {
@@ -51,47 +67,102 @@ func runLocks(cc *cli.Context) error {
 		return err
 	}
 	w, hold, think, d := cc.Int("workers"), cc.Duration("hold"), cc.Duration("think"), cc.Duration("duration")
-	fmt.Printf("lock benchmark: W=%d workers, hold %s, think %s, %s per run; workers spread over the proxies; "+
-		"lock servers: memcached -M, fresh for each case\n\n", w, hold, think, d)
-	var results []lockResult
-	for _, replicas := range []int{1, 3} {
-		for _, n := range []int{1, 2, 4} {
-			r, err := proxiedRun(cc.String("proxy-bin"), cache[0], n, replicas, w, hold, think, d)
+	bins := []string{cc.String("proxy-bin")}
+	if b := cc.String("compare-bin"); b != "" {
+		bins = append(bins, b)
+	}
+	fmt.Printf("lock benchmark: W=%d workers, hold %s, think %s, %s per run, %d round(s); workers spread over the proxies; "+
+		"lock servers: memcached -M, fresh for each case\n\n", w, hold, think, d, cc.Int("rounds"))
+	var cases []lockCase
+	for _, replicas := range cc.IntSlice("replicas") {
+		for _, n := range cc.IntSlice("proxies") {
+			for _, bin := range bins {
+				cases = append(cases, lockCase{bin, n, replicas})
+			}
+		}
+	}
+	runs := make([][]lockResult, len(cases))
+	for round := 0; round < cc.Int("rounds"); round++ {
+		for i, c := range cases {
+			r, err := proxiedRun(c.bin, cache[0], c.proxies, c.replicas, w, hold, think, d)
 			if err != nil {
 				return err
 			}
-			results = append(results, r)
+			if len(bins) > 1 {
+				r.name += " " + map[bool]string{true: "A", false: "B"}[c.bin == bins[0]]
+			}
+			runs[i] = append(runs[i], r)
 		}
 	}
-	polling, err := lockRun(fmt.Sprintf("polling %s", cc.Duration("interval")), w, hold, think, d, cache[0], func(int) (locker, error) {
-		return &pollLocker{mc: memcache.New(cache[0]), interval: cc.Duration("interval")}, nil
-	})
-	if err != nil {
-		return err
+	results := make([]lockResult, len(cases))
+	for i, rs := range runs {
+		slices.SortFunc(rs, func(a, b lockResult) int { return cmp.Compare(a.rate(), b.rate()) })
+		results[i] = rs[len(rs)/2]
 	}
-	results = append(results, polling)
-	fmt.Printf("| %-24s | %8s | %5s | %8s | %8s | %8s | %9s | %14s | %4s |\n", "scheme", "grants/s", "busy", "wait p50", "wait p99", "wait max", "idle/hand", "per worker", "lost")
-	fmt.Printf("|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", dashes(26), dashes(10), dashes(7), dashes(10), dashes(10), dashes(10), dashes(11), dashes(16), dashes(6))
-	for _, r := range results {
-		slices.Sort(r.waits)
-		lo, hi := slices.Min(r.perWorker), slices.Max(r.perWorker)
-		rate := float64(r.grants) / r.elapsed.Seconds()
-		// The lock is idle between one holder's unlock and the next grant:
-		// what is left of each grant's share of the run after its hold.
-		idle := time.Duration(float64(r.elapsed)/float64(max(r.grants, 1))) - hold
-		fmt.Printf("| %-24s | %8.0f | %4.0f%% | %8s | %8s | %8s | %9s | %4d-%4d %4.2f | %4d |\n", r.name,
-			rate, 100*rate*hold.Seconds(), ms(pct(r.waits, 50)), ms(pct(r.waits, 99)), ms(r.waits[len(r.waits)-1]), ms(idle),
-			lo, hi, float64(hi)/float64(max(lo, 1)), r.lost)
+	if cc.Bool("polling") {
+		polling, err := lockRun(fmt.Sprintf("polling %s", cc.Duration("interval")), w, hold, think, d, cache[0], func(int) (locker, error) {
+			return &pollLocker{mc: memcache.New(cache[0]), interval: cc.Duration("interval")}, nil
+		})
+		if err != nil {
+			return err
+		}
+		results = append(results, polling)
 	}
-	one := results[0]
-	fmt.Printf("\nacross proxies / one proxy, grants/s: 2 proxies %.2f, 4 proxies %.2f; replicas 3: 1 proxy %.2f, 2 proxies %.2f, 4 proxies %.2f\n",
-		ratio(results[1], one), ratio(results[2], one), ratio(results[3], one), ratio(results[4], one), ratio(results[5], one))
-	fmt.Printf("memcachedlock (one proxy) / polling grants/s: %.2fx\n", ratio(one, polling))
+	printLockTable(results, hold)
+	for _, bin := range bins {
+		printRatios(cases, results, bin, len(bins) > 1)
+	}
 	return nil
 }
 
-func ratio(a, b lockResult) float64 {
-	return float64(a.grants) / a.elapsed.Seconds() / (float64(b.grants) / b.elapsed.Seconds())
+func printLockTable(results []lockResult, hold time.Duration) {
+	fmt.Printf("| %-26s | %8s | %5s | %8s | %8s | %8s | %9s | %14s | %4s | %11s |\n", "scheme", "grants/s", "busy", "wait p50", "wait p99", "wait max", "idle/hand", "per worker", "lost", "CPU µs/gr")
+	fmt.Printf("|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", dashes(28), dashes(10), dashes(7), dashes(10), dashes(10), dashes(10), dashes(11), dashes(16), dashes(6), dashes(13))
+	for _, r := range results {
+		slices.Sort(r.waits)
+		lo, hi := slices.Min(r.perWorker), slices.Max(r.perWorker)
+		// The lock is idle between one holder's unlock and the next grant:
+		// what is left of each grant's share of the run after its hold.
+		idle := time.Duration(float64(r.elapsed)/float64(max(r.grants, 1))) - hold
+		cpu := "-"
+		if r.cpuTicks > 0 { // ticks are 10 ms
+			cpu = fmt.Sprintf("%.0f", float64(r.cpuTicks)*1e4/float64(max(r.grants, 1)))
+		}
+		fmt.Printf("| %-26s | %8.0f | %4.0f%% | %8s | %8s | %8s | %9s | %4d-%4d %4.2f | %4d | %11s |\n", r.name,
+			r.rate(), 100*r.rate()*hold.Seconds(), ms(pct(r.waits, 50)), ms(pct(r.waits, 99)), ms(r.waits[len(r.waits)-1]), ms(idle),
+			lo, hi, float64(hi)/float64(max(lo, 1)), r.lost, cpu)
+	}
+}
+
+// printRatios compares each case of bin with one proxy and one replica of
+// the same binary, and the polling baseline (the last result) with that.
+func printRatios(cases []lockCase, results []lockResult, bin string, named bool) {
+	find := func(n, replicas int) *lockResult {
+		for i, c := range cases {
+			if c.bin == bin && c.proxies == n && c.replicas == replicas {
+				return &results[i]
+			}
+		}
+		return nil
+	}
+	one := find(1, 1)
+	if one == nil {
+		return
+	}
+	var parts []string
+	for i, c := range cases {
+		if c.bin == bin && (c.proxies != 1 || c.replicas != 1) {
+			parts = append(parts, fmt.Sprintf("%d prox/%d repl %.2f", c.proxies, c.replicas, results[i].rate()/one.rate()))
+		}
+	}
+	label := ""
+	if named {
+		label = bin + ": "
+	}
+	fmt.Printf("\n%sgrants/s / (1 proxy, 1 replica): %s\n", label, strings.Join(parts, ", "))
+	if len(results) > len(cases) {
+		fmt.Printf("%smemcachedlock (1 proxy) / polling grants/s: %.2fx\n", label, one.rate()/results[len(results)-1].rate())
+	}
 }
 
 // proxiedRun starts fresh lock servers and n proxies in front of them,
@@ -104,6 +175,7 @@ func proxiedRun(bin, cache string, n, replicas, w int, hold, think, d time.Durat
 		return lockResult{}, err
 	}
 	var addrs []string
+	var pids []int
 	for i := 0; i < n; i++ {
 		addr, err := ps.proxy(bin, []string{cache}, "--lock-servers", strings.Join(locks, ","),
 			"--lock-replicas", strconv.Itoa(replicas), "--lock-fresh-servers")
@@ -111,15 +183,29 @@ func proxiedRun(bin, cache string, n, replicas, w int, hold, think, d time.Durat
 			return lockResult{}, err
 		}
 		addrs = append(addrs, addr)
+		pids = append(pids, ps[len(ps)-1].Process.Pid)
 	}
 	if err := waitProxies(addrs); err != nil {
 		return lockResult{}, err
 	}
 	name := fmt.Sprintf("%d prox%s, %d replica%s", n, map[bool]string{true: "y", false: "ies"}[n == 1], replicas, map[bool]string{true: "", false: "s"}[replicas == 1])
-	return lockRun(name, w, hold, think, d, cache, func(i int) (locker, error) {
+	before := ticksOf(pids)
+	r, err := lockRun(name, w, hold, think, d, cache, func(i int) (locker, error) {
 		c, err := lockclient.Dial(context.Background(), addrs[i%n])
 		return &proxyLocker{c: c}, err
 	})
+	r.cpuTicks = ticksOf(pids) - before
+	return r, err
+}
+
+// ticksOf sums the CPU time of the processes, in clock ticks.
+func ticksOf(pids []int) int {
+	sum := 0
+	for _, pid := range pids {
+		t, _ := cpuTicks(pid)
+		sum += t
+	}
+	return sum
 }
 
 // waitProxies waits until every proxy has found all the others, so that

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,8 +17,10 @@ import (
 // procs are the processes a benchmark started; stop ends them all.
 type procs []*exec.Cmd
 
+// stop kills the processes, last started first: proxies before the
+// memcached servers behind them, which they would otherwise log as down.
 func (p *procs) stop() {
-	for _, c := range *p {
+	for _, c := range slices.Backward(*p) {
 		c.Process.Kill()
 		c.Wait()
 	}
