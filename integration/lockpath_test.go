@@ -125,3 +125,39 @@ func TestLockServerHangsMidExchange(t *testing.T) {
 		}
 	}
 }
+
+// Two of three replicas hung: nothing about a grant can be decided, so
+// extend, lockinfo and unlock answer SERVER_ERROR through every proxy,
+// never NOT_OWNER or NOT_FOUND (which would tell a holder its lock is
+// gone while the two dead servers, back, would still hold it). A failed
+// unlock may have removed the one copy it reached; once the servers are
+// back the grant still stands on the two others.
+func TestNoMajorityAnswersServerError(t *testing.T) {
+	mc := startCluster(t, 3)
+	cfg := faultConfig(mc.servers(t))
+	cfg.LockReplicas = 3
+	cfg.LockTTLMax = 60 // the grant outlives the test however slow the machine
+	a, _ := startProxy(t, cfg)
+	b, _ := startProxy(t, cfg)
+	warm(t, a, b)
+	got := dialRaw(t, a).roundTrip("lock kept 60 0 holder")
+	if !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatalf("lock: %q", got)
+	}
+	fence := strings.Fields(got)[1]
+	mc[1].Pause()
+	mc[2].Pause()
+	for _, p := range []string{a, b} {
+		c := dialRaw(t, p)
+		for _, cmd := range []string{"extend kept " + fence + " 60", "lockinfo kept", "unlock kept " + fence} {
+			if got := c.roundTrip(cmd); !strings.HasPrefix(got, "SERVER_ERROR ") {
+				t.Errorf("%s through %s with two of three replicas paused: %q", cmd, p, got)
+			}
+		}
+	}
+	mc[1].Resume()
+	mc[2].Resume()
+	if got := dialRaw(t, b).roundTrip("lock kept 60 0 intruder"); !strings.HasPrefix(got, "NOT_LOCKED ") {
+		t.Fatalf("lock kept by another owner after the replicas came back: %q", got)
+	}
+}

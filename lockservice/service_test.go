@@ -256,3 +256,31 @@ func TestNewClusterOfSeveralServers(t *testing.T) {
 		}
 	}
 }
+
+// With two of three replicas down nothing about a grant can be decided:
+// extend, unlock and lockinfo answer "unavailable" (SERVER_ERROR), never
+// NOT_OWNER or NOT_FOUND, which would tell the holder its lock is gone.
+func TestNoMajorityIsUnavailableForEveryCommand(t *testing.T) {
+	f := fakes("a:1", "b:1", "c:1")
+	s := newTestService(t, f, 3, 5, "a:1", "b:1", "c:1")
+	g, err := tryLock(s, "k", "one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f["b:1"].set(true, 0)
+	f["c:1"].set(true, 0)
+	// A fresh session and process state: nothing remembered helps.
+	other := newTestService(t, f, 3, 5, "a:1", "b:1", "c:1")
+	for i, svc := range []*Service{s, other} {
+		sess := svc.NewSession()
+		if _, err := sess.Extend(context.Background(), "k", g.Fence, 5); !errors.Is(err, lockext.ErrUnavailable) {
+			t.Errorf("service %d: extend with two of three down: %v, want unavailable", i, err)
+		}
+		if _, err := sess.Info(context.Background(), "k"); !errors.Is(err, lockext.ErrUnavailable) {
+			t.Errorf("service %d: lockinfo with two of three down: %v, want unavailable", i, err)
+		}
+		if _, err := sess.Unlock(context.Background(), "k", g.Fence); !errors.Is(err, lockext.ErrUnavailable) {
+			t.Errorf("service %d: unlock with two of three down: %v, want unavailable", i, err)
+		}
+	}
+}

@@ -129,6 +129,22 @@ func tally(outs []outcome) (ok int, err error) {
 	return ok, err
 }
 
+// unanswered is why too few replicas answered: a layout clash, else the
+// first failure that was not an answer.
+func unanswered(outs []outcome) error {
+	var err error
+	for _, o := range outs {
+		switch {
+		case o.err == nil, errors.Is(o.err, lockext.ErrStoreMiss), errors.Is(o.err, lockext.ErrStoreExists):
+		case errors.Is(o.err, ErrServersDiffer):
+			return o.err
+		case err == nil:
+			err = o.err
+		}
+	}
+	return err
+}
+
 // decide returns once a write has its majority or can no longer get it.
 func (s *store) decide(total int) func([]outcome) bool {
 	need := s.majority()
@@ -173,7 +189,18 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 		return len(best) >= need || misses >= need
 	}, nil)
 	best, misses := agree(outs)
+	answered := 0
+	for _, o := range outs {
+		if o.err == nil || errors.Is(o.err, lockext.ErrStoreMiss) {
+			answered++
+		}
+	}
 	switch {
+	case answered < need:
+		// Too few replicas answered to say anything: what they hold may be
+		// the minority of a write the others took. Neither "free" nor
+		// "held by this one" may be told to a holder asking after its grant.
+		return lockext.Item{}, unanswered(outs)
 	case len(best) >= need:
 		ver := &version{cas: make([]uint64, len(reps)), value: best[0].value, ttl: best[0].ttl}
 		it := lockext.Item{Value: best[0].value, Version: ver, TTL: best[0].ttl}
