@@ -2,8 +2,10 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -159,5 +161,30 @@ func TestNoMajorityAnswersServerError(t *testing.T) {
 	mc[2].Resume()
 	if got := dialRaw(t, b).roundTrip("lock kept 60 0 intruder"); !strings.HasPrefix(got, "NOT_LOCKED ") {
 		t.Fatalf("lock kept by another owner after the replicas came back: %q", got)
+	}
+}
+
+// The lock server restarts empty while the only proxy restarts too: no
+// marker anywhere, no proxy that saw the loss. The proxy's state file,
+// kept across its restart, says grants there may still run: the new proxy
+// recovers and grants nothing until the first holder's ttl has run out.
+func TestStateFileCoversAFullRestart(t *testing.T) {
+	mc := startCluster(t, 1)
+	cfg := faultConfig(mc.servers(t))
+	cfg.LockStateFile = filepath.Join(t.TempDir(), "lockstate")
+	cfg.LockTTLMax = 6 // long enough to outlast the restarts on a slow machine
+	first, srv := startProxyStrict(t, cfg)
+	sent := time.Now()
+	if got := dialRaw(t, first).roundTrip("lock power-cut 6 0 holder"); !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatalf("lock: %q", got)
+	}
+	until := sent.Add(6 * time.Second)
+	time.Sleep(1500 * time.Millisecond) // a save after the grant (once a second)
+	srv.Shutdown(context.Background())
+	mc[0].Restart(t)
+
+	second, _ := startProxyStrict(t, cfg)
+	if recovering := neverGranted(t, "power-cut", until, second); recovering == 0 {
+		t.Fatal("the new proxy never said the lock server was recovering")
 	}
 }

@@ -48,6 +48,10 @@ type replica struct {
 	// unmarkedSince is when this proxy first found the server without a
 	// marker, for adoptSettle: adopt calls with short deadlines add up.
 	unmarkedSince time.Time
+	// remembered is until when grants on the server may still run, from
+	// this proxy's state file: found without a marker before then, the
+	// server lost its state rather than being new.
+	remembered time.Time
 
 	mu        sync.Mutex
 	fresh     bool   // trust a server without a marker: it was just started for us
@@ -159,8 +163,9 @@ func (r *replica) ready(ctx context.Context) (string, error) {
 // adopt reads the server's marker, counters and settings. A marker present
 // is trusted: a ready one was written by whoever waited out any grant the
 // server could have lost before, a recovering one says until when to wait.
-// A server without one is new, or lost its state: if another lock server
-// carries our marker, or a running proxy announces a recovery within a
+// A server without one is new, or lost its state: if this proxy's state
+// file says grants on it may still run, if another lock server carries
+// our marker, or a running proxy announces a recovery within a
 // moment (it saw the loss: a proxy watches its servers' markers several
 // times a second), it recovers; otherwise it is a new one and gets a ready
 // marker.
@@ -197,6 +202,9 @@ func (r *replica) adopt(ctx context.Context) error {
 		case m.status == "VA":
 			cas, _ := m.flag('c')
 			return r.trust(string(m.value), uint64(cas), statInt(st, "evictions"))
+		case time.Now().Before(r.remembered):
+			r.recover(r.remembered, "found without its marker while this proxy's state file says grants on it may still run")
+			return nil
 		case fresh:
 			return r.writeMarker(ctx, 0)
 		case r.othersMarked != nil && r.othersMarked(ctx):

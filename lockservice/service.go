@@ -36,6 +36,10 @@ type Config struct {
 	// looks the same, so this is for make run and tests, never production.
 	Fresh bool
 
+	// StateFile, if set, is where this proxy keeps until when grants on
+	// each lock server may still run (see statefile.go); empty: none.
+	StateFile string
+
 	// Instance names this process among the proxies; empty: random.
 	Instance string
 	Logger   *slog.Logger
@@ -51,6 +55,7 @@ type Service struct {
 	peers    *peers
 
 	forwardedOut, forwardedIn, forwardFailed atomic.Uint64
+	stateFailing                             bool // the last save of the state file failed; tend only
 
 	quit     chan struct{}
 	quitOnce sync.Once
@@ -81,10 +86,17 @@ func New(cfg Config, dial func(addr string) Conn) (*Service, error) {
 	s := &Service{cfg: cfg, quit: make(chan struct{}), members: newMembers(cfg.Prefix, cfg.Instance, Layout(cfg)),
 		peers: &peers{timeout: cfg.Timeout, links: make(map[string]*peerLink)}}
 	layout := Layout(cfg)
+	var remembered map[string]time.Time
+	if cfg.StateFile != "" {
+		if remembered, err = loadState(cfg.StateFile); err != nil {
+			return nil, fmt.Errorf("lock state file: %w", err)
+		}
+	}
 	for _, srv := range r.Servers() {
 		s.replicas = append(s.replicas, &replica{
 			addr: srv.Addr, conn: dial(srv.Addr), marker: cfg.Prefix, layout: layout,
 			hold: time.Duration(cfg.MaxTTL) * time.Second, timeout: cfg.Timeout, log: cfg.Logger, fresh: cfg.Fresh,
+			remembered: remembered[srv.Addr],
 		})
 	}
 	s.store = &store{ring: r, replicas: s.replicas, n: cfg.Replicas}
@@ -215,6 +227,7 @@ func (s *Service) tend() {
 			r.ready(ctx)
 			cancel()
 		}
+		s.saveState()
 		s.refreshMembers()
 		select {
 		case <-s.quit:

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -282,5 +284,54 @@ func TestNoMajorityIsUnavailableForEveryCommand(t *testing.T) {
 		if _, err := sess.Unlock(context.Background(), "k", g.Fence); !errors.Is(err, lockext.ErrUnavailable) {
 			t.Errorf("service %d: unlock with two of three down: %v, want unavailable", i, err)
 		}
+	}
+}
+
+// Every lock server restarting empty together with every proxy leaves
+// nothing in memcached to say that grants may still run: a new proxy with
+// the old one's state file recovers instead of taking the server for new,
+// even when told the servers are fresh.
+func TestStateFileRemembersAcrossAFullRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lockstate")
+	f := fakes("a:1")
+	cfg := func() Config {
+		return Config{Servers: []ring.Server{{Addr: "a:1", Weight: 1}}, Distribution: ring.Ketama, Hash: "md5",
+			Prefix: "__memcachedlock:", MaxTTL: 30, MaxWait: time.Minute, Poll: 10 * time.Millisecond,
+			Timeout: 200 * time.Millisecond, Fresh: true, StateFile: path, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	}
+	first, err := New(cfg(), func(string) Conn { return f["a:1"] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tryLock(first, "k", "holder"); err != nil {
+		t.Fatal(err)
+	}
+	for { // the first save comes with the first adoption; wait for it, not for a time
+		if until, _ := loadState(path); until["a:1"].After(time.Now().Add(29 * time.Second)) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	first.Close()
+	f["a:1"].flush() // memcached restarted empty, marker and all
+
+	second, err := New(cfg(), func(string) Conn { return f["a:1"] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if _, err := tryLock(second, "k", "intruder"); !errors.Is(err, ErrRecovering) {
+		t.Fatalf("lock after every lock server and proxy restarted: %v, want recovering", err)
+	}
+}
+
+func TestStateFileRefusesGarbage(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lockstate")
+	os.WriteFile(path, []byte("a:1 yesterday\n"), 0o644)
+	if _, err := loadState(path); err == nil {
+		t.Fatal("a state file with a bad line was read")
+	}
+	if until, err := loadState(filepath.Join(t.TempDir(), "none")); err != nil || len(until) != 0 {
+		t.Fatalf("a missing state file: %v %v", until, err)
 	}
 }

@@ -34,6 +34,10 @@ type Config struct {
 	// LockFresh trusts lock servers found without their marker at start
 	// (just started for this proxy) instead of waiting LockTTLMax.
 	LockFresh bool
+	// LockStateFile is where the proxy keeps until when grants on each lock
+	// server may still run, so that a restart of every lock server together
+	// with every proxy is not taken for new servers; empty: none.
+	LockStateFile string
 	// Advertise is the address other proxies reach this one at to forward
 	// lock commands for the names it is home for; default: the listen
 	// address, unless that is a wildcard.

@@ -74,7 +74,7 @@ func New(cfg Config) (*Server, error) {
 	locks, err := lockservice.New(lockservice.Config{
 		Servers: cfg.LockServers, Distribution: cfg.Distribution, Hash: cfg.Hash, Replicas: cfg.LockReplicas,
 		Prefix: cfg.LockPrefix, MaxTTL: cfg.LockTTLMax, MaxWait: cfg.LockWaitMax, Poll: cfg.LockPoll,
-		Timeout: cfg.Timeout, Fresh: cfg.LockFresh, Logger: cfg.Logger,
+		Timeout: cfg.Timeout, Fresh: cfg.LockFresh, StateFile: cfg.LockStateFile, Logger: cfg.Logger,
 	}, func(addr string) lockservice.Conn {
 		lc := newLockConn(s.pools[addr])
 		s.lockConns = append(s.lockConns, lc)

@@ -438,3 +438,15 @@ func TestServerStateLoggedOncePerChange(t *testing.T) {
 		t.Errorf("%d lines for one loss of lock state:\n%s", got, log)
 	}
 }
+
+// Under systemd with StateDirectory=, the lock state file is on by default.
+func TestDefaultStateFileFromSystemd(t *testing.T) {
+	t.Setenv("STATE_DIRECTORY", "/var/lib/memcachedlock:/var/lib/other")
+	if got := defaultStateFile(); got != "/var/lib/memcachedlock/lockstate" {
+		t.Fatalf("STATE_DIRECTORY set: %q", got)
+	}
+	t.Setenv("STATE_DIRECTORY", "")
+	if got := defaultStateFile(); got != "" {
+		t.Fatalf("STATE_DIRECTORY empty: %q", got)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	_ "net/http/pprof" // --debug-listen
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +21,16 @@ import (
 	"github.com/memcachedlock/memcachedlock/proxy"
 	"github.com/memcachedlock/memcachedlock/ring"
 )
+
+// defaultStateFile is lockstate in the directory systemd gives a unit
+// with StateDirectory= (the first, if several), else none.
+func defaultStateFile() string {
+	dir, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":")
+	if dir == "" {
+		return ""
+	}
+	return filepath.Join(dir, "lockstate")
+}
 
 func env(name string) []string { return []string{"MEMCACHEDLOCK_" + name} }
 
@@ -53,6 +64,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "lock-servers", EnvVars: env("LOCK_SERVERS"), Usage: "servers that hold lock state (default: --servers)"},
 			&cli.IntFlag{Name: "lock-replicas", Value: 1, EnvVars: env("LOCK_REPLICAS"), Usage: "lock servers each lock lives on (odd); a majority decides, so 3 survive losing any one"},
 			&cli.BoolFlag{Name: "lock-fresh-servers", EnvVars: env("LOCK_FRESH_SERVERS"), Usage: "trust lock servers found without their marker at start, instead of refusing their locks for --lock-ttl-max: only for servers just started for this proxy (make run, tests), never after a restart"},
+			&cli.StringFlag{Name: "lock-state-file", Value: defaultStateFile(), EnvVars: env("LOCK_STATE_FILE"), Usage: "`file` where the proxy keeps until when grants on each lock server may still run, so that every lock server restarting together with every proxy is not taken for new servers; default lockstate in systemd's $STATE_DIRECTORY, else none"},
 			&cli.StringFlag{Name: "advertise", EnvVars: env("ADVERTISE"), Usage: "`host:port` other proxies reach this one at to forward lock commands (its client port); default --listen unless that is a wildcard"},
 			&cli.StringFlag{Name: "lock-prefix", Value: proxy.DefaultLockPrefix, EnvVars: env("LOCK_PREFIX"), Usage: "reserved key prefix for lock state"},
 			secFlag("lock-ttl", proxy.DefaultLockTTL*time.Second, "LOCK_TTL", "default lock lifetime, whole seconds"),
@@ -148,21 +160,22 @@ func serve(cc *cli.Context) error {
 // when there is one, then every flag (or environment variable) that was set.
 func configFrom(cc *cli.Context) (proxy.Config, string, error) {
 	cfg := proxy.Config{
-		Distribution: cc.String("distribution"),
-		Hash:         cc.String("hash"),
-		Timeout:      durationOf(cc, "timeout"),
-		ServerConns:  cc.Int("server-connections"),
-		MaxConns:     cc.Int("max-connections"),
-		AutoEject:    cc.Bool("auto-eject"),
-		FailureLimit: cc.Int("server-failure-limit"),
-		RetryTimeout: durationOf(cc, "server-retry-timeout"),
-		LockPrefix:   cc.String("lock-prefix"),
-		LockReplicas: cc.Int("lock-replicas"),
-		LockFresh:    cc.Bool("lock-fresh-servers"),
-		Advertise:    cc.String("advertise"),
-		LockWait:     durationOf(cc, "lock-wait"),
-		LockWaitMax:  durationOf(cc, "lock-wait-max"),
-		LockPoll:     durationOf(cc, "lock-poll"),
+		Distribution:  cc.String("distribution"),
+		Hash:          cc.String("hash"),
+		Timeout:       durationOf(cc, "timeout"),
+		ServerConns:   cc.Int("server-connections"),
+		MaxConns:      cc.Int("max-connections"),
+		AutoEject:     cc.Bool("auto-eject"),
+		FailureLimit:  cc.Int("server-failure-limit"),
+		RetryTimeout:  durationOf(cc, "server-retry-timeout"),
+		LockPrefix:    cc.String("lock-prefix"),
+		LockReplicas:  cc.Int("lock-replicas"),
+		LockFresh:     cc.Bool("lock-fresh-servers"),
+		LockStateFile: cc.String("lock-state-file"),
+		Advertise:     cc.String("advertise"),
+		LockWait:      durationOf(cc, "lock-wait"),
+		LockWaitMax:   durationOf(cc, "lock-wait-max"),
+		LockPoll:      durationOf(cc, "lock-poll"),
 	}
 	listen := cc.String("listen")
 	var err error
