@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -107,8 +108,10 @@ func (l *peerLink) read(nc net.Conn, br *bufio.Reader) {
 		// Under the mutex, so that broken cannot close ch meanwhile; ch has
 		// room for the one W and the one answer a request gets.
 		l.mu.Lock()
-		if ch := l.pending[tag]; ch != nil {
-			if f[1] != "W" {
+		ch := l.pending[tag]
+		final := ch != nil && f[1] != "W"
+		if ch != nil {
+			if final {
 				delete(l.pending, tag)
 			}
 			select {
@@ -117,6 +120,12 @@ func (l *peerLink) read(nc net.Conn, br *bufio.Reader) {
 			}
 		}
 		l.mu.Unlock()
+		if final {
+			// Let the caller just woken write its client's reply now (a grant
+			// handed over at the home is waiting in it) rather than after
+			// whatever else this loop finds to read.
+			runtime.Gosched()
+		}
 	}
 }
 
