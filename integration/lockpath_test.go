@@ -188,3 +188,30 @@ func TestStateFileCoversAFullRestart(t *testing.T) {
 		t.Fatal("the new proxy never said the lock server was recovering")
 	}
 }
+
+// Lock commands pipelined behind a retrieval whose reply is still queued:
+// each LOCKED line is its own grant's (a reply written at once reuses the
+// connection's buffer; one queued must not), and in command order.
+func TestPipelinedLocksEachGetTheirOwnReply(t *testing.T) {
+	mc := startCluster(t, 1)
+	addr, _ := startProxy(t, faultConfig(mc.servers(t)))
+	c := dialRaw(t, addr)
+	c.send("get nothing\r\nlock p1 3\r\nlock p2 2\r\nlock p3 1\r\nlockinfo p1\r\nlockinfo p2\r\nlockinfo p3\r\n")
+	if got := c.line(); got != "END" {
+		t.Fatalf("get: %q", got)
+	}
+	var fences []string
+	for i, ttl := range []string{"3", "2", "1"} {
+		got := c.line()
+		f := strings.Fields(got)
+		if len(f) != 4 || f[0] != "LOCKED" || f[2] != ttl {
+			t.Fatalf("lock p%d %s: %q", i+1, ttl, got)
+		}
+		fences = append(fences, f[1])
+	}
+	for i, fence := range fences {
+		if got := c.line(); !strings.HasPrefix(got, "LOCK "+fence+" ") {
+			t.Fatalf("lockinfo p%d after LOCKED %s: %q", i+1, fence, got)
+		}
+	}
+}

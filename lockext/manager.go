@@ -73,10 +73,11 @@ type keyState struct {
 	key     Key
 	held    *holding
 	queue   []*waiter     // queue[0] is the head: the only one that tries
+	first   [1]*waiter    // queue's first array: a lone waiter costs no slice
 	seen    uint64        // highest fence seen on this name, so ours go above it
 	handing int           // releases handing the lock on; while any is, the head must not try
 	trying  bool          // the head is trying; a release waits for it to finish
-	tried   chan struct{} // closed when the head's try ends
+	tried   chan struct{} // closed when the head's try ends; made by a release that waits for it
 }
 
 // holding is a grant made by this process, with the version it left in
@@ -105,7 +106,7 @@ func (h *holding) checkDue(every time.Duration) bool {
 }
 
 type waiter struct {
-	req   *Request
+	req   Request // a copy: the waiter is the one allocation a wait needs
 	wake  chan struct{} // a signal: something changed, look again
 	grant *Grant        // set under the mutex by a handoff
 }
@@ -160,6 +161,7 @@ func (m *Manager) state(name string) *keyState {
 	st := m.keys[name]
 	if st == nil {
 		st = &keyState{key: Key{Name: name, Item: itemKey(m.cfg.Prefix, name)}}
+		st.queue = st.first[:0]
 		m.keys[name] = st
 	}
 	return st
@@ -219,7 +221,7 @@ func (m *Manager) lock(ctx context.Context, req *Request) (Grant, error) {
 		}
 		m.mu.Lock()
 	}
-	w := &waiter{req: req, wake: make(chan struct{}, 1)}
+	w := &waiter{req: *req, wake: make(chan struct{}, 1)}
 	st.queue = append(st.queue, w)
 	m.waiters.Add(1)
 	m.mu.Unlock()
@@ -230,7 +232,7 @@ func (m *Manager) lock(ctx context.Context, req *Request) (Grant, error) {
 // wait runs w's turn in the queue: the head tries memcached, the others
 // sleep until a signal makes them the head or their wait runs out.
 func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, error) {
-	req := w.req
+	req := &w.req
 	deadline := time.Now().Add(req.Wait)
 	poll := pacer{next: time.Millisecond, max: m.cfg.Poll}
 	holderTTL := -1
@@ -262,7 +264,10 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 			g, ttl, err := m.attempt(ctx, st, req)
 			m.mu.Lock()
 			st.trying = false
-			close(st.tried)
+			if st.tried != nil {
+				close(st.tried)
+				st.tried = nil
+			}
 			if err == nil || !errors.Is(err, ErrNotLocked) {
 				m.leave(st, w)
 				m.mu.Unlock()
@@ -323,7 +328,7 @@ func (m *Manager) turn(st *keyState, w *waiter) (try bool, sleep time.Duration, 
 		}
 	}
 	if try {
-		st.trying, st.tried = true, make(chan struct{})
+		st.trying = true
 	}
 	return try, sleep, ttl
 }

@@ -112,6 +112,9 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, ver Version) error {
 			// then hand over. Writing meanwhile would have the two changes
 			// meet on the replicas in different orders, and a name whose
 			// replicas disagree needs all of them to decide.
+			if st.tried == nil {
+				st.tried = make(chan struct{})
+			}
 			tried := st.tried
 			m.mu.Unlock()
 			select {
@@ -128,7 +131,7 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, ver Version) error {
 			return m.store.CompareAndDelete(ctx, st.key, ver)
 		}
 		w := st.queue[0]
-		req := w.req
+		req := &w.req
 		rec := record{fence: m.nextFence(st), mode: mode(req), count: 1, kind: req.kind, owner: req.owner}
 		m.mu.Unlock()
 

@@ -11,9 +11,11 @@ import (
 // Conn reaches one memcached server. Exchange writes batch, one or more
 // meta or stats commands, at once on one connection, and returns the
 // server's replies to all of them: commands on one connection are carried
-// out in order, so a check written after a change sees the change.
+// out in order, so a check written after a change sees the change. The
+// replies are appended to reply (nil: a new slice). It keeps no reference
+// to batch or reply once it returns.
 type Conn interface {
-	Exchange(ctx context.Context, batch []byte) ([]byte, error)
+	Exchange(ctx context.Context, batch, reply []byte) ([]byte, error)
 }
 
 var errBadReply = errors.New("lockservice: unexpected reply from memcached")

@@ -79,7 +79,7 @@ func (f *fakeMC) live(key string) (fakeItem, bool) {
 	return it, ok
 }
 
-func (f *fakeMC) Exchange(ctx context.Context, batch []byte) ([]byte, error) {
+func (f *fakeMC) Exchange(ctx context.Context, batch, reply []byte) ([]byte, error) {
 	f.mu.Lock()
 	down, delay := f.down, f.delay
 	f.mu.Unlock()
@@ -172,5 +172,5 @@ func (f *fakeMC) Exchange(ctx context.Context, batch []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err // carried out, but too late for the caller
 	}
-	return out.Bytes(), nil
+	return append(reply, out.Bytes()...), nil
 }

@@ -119,7 +119,7 @@ func decodeMembers(v []byte) []member {
 func (ms *members) renew(ctx context.Context, conn Conn) ([]member, error) {
 	self := ms.me()
 	for tries := 0; tries < 4; tries++ {
-		reply, err := conn.Exchange(ctx, []byte("mg "+ms.key+" v c\r\n"))
+		reply, err := conn.Exchange(ctx, []byte("mg "+ms.key+" v c\r\n"), nil)
 		if err != nil {
 			return nil, err
 		}
@@ -148,7 +148,7 @@ func (ms *members) renew(ctx context.Context, conn Conn) ([]member, error) {
 			cas, _ := m.flag('c')
 			mode = "C" + strconv.FormatInt(cas, 10)
 		}
-		reply, err = conn.Exchange(ctx, fmt.Appendf(nil, "ms %s %d T%d %s\r\n%s\r\n", ms.key, len(value), registryLife, mode, value))
+		reply, err = conn.Exchange(ctx, fmt.Appendf(nil, "ms %s %d T%d %s\r\n%s\r\n", ms.key, len(value), registryLife, mode, value), nil)
 		if err != nil {
 			return nil, err
 		}

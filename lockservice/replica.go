@@ -171,7 +171,7 @@ func (r *replica) ready(ctx context.Context) (string, error) {
 // marker.
 func (r *replica) adopt(ctx context.Context) error {
 	for {
-		reply, err := r.conn.Exchange(ctx, []byte("mg "+r.marker+" v c\r\nstats\r\nstats settings\r\n"))
+		reply, err := r.conn.Exchange(ctx, []byte("mg "+r.marker+" v c\r\nstats\r\nstats settings\r\n"), nil)
 		if err != nil {
 			return err
 		}
@@ -240,7 +240,7 @@ const markerWatch = 100 * time.Millisecond
 
 // readMarker reads the server's marker item as it is now.
 func (r *replica) readMarker(ctx context.Context) (metaReply, error) {
-	reply, err := r.conn.Exchange(ctx, []byte("mg "+r.marker+" v c\r\n"))
+	reply, err := r.conn.Exchange(ctx, []byte("mg "+r.marker+" v c\r\n"), nil)
 	if err != nil {
 		return metaReply{}, err
 	}
@@ -353,7 +353,7 @@ func (r *replica) recoverLocked(until time.Time, why string) {
 // shows as a later eviction, never as none. If somebody else wrote a
 // marker meanwhile, theirs is adopted.
 func (r *replica) writeMarker(ctx context.Context, prev uint64) error {
-	reply, err := r.conn.Exchange(ctx, []byte("stats\r\n"))
+	reply, err := r.conn.Exchange(ctx, []byte("stats\r\n"), nil)
 	if err != nil {
 		return err
 	}
@@ -390,7 +390,7 @@ func (r *replica) writeMarker(ctx context.Context, prev uint64) error {
 }
 
 func (r *replica) storeMarker(ctx context.Context, value, mode string) (metaReply, error) {
-	reply, err := r.conn.Exchange(ctx, fmt.Appendf(nil, "ms %s %d %s c\r\n%s\r\n", r.marker, len(value), mode, value))
+	reply, err := r.conn.Exchange(ctx, fmt.Appendf(nil, "ms %s %d %s c\r\n%s\r\n", r.marker, len(value), mode, value), nil)
 	if err != nil {
 		return metaReply{}, err
 	}
@@ -457,7 +457,7 @@ func (r *replica) get(ctx context.Context, item string) (value []byte, cas uint6
 	if _, err := r.ready(ctx); err != nil {
 		return nil, 0, 0, err
 	}
-	reply, err := r.conn.Exchange(ctx, append(append(append(make([]byte, 0, 16+len(item)), "mg "...), item...), " v c t\r\n"...))
+	reply, err := r.conn.Exchange(ctx, append(append(append(make([]byte, 0, 16+len(item)), "mg "...), item...), " v c t\r\n"...), nil)
 	if err != nil {
 		return nil, 0, 0, err
 	}
@@ -483,6 +483,10 @@ func (r *replica) get(ctx context.Context, item string) (value []byte, cas uint6
 	return nil, 0, 0, fmt.Errorf("%w: mg: %s", errBadReply, m.status)
 }
 
+// batches are the buffers lock writes are built in: Exchange keeps no
+// reference to a batch once it returns.
+var batches = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+
 // write stores an item: added when cas is 0, else compare-and-swapped; ttl
 // is a grant's, and the item is written to live a second more, since
 // memcached's clock ticks once a second. The marker is read back behind it.
@@ -492,66 +496,87 @@ func (r *replica) write(ctx context.Context, item string, value []byte, ttl int,
 		if err != nil {
 			return 0, err
 		}
-		batch := make([]byte, 0, 64+len(item)+len(value)+len(r.marker))
-		batch = append(append(batch, "ms "...), item...)
-		batch = strconv.AppendInt(append(batch, ' '), int64(len(value)), 10)
-		batch = strconv.AppendInt(append(batch, " T"...), int64(ttl+1), 10)
-		if cas == 0 {
-			batch = append(batch, " ME"...)
-		} else {
-			batch = strconv.AppendUint(append(batch, " C"...), cas, 10)
-		}
-		batch = append(append(append(batch, " c\r\n"...), value...), "\r\n"...)
-		batch = append(append(append(batch, "mg "...), r.marker...), " v c\r\n"...)
-		evicts := cas == 0 && r.evicts() // a compare-and-swap cannot succeed on an evicted item
-		if evicts {
-			batch = append(batch, "stats\r\n"...)
-		}
-		reply, err := r.conn.Exchange(ctx, batch)
-		if err != nil {
-			return 0, err
-		}
-		rs := replies{reply}
-		m, err := rs.meta()
-		if err != nil {
-			return 0, err
-		}
-		mk, err := rs.meta()
-		if err != nil {
-			return 0, err
-		}
-		evictions := int64(-1)
-		if evicts {
-			if evictions, err = rs.evictions(); err != nil {
-				return 0, err
+		newCAS, err := r.writeOnce(ctx, trusted, item, value, ttl, cas)
+		if errors.Is(err, errMarkerMoved) {
+			if tries == 0 && cas == 0 {
+				continue // another proxy wrote a new marker: add again under it
 			}
+			err = ErrRecovering
 		}
-		switch m.status {
-		case "NS", "EX":
-			return 0, lockext.ErrStoreExists
-		case "NF":
-			return 0, lockext.ErrStoreMiss
-		case "HD":
-		default:
-			return 0, fmt.Errorf("%w: ms: %s", errBadReply, m.status)
-		}
-		newCAS, _ := m.flag('c')
-		if err := r.check(trusted, mk, evictions); err != nil {
-			r.undo(item, uint64(newCAS))
-			if errors.Is(err, errMarkerMoved) && tries == 0 && cas == 0 {
-				continue
-			}
-			return 0, ErrRecovering
-		}
-		return uint64(newCAS), nil
+		return newCAS, err
 	}
+}
+
+// writeOnce is one batch of write: the change, the marker read behind it,
+// and the evictions counter where the server may evict. A change the
+// marker does not confirm is undone.
+func (r *replica) writeOnce(ctx context.Context, trusted, item string, value []byte, ttl int, cas uint64) (uint64, error) {
+	bp := batches.Get().(*[]byte)
+	defer batches.Put(bp)
+	batch := append(append((*bp)[:0], "ms "...), item...)
+	batch = strconv.AppendInt(append(batch, ' '), int64(len(value)), 10)
+	batch = strconv.AppendInt(append(batch, " T"...), int64(ttl+1), 10)
+	if cas == 0 {
+		batch = append(batch, " ME"...)
+	} else {
+		batch = strconv.AppendUint(append(batch, " C"...), cas, 10)
+	}
+	batch = append(append(append(batch, " c\r\n"...), value...), "\r\n"...)
+	batch = append(append(append(batch, "mg "...), r.marker...), " v c\r\n"...)
+	evicts := cas == 0 && r.evicts() // a compare-and-swap cannot succeed on an evicted item
+	if evicts {
+		batch = append(batch, "stats\r\n"...)
+	}
+	// The batch's buffer takes the replies: nothing read from them is kept
+	// once this returns.
+	reply, err := r.conn.Exchange(ctx, batch, batch[len(batch):])
+	*bp = batch
+	if err != nil {
+		return 0, err
+	}
+	rs := replies{reply}
+	m, err := rs.meta()
+	if err != nil {
+		return 0, err
+	}
+	mk, err := rs.meta()
+	if err != nil {
+		return 0, err
+	}
+	evictions := int64(-1)
+	if evicts {
+		if evictions, err = rs.evictions(); err != nil {
+			return 0, err
+		}
+	}
+	switch m.status {
+	case "NS", "EX":
+		return 0, lockext.ErrStoreExists
+	case "NF":
+		return 0, lockext.ErrStoreMiss
+	case "HD":
+	default:
+		return 0, fmt.Errorf("%w: ms: %s", errBadReply, m.status)
+	}
+	newCAS, _ := m.flag('c')
+	if err := r.check(trusted, mk, evictions); err != nil {
+		r.undo(item, uint64(newCAS))
+		if errors.Is(err, errMarkerMoved) {
+			return 0, err
+		}
+		return 0, ErrRecovering
+	}
+	return uint64(newCAS), nil
 }
 
 // del deletes an item if its cas is still cas.
 func (r *replica) del(ctx context.Context, item string, cas uint64) error {
-	batch := append(append(make([]byte, 0, 32+len(item)), "md "...), item...)
+	bp := batches.Get().(*[]byte)
+	batch := append(append((*bp)[:0], "md "...), item...)
 	batch = append(strconv.AppendUint(append(batch, " C"...), cas, 10), "\r\n"...)
-	reply, err := r.conn.Exchange(ctx, batch)
+	reply, err := r.conn.Exchange(ctx, batch, batch[len(batch):])
+	*bp = batch
+	defer batches.Put(bp)
 	if err != nil {
 		return err
 	}

@@ -29,7 +29,8 @@ type store struct {
 type version struct {
 	cas   []uint64
 	value []byte
-	ttl   int // the grant's seconds when written or read; -1 unknown
+	ttl   int       // the grant's seconds when written or read; -1 unknown
+	one   [1]uint64 // cas's array for a name with one replica: one allocation, not two
 }
 
 func (v *version) casAt(i int) uint64 {
@@ -43,6 +44,9 @@ func (s *store) majority() int { return s.n/2 + 1 }
 
 // of returns the replicas that hold a name.
 func (s *store) of(name string) []*replica {
+	if len(s.replicas) == 1 {
+		return s.alone[0] // no name to hash
+	}
 	if s.n == 1 {
 		return s.alone[s.ring.Pick([]byte(name))]
 	}
@@ -253,7 +257,9 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		if err != nil {
 			return nil, err
 		}
-		return &version{cas: []uint64{c}, value: value, ttl: ttl}, nil
+		v := &version{value: value, ttl: ttl, one: [1]uint64{c}}
+		v.cas = v.one[:]
+		return v, nil
 	}
 	ver := &version{cas: make([]uint64, len(reps)), value: value, ttl: ttl}
 	var mu sync.Mutex

@@ -61,6 +61,7 @@ type clientConn struct {
 	bw     *bufio.Writer
 	broken bool          // a write failed: replies are dropped from now on
 	unsent []*grantReply // grants written since the last flush
+	grant  grantReply    // the LOCKED line written at once (sendGrant)
 	// deadline is the write deadline last set on the socket.
 	deadline time.Time
 }

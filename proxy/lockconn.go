@@ -41,7 +41,7 @@ func newLockConn(b *backend) *lockConn {
 // Exchange writes batch and an mn after it, and returns every reply before
 // the MN. A connection whose exchange failed in any way is closed, never
 // reused: a late reply on it would be taken for the next batch's.
-func (lc *lockConn) Exchange(ctx context.Context, batch []byte) ([]byte, error) {
+func (lc *lockConn) Exchange(ctx context.Context, batch, reply []byte) ([]byte, error) {
 	ls, err := lc.get(ctx)
 	if err != nil {
 		return nil, err
@@ -56,7 +56,10 @@ func (lc *lockConn) Exchange(ctx context.Context, batch []byte) ([]byte, error) 
 	}
 	ls.nc.SetDeadline(deadline)
 	ls.out = append(append(ls.out[:0], batch...), noop...)
-	c := call{shape: shapeQuiet}
+	if reply == nil {
+		reply = make([]byte, 0, 256) // a lock batch's replies fit
+	}
+	c := call{shape: shapeQuiet, reply: reply}
 	if _, err = ls.nc.Write(ls.out); err == nil {
 		err = readReply(ls.br, &c)
 	}

@@ -41,10 +41,14 @@ func (c *clientConn) lockCommand() {
 	switch r.cmd {
 	case cmdUnlock:
 		left, err := c.lockSession().Unlock(ctx, r.name, r.fence)
-		out = strconv.AppendInt([]byte("UNLOCKED "), int64(left), 10)
-		out = append(out, "\r\n"...)
-		if err != nil {
+		switch {
+		case err != nil:
 			out = lockError(err)
+		case left == 0:
+			c.sendNow(replyUnlocked)
+			return
+		default:
+			out = append(strconv.AppendInt([]byte("UNLOCKED "), int64(left), 10), "\r\n"...)
 		}
 	case cmdExtend:
 		left, err := c.lockSession().Extend(ctx, r.name, r.fence, r.ttl)
@@ -80,17 +84,9 @@ func (c *clientConn) lock(req lockext.Request) {
 	if errors.Is(err, context.Canceled) && c.stopping.Load() {
 		err = lockext.ErrClosed // the wait ended because the proxy is stopping
 	}
-	var nl *lockext.NotLockedError
-	switch {
-	case err == nil:
-		c.s.metrics.lockWaited(start, "granted")
-	case errors.As(err, &nl):
-		c.s.metrics.lockWaited(start, "not_locked")
-	default:
-		c.s.metrics.lockWaited(start, "error")
-	}
+	c.s.metrics.lockWaited(start, waitOutcome(err))
 	if err == nil {
-		c.sendNow(&grantReply{fence: g.Fence, ttl: g.TTL, count: g.Count, name: req.Name})
+		c.sendGrant(grantReply{fence: g.Fence, ttl: g.TTL, count: g.Count, name: req.Name})
 	} else {
 		c.sendNow(staticReply(lockError(err)))
 	}
@@ -121,6 +117,23 @@ func (c *clientConn) servePeer() {
 		return bytes.Clone(line), err
 	}
 	c.s.locks.ServePeer(c.ctx, next, func(b []byte) { c.output(staticReply(b), true) })
+}
+
+// replyUnlocked is the reply to the unlock of a last level.
+var replyUnlocked reply = staticReply("UNLOCKED 0\r\n")
+
+// waitOutcome names how a lock wait ended, for the metrics.
+func waitOutcome(err error) string {
+	if err == nil {
+		return "granted" // before nl, which escapes: a grant allocates nothing here
+	}
+	var nl *lockext.NotLockedError
+	switch {
+	case errors.As(err, &nl):
+		return "not_locked"
+	default:
+		return "error"
+	}
 }
 
 // longLockWait is the wait after which a lock command is logged (debug).
@@ -175,6 +188,20 @@ func (g *grantReply) write(w *bufio.Writer) {
 	b = strconv.AppendInt(append(b, ' '), int64(g.ttl), 10)
 	b = strconv.AppendInt(append(b, ' '), int64(g.count), 10)
 	w.Write(append(b, "\r\n"...))
+}
+
+// sendGrant is sendNow for a LOCKED line, written from the connection's
+// own grantReply when it goes out at once (nothing holds on to it after
+// output returns); one queued behind other replies gets its own.
+func (c *clientConn) sendGrant(g grantReply) {
+	if c.queued.Load() != 0 {
+		queued := new(grantReply)
+		*queued = g
+		c.send(queued)
+		return
+	}
+	c.grant = g
+	c.output(&c.grant, true)
 }
 
 func (c *clientConn) releaseGrant(g *grantReply) {
