@@ -109,6 +109,14 @@ func runLocks(cc *cli.Context) error {
 		results = append(results, polling)
 	}
 	printLockTable(results, hold)
+	if rtt, err := roundTrip(cache[0]); err == nil {
+		// A handoff needs at least the releaser's unlock to reach a proxy,
+		// the proxy's write to reach memcached and come back, and the grant
+		// to reach the next holder: two round trips' worth of hops.
+		fmt.Printf("\nfloor: a memcached round trip here takes %s (median); a handoff needs two round trips' worth of hops, "+
+			"so no lock that writes memcached per handoff can be busier than %.0f%% at hold %s\n",
+			ms(rtt), 100*hold.Seconds()/(hold+2*rtt).Seconds(), hold)
+	}
 	for _, bin := range bins {
 		printRatios(cases, results, bin, len(bins) > 1)
 	}
@@ -132,6 +140,30 @@ func printLockTable(results []lockResult, hold time.Duration) {
 			r.rate(), 100*r.rate()*hold.Seconds(), ms(pct(r.waits, 50)), ms(pct(r.waits, 99)), ms(r.waits[len(r.waits)-1]), ms(idle),
 			lo, hi, float64(hi)/float64(max(lo, 1)), r.lost, cpu)
 	}
+}
+
+// roundTrip is the median time of a memcached no-op round trip on one
+// connection: the machine's floor for any hop of a lock's handoff.
+func roundTrip(addr string) (time.Duration, error) {
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	br := bufio.NewReader(nc)
+	rtts := make([]time.Duration, 2000)
+	for i := range rtts {
+		t0 := time.Now()
+		if _, err := nc.Write([]byte("mn\r\n")); err != nil {
+			return 0, err
+		}
+		if _, err := br.ReadString('\n'); err != nil {
+			return 0, err
+		}
+		rtts[i] = time.Since(t0)
+	}
+	slices.Sort(rtts)
+	return rtts[len(rtts)/2], nil
 }
 
 // printRatios compares each case of bin with one proxy and one replica of
