@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -212,5 +214,73 @@ func TestLockHomeProxyGoes(t *testing.T) {
 	}
 	if err := <-got; err != nil {
 		t.Fatalf("the waiter queued at the home that went: %v", err)
+	}
+}
+
+// A proxy killed (kill -9) while its client waits at a name's home, and one
+// killed just as the home handed the lock to its client: the first's
+// waiter leaves the home's queue; the second's grant, a connection lock of
+// a client gone with its proxy, is released as soon as the home finds the
+// proxy gone (its address refuses connections), not at the end of its
+// 30 s ttl: the next waiter gets the lock.
+func TestLockPeerKilled(t *testing.T) {
+	bin := buildCLI(t)
+	c := startCluster(t, 1)
+	home, homeSrv := startProxy(t, proxy.Config{Servers: c.servers(t), Timeout: 300 * time.Millisecond})
+	// setUp starts a peer proxy, a holder at the home of a name homed
+	// there (among the two), and a waiter for it through the peer.
+	setUp := func() (signal func(syscall.Signal), name string, holder *rawConn, fence string, waiter *rawConn) {
+		listen := fmt.Sprintf("127.0.0.1:%d", testmc.FreePort(t))
+		cmd := startCLIProxy(t, bin, listen, "--servers", c.addrs()[0], "--timeout", "300ms")
+		t.Cleanup(func() { cmd.Process.Kill() }) // before its SIGTERM and wait: it may be stopped
+		waitStat(t, home, "proxy_lock_proxies", "2")
+		waitStat(t, listen, "proxy_lock_proxies", "2")
+		for i := 0; name == ""; i++ {
+			if n := fmt.Sprintf("k%d-%d", len(t.Name()), i); homeSrv.LockHome(n) == home {
+				name = n
+			}
+		}
+		holder = dialRaw(t, home)
+		got := holder.roundTrip("lock " + name + " 30 0")
+		if !strings.HasPrefix(got, "LOCKED ") {
+			t.Fatalf("lock %s: %q", name, got)
+		}
+		waiter = dialRaw(t, listen) // kept by the caller: a connection collected would close, and its wait end
+		waiter.send("lock " + name + " 30 20000\r\n")
+		waitQueued(t, home, name, 1)
+		return func(sig syscall.Signal) { cmd.Process.Signal(sig) }, name, holder, strings.Fields(got)[1], waiter
+	}
+
+	// A waiter queued through a proxy that is then killed.
+	signal, name, holder, fence, waiter := setUp()
+	signal(syscall.SIGKILL)
+	waitQueued(t, home, name, 0)
+	if got := holder.roundTrip("unlock " + name + " " + fence); got != "UNLOCKED 0" {
+		t.Fatalf("unlock with the dead proxy's waiter gone: %q", got)
+	}
+	runtime.KeepAlive(waiter)
+
+	// A grant handed to a proxy's client as the proxy dies: it is stopped,
+	// the home writes LOCKED into its socket, then it is killed.
+	signal, name, holder, fence, waiter = setUp()
+	signal(syscall.SIGSTOP)
+	if got := holder.roundTrip("unlock " + name + " " + fence); got != "UNLOCKED 0" {
+		t.Fatalf("unlock: %q", got)
+	}
+	signal(syscall.SIGKILL)
+	// NOT_LOCKED here, after 10 s, when the dead proxy's client kept it.
+	if got := dialRaw(t, home).roundTrip("lock " + name + " 30 10000"); !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatalf("lock after the proxy holding it for its client died: %q", got)
+	}
+	runtime.KeepAlive(waiter)
+}
+
+// waitQueued waits until the home of name has n waiters.
+func waitQueued(t *testing.T, home, name string, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); lockInfoWaiters(t, home, name) != n; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiters for %s at its home: want %d", name, n)
+		}
 	}
 }

@@ -89,9 +89,11 @@ func statValue(t *testing.T, addr, name string) string {
 	return ""
 }
 
+// waitStat waits until a stat has a value; 15 s bounds a hang (a proxy's
+// registration outlives it by up to 5 s).
 func waitStat(t *testing.T, addr, name, want string) {
 	t.Helper()
-	for i := 0; i < 500; i++ {
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); {
 		if statValue(t, addr, name) == want {
 			return
 		}

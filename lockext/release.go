@@ -15,6 +15,13 @@ func (m *Manager) Unlock(ctx context.Context, name string, fence uint64) (int, e
 	return m.release(ctx, name, fence, false)
 }
 
+// Release drops every level of the grant with the given fence: the end of
+// the connection that held it.
+func (m *Manager) Release(ctx context.Context, name string, fence uint64) error {
+	_, err := m.release(ctx, name, fence, true)
+	return err
+}
+
 // release drops one level, or every level when all is set. The levels
 // left keep the grant's own remaining lifetime.
 func (m *Manager) release(ctx context.Context, name string, fence uint64, all bool) (int, error) {

@@ -1,11 +1,16 @@
 package lockservice
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/memcachedlock/memcachedlock/lockext"
 )
@@ -27,9 +32,13 @@ func (s *Service) ServePeer(ctx context.Context, next func() ([]byte, error), se
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	running := make(map[string]context.CancelFunc)
+	held := make(connGrants) // connection locks granted over this link, not released over it
 	defer func() {
 		cancel()
 		wg.Wait()
+		if len(held) > 0 {
+			go s.releaseIfGone(held)
+		}
 	}()
 	for {
 		line, err := next()
@@ -59,6 +68,7 @@ func (s *Service) ServePeer(ctx context.Context, next func() ([]byte, error), se
 			out := s.servePeerRequest(rctx, op, args, func() { send([]byte(tag + " W\r\n")) })
 			mu.Lock()
 			delete(running, tag)
+			held.note(op, args, out)
 			mu.Unlock()
 			stop()
 			send([]byte(tag + " " + out + "\r\n"))
@@ -119,4 +129,78 @@ func (s *Service) servePeerRequest(ctx context.Context, op string, args []string
 		}
 		return fmt.Sprintf("LOCK %d %d %d %s %d", info.Fence, info.TTL, info.Count, info.Owner, info.Waiters)
 	}
+}
+
+// connGrants are the connection locks a peer's sessions hold through this
+// proxy: by name, the fence and the session.
+type connGrants map[string]connGrant
+
+type connGrant struct {
+	fence uint64
+	conn  string // "<instance>:<session>"
+}
+
+// note records what a request's reply changed: a connection lock granted,
+// or one released to its last level.
+func (h connGrants) note(op string, args []string, out string) {
+	f := strings.Fields(out)
+	switch {
+	case op == "L" && len(args) == 6 && args[4] == "c" && len(f) >= 2 && f[0] == "LOCKED":
+		if fence, err := strconv.ParseUint(f[1], 10, 64); err == nil {
+			h[args[0]] = connGrant{fence: fence, conn: args[5]}
+		}
+	case op == "U" && len(args) == 2 && out == "UNLOCKED 0":
+		if g, ok := h[args[0]]; ok && strconv.FormatUint(g.fence, 10) == args[1] {
+			delete(h, args[0])
+		}
+	}
+}
+
+// releaseIfGone releases the connection locks a peer's sessions held when
+// its link here broke, if that proxy is gone: its clients' connections went
+// with it, and so did their locks. A proxy that may still run (it answers,
+// or cannot be reached to tell) keeps them: its clients may hold them, and
+// their ttl ends them otherwise.
+func (s *Service) releaseIfGone(held connGrants) {
+	gone := make(map[string]bool)
+	for name, g := range held {
+		instance, _, _ := strings.Cut(g.conn, ":")
+		if _, seen := gone[instance]; !seen {
+			gone[instance] = s.peerGone(instance)
+		}
+		if !gone[instance] {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 4*s.cfg.Timeout)
+		err := s.manager.Release(ctx, name, g.fence)
+		cancel()
+		s.cfg.Logger.Info("released a connection lock of a proxy that is gone", "lock", name, "fence", g.fence, "err", err)
+	}
+}
+
+// peerGone reports whether the proxy instance is certainly not running:
+// its address refuses connections, or another process there does not
+// know its token. Anything less certain (no answer in time, not in the
+// registry) is not gone.
+func (s *Service) peerGone(instance string) bool {
+	var m member
+	for _, l := range s.members.list() {
+		if l.instance == instance {
+			m = l
+		}
+	}
+	if m.addr == "" {
+		return false
+	}
+	nc, err := net.DialTimeout("tcp", m.addr, s.cfg.Timeout)
+	if err != nil {
+		return errors.Is(err, syscall.ECONNREFUSED)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(s.cfg.Timeout))
+	if _, err := fmt.Fprintf(nc, "%s%s\r\n", peerHello, m.token); err != nil {
+		return false
+	}
+	line, err := bufio.NewReader(nc).ReadString('\n')
+	return err == nil && line != "PEER\r\n"
 }
