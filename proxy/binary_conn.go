@@ -30,9 +30,9 @@ func (c *clientConn) serveBinary() {
 			c.sawEOF = errors.Is(err, io.EOF)
 			switch err {
 			case errBinInvalid:
-				c.send(staticReply(binError(&r, statusInvalid, "")))
+				c.send(readyReply(binError(&r, statusInvalid, "")))
 			case errBinLength:
-				c.send(staticReply(binError(&r, statusUnknown, "")))
+				c.send(readyReply(binError(&r, statusUnknown, "")))
 			}
 			return
 		}
@@ -53,15 +53,15 @@ func (c *clientConn) handleBinary(r *binRequest) bool {
 		if _, err := c.br.Discard(r.valueLen); err != nil {
 			return false
 		}
-		c.send(staticReply(binError(r, statusUnknown, "")))
+		c.send(readyReply(binError(r, statusUnknown, "")))
 		return true
 	}
 	c.s.metrics.commands[cmd].Inc()
 	switch r.opcode {
 	case opNoop:
-		c.send(staticReply(binPacket(nil, r, statusOK, 0, nil, nil, nil)))
+		c.send(readyReply(binPacket(nil, r, statusOK, 0, nil, nil, nil)))
 	case opQuit:
-		c.send(staticReply(binPacket(nil, r, statusOK, 0, nil, nil, nil)))
+		c.send(readyReply(binPacket(nil, r, statusOK, 0, nil, nil, nil)))
 		return false
 	case opQuitQ:
 		return false
@@ -80,7 +80,7 @@ func (c *clientConn) binKeyed(r *binRequest) bool {
 		if _, err := c.br.Discard(r.valueLen); err != nil {
 			return false
 		}
-		c.send(staticReply(binError(r, status, text)))
+		c.send(readyReply(binError(r, status, text)))
 		return true
 	}
 	if p := c.s.prefix; len(p) > 0 && bytes.HasPrefix(r.key, p) {
@@ -196,7 +196,7 @@ func (c *clientConn) binTooLarge(r *binRequest) bool {
 	ok := err == nil
 	c.send(&tooLarge{del: del, quiet: true})
 	if ok {
-		c.send(staticReply(binError(r, statusTooLarge, "")))
+		c.send(readyReply(binError(r, statusTooLarge, "")))
 	}
 	return ok
 }
@@ -336,13 +336,13 @@ func (c *clientConn) binFanout(r *binRequest) reply {
 		line = []byte("stats")
 		if len(r.key) > 0 {
 			if bytes.ContainsAny(r.key, "\r\n") {
-				return staticReply(binError(r, statusNotFound, ""))
+				return readyReply(binError(r, statusNotFound, ""))
 			}
 			line = append(append(line, ' '), r.key...)
 		}
 	}
 	if err := parse(line, &c.req); err != nil || c.req.cmd != binCommands[r.opcode] {
-		return staticReply(binError(r, statusNotFound, ""))
+		return readyReply(binError(r, statusNotFound, ""))
 	}
 	b := &binFanout{req: *r, text: c.fanout(line)}
 	b.req.key, b.req.extras = nil, nil

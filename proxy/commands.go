@@ -3,22 +3,26 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"io"
+	"log/slog"
 )
 
 // handle carries out one command line. It returns false when the
 // connection must close: the client quit, or the stream lost its framing.
 func (c *clientConn) handle(line []byte) bool {
 	r := &c.req
-	if err := parse(line, r); err != nil {
-		c.s.cfg.Logger.Debug("command refused", "client", c.nc.RemoteAddr().String(), "err", err)
-		if err == errHTTP {
+	if refused := parse(line, r); refused != nil {
+		if c.s.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
+			c.s.cfg.Logger.Debug("command refused", "client", c.nc.RemoteAddr().String(), "err", refused.String())
+		}
+		if refused == refuseHTTP {
 			return false
 		}
 		// memcached keeps quiet about a malformed line that ends in
 		// noreply, once it has counted its arguments.
-		if !r.noreply || r.cmd.isMeta() || err == errUnknown {
-			c.send(errorReply(err))
+		if !r.noreply || r.cmd.isMeta() || refused == refuseUnknown {
+			c.send(refused)
 		}
 		return true
 	}
@@ -27,7 +31,7 @@ func (c *clientConn) handle(line []byte) bool {
 		if r.dataLen >= 0 && !c.skipData(r.dataLen) {
 			return false
 		}
-		c.send(staticReply(errReserved.Error() + "\r\n"))
+		c.send(replyReserved)
 		return true
 	}
 	switch r.cmd {
@@ -40,10 +44,10 @@ func (c *clientConn) handle(line []byte) bool {
 		c.s.topo.Load().pick(r.key).send(c.pin, call)
 		c.send(call)
 	case cmdMetaNoop:
-		c.send(replyNoop)
+		c.send(replyMN)
 	case cmdVerbosity:
 		if !r.noreply {
-			c.send(replyOKStatic)
+			c.send(replyOK)
 		}
 	case cmdFlushAll, cmdVersion, cmdStats, cmdCacheMemlimit, cmdSlabs, cmdLruCrawler, cmdLru:
 		c.send(c.fanout(line))

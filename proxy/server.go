@@ -153,8 +153,6 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
-var refusal = []byte("SERVER_ERROR too many open connections\r\n")
-
 // track starts serving nc unless the proxy is closing or full.
 func (s *Server) track(nc net.Conn) bool {
 	s.mu.Lock()
@@ -165,7 +163,7 @@ func (s *Server) track(nc net.Conn) bool {
 	if s.cfg.MaxConns > 0 && len(s.conns) >= s.cfg.MaxConns {
 		s.connsRefused.Add(1)
 		nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-		nc.Write(refusal)
+		nc.Write(replyTooManyConn)
 		return false
 	}
 	c := newClientConn(s, nc)

@@ -108,7 +108,7 @@ func (c *clientConn) openLogStream(line []byte) (*logStream, reply) {
 		nc, err := net.DialTimeout("tcp", b.addr, timeout)
 		if err != nil {
 			ls.close()
-			return nil, staticReply(serverError(errServerDown))
+			return nil, readyReply(serverError(errServerDown))
 		}
 		ls.conns = append(ls.conns, nc)
 		nc.SetDeadline(time.Now().Add(timeout))
@@ -121,9 +121,9 @@ func (c *clientConn) openLogStream(line []byte) (*logStream, reply) {
 		if err != nil || !bytes.Equal(first, replyOK) {
 			ls.close()
 			if err != nil {
-				return nil, staticReply(serverError(errServerDown))
+				return nil, readyReply(serverError(errServerDown))
 			}
-			return nil, staticReply(append([]byte(nil), first...))
+			return nil, readyReply(append([]byte(nil), first...))
 		}
 		nc.SetDeadline(time.Time{})
 		ls.readers = append(ls.readers, br)
