@@ -105,7 +105,7 @@ func (c *clientConn) binKeyed(r *binRequest) bool {
 		}
 		call.out = append(call.out, crlf...)
 	}
-	c.s.topo.Load().pick(r.key).send(c.pin, call)
+	c.s.routes.topo.Load().pick(r.key).send(c.pin, call)
 	c.send(newBinReply(r, call))
 	return true
 }
@@ -186,7 +186,7 @@ func (c *clientConn) binTooLarge(r *binRequest) bool {
 		var ok bool
 		if del.out, ok = appendMeta(del.out, &binRequest{opcode: opDelete, key: r.key}); ok {
 			del.out = append(del.out[:len(del.out)-2], " q\r\n"...)
-			c.s.topo.Load().pick(r.key).send(c.pin, del)
+			c.s.routes.topo.Load().pick(r.key).send(c.pin, del)
 		} else {
 			del.release()
 			del = nil
@@ -379,9 +379,8 @@ func (b *binFanout) write(w *bufio.Writer) {
 		}
 	case opStat:
 		for _, l := range bytes.Split(text, crlf) {
-			f := bytes.SplitN(l, []byte(" "), 3)
-			if len(f) == 3 && string(f[0]) == "STAT" {
-				w.Write(binPacket(nil, r, statusOK, 0, nil, f[1], f[2]))
+			if name, value, ok := parseStat(l); ok {
+				w.Write(binPacket(nil, r, statusOK, 0, nil, name, value))
 			}
 		}
 		w.Write(binPacket(nil, r, statusOK, 0, nil, nil, nil))

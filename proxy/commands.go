@@ -41,7 +41,7 @@ func (c *clientConn) handle(line []byte) bool {
 		return c.store(line)
 	case cmdIncr, cmdDecr, cmdTouch, cmdDelete, cmdMetaGet, cmdMetaDelete, cmdMetaArithmetic, cmdMetaDebug:
 		call := c.newCall(line)
-		c.s.topo.Load().pick(r.key).send(c.pin, call)
+		c.s.routes.topo.Load().pick(r.key).send(c.pin, call)
 		c.send(call)
 	case cmdMetaNoop:
 		c.send(replyMN)
@@ -96,7 +96,7 @@ func (c *clientConn) store(line []byte) bool {
 	if n > c.s.cfg.MaxItemSize {
 		return c.refuseTooLarge()
 	}
-	b := c.s.topo.Load().pick(r.key) // before the data overwrites the line
+	b := c.s.routes.topo.Load().pick(r.key) // before the data overwrites the line
 	call := c.newCall(line)
 	start := len(call.out)
 	call.out = append(call.out, make([]byte, n+2)...)
@@ -127,7 +127,7 @@ func (c *clientConn) refuseTooLarge() bool {
 			del.out = append(del.out, " b"...)
 		}
 		del.out = append(del.out, crlf...)
-		c.s.topo.Load().pick(r.key).send(c.pin, del)
+		c.s.routes.topo.Load().pick(r.key).send(c.pin, del)
 	}
 	quiet := r.noreply && r.cmd != cmdMetaSet // meta q never hides an error
 	if !c.skipData(r.dataLen) {

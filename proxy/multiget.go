@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"sync/atomic"
 )
 
 // retrieve routes get/gets/gat/gats. Keys that all live on one server go
@@ -10,7 +11,7 @@ import (
 // its keys, and the answers are merged back into the client's key order.
 func (c *clientConn) retrieve(line []byte) {
 	r := &c.req
-	t := c.s.topo.Load()
+	t := c.s.routes.topo.Load()
 	if len(r.keys) == 0 { // "gat <exptime>" alone: memcached judges it
 		call := newCall(shapeUntilEnd, c.s.cfg.Timeout)
 		call.out = append(append(call.out, line...), crlf...)
@@ -37,7 +38,7 @@ func (c *clientConn) retrieve(line []byte) {
 		keys:   make([][]byte, len(r.keys)),
 		calls:  make([]*call, len(t.cache)),
 		server: append([]int(nil), c.picks...),
-		s:      c.s,
+		misses: &c.s.getMisses,
 	}
 	// The verb and exptime, as the client sent them, start every server line.
 	head := r.tokens[:len(r.tokens)-len(r.keys)]
@@ -68,7 +69,7 @@ func (c *clientConn) retrieve(line []byte) {
 
 // multiGet is a retrieval split over several servers.
 type multiGet struct {
-	s      *Server
+	misses *atomic.Uint64 // counts the keys of failed servers
 	keys   [][]byte // the client's keys, in its order
 	server []int    // the server of each key
 	calls  []*call  // by server; nil where no key went
@@ -102,7 +103,7 @@ func (m *multiGet) write(w *bufio.Writer) {
 		p := m.server[i]
 		sc := m.calls[p]
 		if sc.err != nil || bytes.HasPrefix(sc.reply, []byte("SERVER_ERROR ")) {
-			m.s.getMisses.Add(1)
+			m.misses.Add(1)
 			continue
 		}
 		key, end := nextValue(sc.reply, cursor[p])

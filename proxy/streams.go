@@ -28,7 +28,7 @@ type dump struct {
 
 func (c *clientConn) dump(line []byte) reply {
 	d := &dump{line: append(append([]byte(nil), line...), crlf...), timeout: c.s.cfg.Timeout}
-	for _, b := range c.s.topo.Load().cache {
+	for _, b := range c.s.routes.topo.Load().cache {
 		d.servers = append(d.servers, b.addr)
 	}
 	return d
@@ -104,7 +104,7 @@ func (c *clientConn) openLogStream(line []byte) (*logStream, reply) {
 	ls := &logStream{ctx: c.ctx, client: c.nc}
 	out := append(append([]byte(nil), line...), crlf...)
 	timeout := c.s.cfg.Timeout
-	for _, b := range c.s.topo.Load().cache {
+	for _, b := range c.s.routes.topo.Load().cache {
 		nc, err := net.DialTimeout("tcp", b.addr, timeout)
 		if err != nil {
 			ls.close()
