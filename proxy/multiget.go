@@ -69,10 +69,11 @@ func (c *clientConn) retrieve(line []byte) {
 
 // multiGet is a retrieval split over several servers.
 type multiGet struct {
-	misses *atomic.Uint64 // counts the keys of failed servers
 	keys   [][]byte // the client's keys, in its order
 	server []int    // the server of each key
 	calls  []*call  // by server; nil where no key went
+
+	misses *atomic.Uint64 // counts the keys of failed servers
 }
 
 // write merges the servers' VALUE blocks into the client's key order. Each
