@@ -286,7 +286,11 @@ func (b *binReply) packet() []byte {
 		}
 		return binError(r, statusNotStored, "")
 	}
-	text := string(line)
+	return binServerError(r, line)
+}
+
+// binServerError turns memcached's error line into the binary status.
+func binServerError(r *binRequest, line []byte) []byte {
 	switch {
 	case bytes.Contains(line, []byte("non-numeric")):
 		return binError(r, statusNonNumeric, "")
@@ -297,7 +301,7 @@ func (b *binReply) packet() []byte {
 	case bytes.HasPrefix(line, []byte("CLIENT_ERROR")):
 		return binError(r, statusInvalid, "")
 	}
-	return binError(r, statusTempFail, text)
+	return binError(r, statusTempFail, string(line))
 }
 
 // metaReplyFields reads a meta reply line: its code, and the f and c flags.

@@ -56,17 +56,7 @@ func (c *clientConn) handle(line []byte) bool {
 		// memcached started without -A.
 		c.send(replyNoShutdown)
 	case cmdWatch:
-		stream, refused := c.openLogStream(line)
-		if stream == nil {
-			c.send(refused)
-			return true
-		}
-		c.send(stream)
-		// The connection is the stream's now: memcached ignores what the
-		// client sends, and so does the proxy; hanging up ends the stream.
-		io.Copy(io.Discard, c.br)
-		c.cancel()
-		return false
+		return c.watchLogs(line)
 	case cmdQuit:
 		return false
 	default:

@@ -77,47 +77,56 @@ func (f *fanout) write(w *bufio.Writer) {
 			c.release()
 		}
 	}()
-	switch f.cmd {
-	case cmdVersion:
+	switch {
+	case f.cmd == cmdVersion:
 		w.Write(lowestVersion(replies, failed))
-	case cmdStats:
-		if failed != nil && f.group != "" {
-			w.Write(failed)
-			return
-		}
+	case f.cmd == cmdStats:
+		f.writeStats(w, replies, failed)
+	case f.shape == shapeQuiet: // noreply: what a server chose to say anyway, once
 		for _, r := range replies {
-			if r != nil && (isErrorLine(r) || !bytes.HasSuffix(r, replyEND)) {
-				w.Write(r) // "stats reset", "stats bogus": one server speaks for all
-				return
-			}
-		}
-		mergeStats(w, replies, f.group)
-		if f.own != nil {
-			f.own.write(w)
-		}
-		w.Write(replyEND)
-	default: // flush_all and admin commands: OK only when every server said OK
-		if f.shape == shapeQuiet { // noreply: what a server chose to say anyway, once
-			for _, r := range replies {
-				if len(r) > 0 {
-					w.Write(r)
-					return
-				}
-			}
-			return
-		}
-		for _, r := range replies {
-			if r != nil && !bytes.Equal(r, replyOK) {
+			if len(r) > 0 {
 				w.Write(r)
 				return
 			}
 		}
-		if failed != nil {
-			w.Write(failed)
+	default: // flush_all and admin commands
+		w.Write(allOK(replies, failed))
+	}
+}
+
+// writeStats merges the servers' stats. The general group goes on without
+// a server that failed; other groups, and answers other than STAT lines,
+// are not merged.
+func (f *fanout) writeStats(w *bufio.Writer, replies [][]byte, failed []byte) {
+	if failed != nil && f.group != "" {
+		w.Write(failed)
+		return
+	}
+	for _, r := range replies {
+		if r != nil && (isErrorLine(r) || !bytes.HasSuffix(r, replyEND)) {
+			w.Write(r) // "stats reset", "stats bogus": one server speaks for all
 			return
 		}
-		w.Write(replies[0])
 	}
+	mergeStats(w, replies, f.group)
+	if f.own != nil {
+		f.own.write(w)
+	}
+	w.Write(replyEND)
+}
+
+// allOK answers OK only when every server said OK; otherwise the first
+// other answer, or the failure.
+func allOK(replies [][]byte, failed []byte) []byte {
+	for _, r := range replies {
+		if r != nil && !bytes.Equal(r, replyOK) {
+			return r
+		}
+	}
+	if failed != nil {
+		return failed
+	}
+	return replies[0]
 }
 
 // lowestVersion answers "version" with the oldest server's version, so that

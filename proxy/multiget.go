@@ -13,10 +13,7 @@ func (c *clientConn) retrieve(line []byte) {
 	r := &c.req
 	t := c.s.routes.topo.Load()
 	if len(r.keys) == 0 { // "gat <exptime>" alone: memcached judges it
-		call := newCall(shapeUntilEnd, c.s.cfg.Timeout)
-		call.out = append(append(call.out, line...), crlf...)
-		t.cache[0].send(c.pin, call)
-		c.send(call)
+		c.retrieveFrom(t.cache[0], line)
 		return
 	}
 	c.picks = c.picks[:0]
@@ -28,12 +25,23 @@ func (c *clientConn) retrieve(line []byte) {
 		one = one && p == first
 	}
 	if one {
-		call := newCall(shapeUntilEnd, c.s.cfg.Timeout)
-		call.out = append(append(call.out, line...), crlf...)
-		t.cache[first].send(c.pin, call)
-		c.send(call)
+		c.retrieveFrom(t.cache[first], line)
 		return
 	}
+	c.send(c.splitGet(t))
+}
+
+// retrieveFrom sends the client's line as it is to one server.
+func (c *clientConn) retrieveFrom(b *backend, line []byte) {
+	call := newCall(shapeUntilEnd, c.s.cfg.Timeout)
+	call.out = append(append(call.out, line...), crlf...)
+	b.send(c.pin, call)
+	c.send(call)
+}
+
+// splitGet sends each server a line with its keys, c.picks saying whose.
+func (c *clientConn) splitGet(t *topology) *multiGet {
+	r := &c.req
 	m := &multiGet{
 		keys:   make([][]byte, len(r.keys)),
 		calls:  make([]*call, len(t.cache)),
@@ -64,7 +72,7 @@ func (c *clientConn) retrieve(line []byte) {
 			t.cache[p].send(c.pin, sc)
 		}
 	}
-	c.send(m)
+	return m
 }
 
 // multiGet is a retrieval split over several servers.

@@ -149,47 +149,9 @@ func parse(line []byte, r *request) *refusal {
 	n := len(t)
 	switch cmd {
 	case cmdGet, cmdGets, cmdGat, cmdGats:
-		first := 1
-		if cmd == cmdGat || cmd == cmdGats {
-			first = 2
-		}
-		if n < 2 {
-			return refuseUnknown
-		}
-		for _, k := range t[min(first, n):] {
-			if !validKey(k) {
-				return refuseFormat
-			}
-			r.keys = append(r.keys, k)
-		}
+		return parseRetrieval(r)
 	case cmdSet, cmdAdd, cmdReplace, cmdAppend, cmdPrepend, cmdCas:
-		want := 5
-		if cmd == cmdCas {
-			want = 6
-		}
-		if n != want && n != want+1 {
-			return refuseUnknown
-		}
-		r.noreply = string(t[n-1]) == "noreply"
-		if !validKey(t[1]) {
-			return refuseFormat
-		}
-		if _, ok := parseUint(t[2], 64); !ok { // memcached takes any 64-bit value and keeps 32 bits
-			return refuseFormat
-		}
-		if _, ok := parseInt(t[3]); !ok {
-			return refuseFormat
-		}
-		size, ok := parseInt(t[4])
-		if !ok || size < 0 || size > 1<<31-3 {
-			return refuseFormat
-		}
-		if cmd == cmdCas {
-			if _, ok := parseUint(t[5], 64); !ok {
-				return refuseFormat
-			}
-		}
-		r.key, r.dataLen = t[1], int(size)
+		return parseStorage(r)
 	case cmdIncr, cmdDecr, cmdTouch:
 		if n != 3 && n != 4 {
 			return refuseUnknown
@@ -199,21 +161,11 @@ func parse(line []byte, r *request) *refusal {
 			return refuseFormat
 		}
 	case cmdDelete:
-		if n < 2 || n > 4 {
-			return refuseUnknown
-		}
-		r.key, r.noreply = t[1], n > 2 && string(t[n-1]) == "noreply"
-		if !validKey(t[1]) {
-			return refuseFormat
-		}
-		// memcached accepts a legacy "0" hold time and nothing else.
-		if rest := n - 2 - b2i(r.noreply); rest > 1 || rest == 1 && string(t[2]) != "0" {
-			return refuseDelete
-		}
+		return parseDelete(r)
 	case cmdMetaGet, cmdMetaSet, cmdMetaDelete, cmdMetaArithmetic, cmdMetaDebug:
 		return parseMeta(r)
 	case cmdMetaNoop, cmdVersion, cmdQuit:
-	case cmdFlushAll:
+	case cmdFlushAll, cmdCacheMemlimit:
 		r.noreply = string(t[n-1]) == "noreply"
 	case cmdVerbosity:
 		if n != 2 && n != 3 {
@@ -225,12 +177,82 @@ func parse(line []byte, r *request) *refusal {
 		}
 	case cmdStats, cmdSlabs, cmdLruCrawler, cmdLru, cmdShutdown, cmdWatch:
 		// memcached judges the arguments; these reply even to "noreply".
-	case cmdCacheMemlimit:
-		r.noreply = string(t[n-1]) == "noreply"
 	default: // lock commands check their own arguments
 		if n >= 2 {
 			r.key = t[1]
 		}
+	}
+	return nil
+}
+
+// parseRetrieval reads the keys of get, gets, gat and gats.
+func parseRetrieval(r *request) *refusal {
+	t := r.tokens
+	if len(t) < 2 {
+		return refuseUnknown
+	}
+	first := 1
+	if r.cmd == cmdGat || r.cmd == cmdGats {
+		first = 2
+	}
+	for _, k := range t[min(first, len(t)):] {
+		if !validKey(k) {
+			return refuseFormat
+		}
+		r.keys = append(r.keys, k)
+	}
+	return nil
+}
+
+// parseStorage checks "<cmd> <key> <flags> <exptime> <bytes> [<cas>]
+// [noreply]" and reads the key and data length.
+func parseStorage(r *request) *refusal {
+	t := r.tokens
+	n := len(t)
+	want := 5
+	if r.cmd == cmdCas {
+		want = 6
+	}
+	if n != want && n != want+1 {
+		return refuseUnknown
+	}
+	r.noreply = string(t[n-1]) == "noreply"
+	if !validKey(t[1]) {
+		return refuseFormat
+	}
+	if _, ok := parseUint(t[2], 64); !ok { // memcached takes any 64-bit value and keeps 32 bits
+		return refuseFormat
+	}
+	if _, ok := parseInt(t[3]); !ok {
+		return refuseFormat
+	}
+	size, ok := parseInt(t[4])
+	if !ok || size < 0 || size > 1<<31-3 {
+		return refuseFormat
+	}
+	if r.cmd == cmdCas {
+		if _, ok := parseUint(t[5], 64); !ok {
+			return refuseFormat
+		}
+	}
+	r.key, r.dataLen = t[1], int(size)
+	return nil
+}
+
+// parseDelete checks "delete <key> [0] [noreply]".
+func parseDelete(r *request) *refusal {
+	t := r.tokens
+	n := len(t)
+	if n < 2 || n > 4 {
+		return refuseUnknown
+	}
+	r.key, r.noreply = t[1], n > 2 && string(t[n-1]) == "noreply"
+	if !validKey(t[1]) {
+		return refuseFormat
+	}
+	// memcached accepts a legacy "0" hold time and nothing else.
+	if rest := n - 2 - b2i(r.noreply); rest > 1 || rest == 1 && string(t[2]) != "0" {
+		return refuseDelete
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"time"
@@ -95,6 +96,22 @@ type logStream struct {
 	readers []*bufio.Reader
 	ctx     context.Context // the client's
 	client  net.Conn        // for the write deadline of a stream that outlives it
+}
+
+// watchLogs streams the servers' logs to the client; false once the
+// stream has ended the connection.
+func (c *clientConn) watchLogs(line []byte) bool {
+	stream, refused := c.openLogStream(line)
+	if stream == nil {
+		c.send(refused)
+		return true
+	}
+	c.send(stream)
+	// The connection is the stream's now: memcached ignores what the
+	// client sends, and so does the proxy; hanging up ends the stream.
+	io.Copy(io.Discard, c.br)
+	c.cancel()
+	return false
 }
 
 // openLogStream asks every server to watch. When one refuses (a bad
