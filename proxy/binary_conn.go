@@ -139,7 +139,16 @@ func appendMeta(out []byte, r *binRequest) ([]byte, bool) {
 	if b64 {
 		out = append(out, " b"...)
 	}
-	out = append(out, flags...)
+	out = appendExtras(append(out, flags...), r)
+	if r.cas != 0 && verb != "mg " {
+		out = strconv.AppendUint(append(out, " C"...), r.cas, 10)
+	}
+	return append(out, crlf...), true
+}
+
+// appendExtras writes as meta flags what the request's extras carry:
+// flags, expiry, mode, delta and initial value.
+func appendExtras(out []byte, r *binRequest) []byte {
 	x := r.extras
 	switch r.opcode {
 	case opGAT, opGATQ, opGATK, opGATKQ, opTouch:
@@ -171,10 +180,7 @@ func appendMeta(out []byte, r *binRequest) ([]byte, bool) {
 			out = append(out, " MD"...)
 		}
 	}
-	if r.cas != 0 && verb != "mg " {
-		out = strconv.AppendUint(append(out, " C"...), r.cas, 10)
-	}
-	return append(out, crlf...), true
+	return out
 }
 
 // binTooLarge drops a value over the size limit. As memcached does, a set
@@ -237,6 +243,12 @@ func (b *binReply) packet() []byte {
 	if len(data) >= 2 {
 		data = data[:len(data)-2]
 	}
+	return metaToBinary(r, line, data)
+}
+
+// metaToBinary turns a meta reply line and its data into the response to r,
+// or nil when a quiet request has none.
+func metaToBinary(r *binRequest, line, data []byte) []byte {
 	code, flags, cas := metaReplyFields(line)
 	quiet := r.quiet()
 	var key []byte
