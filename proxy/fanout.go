@@ -10,6 +10,9 @@ import (
 // fanout sends a command to every cache server and merges the answers.
 func (c *clientConn) fanout(line []byte) reply {
 	r := &c.req
+	if r.cmd == cmdLruCrawler && len(r.tokens) > 1 && (string(r.tokens[1]) == "metadump" || string(r.tokens[1]) == "mgdump") {
+		return c.dump(line)
+	}
 	shape := shapeSingle
 	switch {
 	case r.noreply:
@@ -18,13 +21,11 @@ func (c *clientConn) fanout(line []byte) reply {
 		shape = statsShape(r.tokens[1:])
 	}
 	f := &fanout{cmd: r.cmd, shape: shape}
-	if r.cmd == cmdStats && len(r.tokens) > 1 {
+	switch {
+	case r.cmd == cmdStats && len(r.tokens) > 1:
 		f.group = string(r.tokens[1])
-	} else if r.cmd == cmdStats {
+	case r.cmd == cmdStats:
 		f.own = c.s.stats
-	}
-	if r.cmd == cmdLruCrawler && len(r.tokens) > 1 && (string(r.tokens[1]) == "metadump" || string(r.tokens[1]) == "mgdump") {
-		return c.dump(line)
 	}
 	for _, b := range c.s.routes.topo.Load().cache {
 		call := newCall(shape, c.s.cfg.Timeout)
