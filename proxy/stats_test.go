@@ -3,9 +3,15 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"io"
+	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
+
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
+	"github.com/memcachedlock/memcachedlock/ring"
 )
 
 // readStats reads one server's stats reply as the proxy does, the bytes
@@ -105,5 +111,37 @@ func TestParseStat(t *testing.T) {
 		if _, _, ok := parseStat([]byte(in)); ok {
 			t.Errorf("%q: taken for a STAT line", in)
 		}
+	}
+}
+
+// stats, /metrics and /healthz report the same servers, in one order: the
+// cache servers as configured, then the lock servers not among them.
+func TestServerCountsOrder(t *testing.T) {
+	addrs := make([]string, 3)
+	for i := range addrs {
+		addrs[i] = testmc.FreeAddr(t) // nothing listens: the servers are down
+	}
+	cfg := Config{
+		Servers:     []ring.Server{{Addr: addrs[1], Weight: 1}, {Addr: addrs[0], Weight: 1}},
+		LockServers: []ring.Server{{Addr: addrs[0], Weight: 1}, {Addr: addrs[2], Weight: 1}},
+		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	rt := newRouting(cfg, false, nil)
+	defer rt.close()
+	if err := rt.reload(cfg.Servers, cfg.Distribution, cfg.Hash); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, sc := range rt.counts() {
+		got = append(got, sc.addr)
+	}
+	if want := []string{addrs[1], addrs[0], addrs[2]}; !slices.Equal(got, want) {
+		t.Errorf("servers %v, want %v", got, want)
+	}
+	if down := downServers(rt.counts()); len(down) != 3 || !slices.IsSorted(down) {
+		t.Errorf("down %v, want all three, sorted", down)
 	}
 }
