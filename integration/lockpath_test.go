@@ -197,14 +197,14 @@ func TestStateFileCoversAFullRestart(t *testing.T) {
 func TestPipelinedLocksEachGetTheirOwnReply(t *testing.T) {
 	mc := startCluster(t, 1)
 	addr, _ := startProxy(t, faultConfig(mc.servers(t)))
-	c := dialRaw(t, addr)
-	c.send("get nothing\r\nlock p1 3\r\nlock p2 2\r\nlock p3 1\r\nlockinfo p1\r\nlockinfo p2\r\nlockinfo p3\r\n")
-	if got := c.line(); got != "END" {
+	c := testmc.Dial(t, addr)
+	c.Send("get nothing\r\nlock p1 3\r\nlock p2 2\r\nlock p3 1\r\nlockinfo p1\r\nlockinfo p2\r\nlockinfo p3\r\n")
+	if got := c.Line(); got != "END" {
 		t.Fatalf("get: %q", got)
 	}
 	var fences []string
 	for i, ttl := range []string{"3", "2", "1"} {
-		got := c.line()
+		got := c.Line()
 		f := strings.Fields(got)
 		if len(f) != 4 || f[0] != "LOCKED" || f[2] != ttl {
 			t.Fatalf("lock p%d %s: %q", i+1, ttl, got)
@@ -212,7 +212,7 @@ func TestPipelinedLocksEachGetTheirOwnReply(t *testing.T) {
 		fences = append(fences, f[1])
 	}
 	for i, fence := range fences {
-		if got := c.line(); !strings.HasPrefix(got, "LOCK "+fence+" ") {
+		if got := c.Line(); !strings.HasPrefix(got, "LOCK "+fence+" ") {
 			t.Fatalf("lockinfo p%d after LOCKED %s: %q", i+1, fence, got)
 		}
 	}

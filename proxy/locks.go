@@ -120,7 +120,7 @@ func (c *clientConn) servePeer() {
 }
 
 // replyUnlocked is the reply to the unlock of a last level.
-var replyUnlocked reply = staticReply("UNLOCKED 0\r\n")
+var replyUnlocked reply = readyReply("UNLOCKED 0\r\n")
 
 // waitOutcome names how a lock wait ended, for the metrics.
 func waitOutcome(err error) string {
