@@ -106,7 +106,7 @@ func (h *holding) checkDue(every time.Duration) bool {
 }
 
 type waiter struct {
-	req   Request // a copy: the waiter is the one allocation a wait needs
+	req   Request       // a copy: the waiter is the one allocation a wait needs
 	wake  chan struct{} // a signal: something changed, look again
 	grant *Grant        // set under the mutex by a handoff
 }
