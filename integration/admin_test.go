@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/bradfitz/gomemcache/memcache"
-
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
 	"github.com/memcachedlock/memcachedlock/proxy"
 )
 
@@ -52,11 +52,11 @@ func TestWatchStreamsEveryServer(t *testing.T) {
 	c := startCluster(t, 2)
 	servers := c.servers(t)
 	addr, _ := startProxy(t, proxy.Config{Servers: servers})
-	w := dialRaw(t, addr)
-	if got := w.roundTrip("watch bogus"); got != "ERROR" {
+	w := testmc.Dial(t, addr)
+	if got := w.RoundTrip("watch bogus"); got != "ERROR" {
 		t.Fatalf("watch bogus: %q", got)
 	}
-	if got := w.roundTrip("watch mutations"); got != "OK" {
+	if got := w.RoundTrip("watch mutations"); got != "OK" {
 		t.Fatalf("watch mutations: %q", got)
 	}
 	keys := []string{keysOn(t, servers, 0, 1)[0], keysOn(t, servers, 1, 1)[0]}
@@ -68,7 +68,7 @@ func TestWatchStreamsEveryServer(t *testing.T) {
 	}
 	seen := map[string]bool{}
 	for len(seen) < len(keys) {
-		l := w.line()
+		l := w.Line()
 		for _, k := range keys {
 			if strings.Contains(l, "key="+url.QueryEscape(k)+" ") {
 				seen[k] = true

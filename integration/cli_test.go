@@ -8,7 +8,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
 	"github.com/memcachedlock/memcachedlock/proxy"
 )
 
@@ -99,7 +101,7 @@ func waitHeld(t *testing.T, bin, addr, key string) {
 		if exec.Command(bin, "lockinfo", "--addr", addr, key).Run() == nil {
 			return
 		}
-		sleepMs(10)
+		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("%s never held", key)
 }
@@ -108,8 +110,8 @@ func TestCLIUnlockAndLockinfo(t *testing.T) {
 	bin := buildCLI(t)
 	c := startCluster(t, 1)
 	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
-	conn := dialRaw(t, addr)
-	fence := strings.Fields(conn.roundTrip("lock stuck 300 0 dead-host:1:1"))[1]
+	conn := testmc.Dial(t, addr)
+	fence := strings.Fields(conn.RoundTrip("lock stuck 300 0 dead-host:1:1"))[1]
 	out, err := exec.Command(bin, "lockinfo", "--addr", addr, "stuck").Output()
 	if err != nil || !strings.Contains(string(out), "owner dead-host:1:1") || !strings.Contains(string(out), "fence "+fence) {
 		t.Fatalf("lockinfo: %v\n%s", err, out)

@@ -42,7 +42,7 @@ func startCLIProxy(t *testing.T, bin, listen string, args ...string) *exec.Cmd {
 func TestTwemproxyConfigFile(t *testing.T) {
 	bin := buildCLI(t)
 	c := startCluster(t, 4)
-	ncListen := fmt.Sprintf("127.0.0.1:%d", testmc.FreePort(t))
+	ncListen := testmc.FreeAddr(t)
 	writeConf := func(n int) string {
 		var b strings.Builder
 		fmt.Fprintf(&b, "alpha:\n  listen: %s\n  hash: fnv1a_64\n  distribution: ketama\n  auto_eject_hosts: false\n", ncListen)
@@ -63,7 +63,7 @@ func TestTwemproxyConfigFile(t *testing.T) {
 	compareConfig()
 	want := locate(t, c, keys)
 	flushAll(t, c)
-	listen := fmt.Sprintf("127.0.0.1:%d", testmc.FreePort(t))
+	listen := testmc.FreeAddr(t)
 	proxy := startCLIProxy(t, bin, listen, "--config", path)
 	writeAll(t, memcache.New(listen), keys)
 	got := locate(t, c, keys)
@@ -98,22 +98,22 @@ func TestTwemproxyConfigFile(t *testing.T) {
 func TestSigtermShutsDownCleanly(t *testing.T) {
 	bin := buildCLI(t)
 	c := startCluster(t, 1)
-	listen := fmt.Sprintf("127.0.0.1:%d", testmc.FreePort(t))
+	listen := testmc.FreeAddr(t)
 	cmd := startCLIProxy(t, bin, listen, "--servers", c[0].Addr, "--shutdown-timeout", "5s")
-	holder := dialRaw(t, listen)
-	holder.roundTrip("lock going")
-	waiter := dialRaw(t, listen)
-	waiter.send("lock going 30 60000\r\n")
+	holder := testmc.Dial(t, listen)
+	holder.RoundTrip("lock going")
+	waiter := testmc.Dial(t, listen)
+	waiter.Send("lock going 30 60000\r\n")
 	waitStat(t, listen, "proxy_lock_waiters", "1")
-	client := dialRaw(t, listen)
-	client.send("set k 0 0 1\r\nx\r\n")
-	if got := client.line(); got != "STORED" {
+	client := testmc.Dial(t, listen)
+	client.Send("set k 0 0 1\r\nx\r\n")
+	if got := client.Line(); got != "STORED" {
 		t.Fatal(got)
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if got := waiter.line(); got != "SERVER_ERROR proxy shutting down" {
+	if got := waiter.Line(); got != "SERVER_ERROR proxy shutting down" {
 		t.Fatalf("waiter: %q", got)
 	}
 	done := make(chan error, 1)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"regexp"
 	"testing"
 	"time"
 
@@ -80,3 +81,5 @@ func startProxyStrict(t testing.TB, cfg proxy.Config) (string, *proxy.Server) {
 	})
 	return l.Addr().String(), srv
 }
+
+func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
 	"github.com/memcachedlock/memcachedlock/proxy"
 	"github.com/memcachedlock/memcachedlock/ring"
 )
@@ -263,12 +264,12 @@ func TestLockReplicasRestartsOneAfterAnother(t *testing.T) {
 
 // itemValue reads an item straight from memcached; "" if absent.
 func itemValue(t *testing.T, addr, key string) string {
-	c := dialRaw(t, addr)
-	defer c.nc.Close()
-	if c.roundTrip("mg "+key+" v") == "EN" {
+	c := testmc.Dial(t, addr)
+	defer c.NetConn.Close()
+	if c.RoundTrip("mg "+key+" v") == "EN" {
 		return ""
 	}
-	return c.line()
+	return c.Line()
 }
 
 // keeper holds a lock and extends it every 500 ms, as `memcachedlock lock`
@@ -283,9 +284,9 @@ type keeper struct {
 }
 
 func newKeeper(t *testing.T, addr, name string) *keeper {
-	conn := dialRaw(t, addr)
+	conn := testmc.Dial(t, addr)
 	sent := time.Now()
-	got := conn.roundTrip("lock " + name + " 2 0 keeper")
+	got := conn.RoundTrip("lock " + name + " 2 0 keeper")
 	if !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatal(got)
 	}
@@ -303,11 +304,11 @@ func newKeeper(t *testing.T, addr, name string) *keeper {
 			case <-tick.C:
 			}
 			sent := time.Now()
-			conn.nc.SetDeadline(sent.Add(10 * time.Second)) // bounds a hang only
-			_, err := conn.nc.Write([]byte("extend " + name + " " + fence + " 2\r\n"))
+			conn.NetConn.SetDeadline(sent.Add(10 * time.Second)) // bounds a hang only
+			_, err := conn.NetConn.Write([]byte("extend " + name + " " + fence + " 2\r\n"))
 			got := ""
 			if err == nil {
-				got, err = conn.br.ReadString('\n')
+				got, err = conn.Reader.ReadString('\n')
 			}
 			k.mu <- struct{}{}
 			switch {
@@ -346,12 +347,12 @@ func (k *keeper) stop() string {
 // given time, and fail on a grant made while the keeper's grant ran.
 func (k *keeper) intruders(t *testing.T, until time.Time, proxies ...string) {
 	t.Helper()
-	conns := make([]*rawConn, len(proxies))
+	conns := make([]*testmc.Conn, len(proxies))
 	for i, p := range proxies {
-		conns[i] = dialRaw(t, p)
+		conns[i] = testmc.Dial(t, p)
 	}
 	for i := 0; time.Now().Before(until); i++ {
-		got := conns[i%len(conns)].roundTrip("lock " + k.name + " 2 0 intruder")
+		got := conns[i%len(conns)].RoundTrip("lock " + k.name + " 2 0 intruder")
 		if strings.HasPrefix(got, "LOCKED ") {
 			k.mu <- struct{}{}
 			running := time.Now().Before(k.until)
@@ -361,7 +362,7 @@ func (k *keeper) intruders(t *testing.T, until time.Time, proxies ...string) {
 				t.Fatalf("%s granted to an intruder while the keeper's grant ran %s more (keeper: %q): %q",
 					k.name, left.Round(time.Millisecond), lost, got)
 			}
-			conns[i%len(conns)].roundTrip("unlock " + k.name + " " + strings.Fields(got)[1])
+			conns[i%len(conns)].RoundTrip("unlock " + k.name + " " + strings.Fields(got)[1])
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

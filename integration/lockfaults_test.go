@@ -34,9 +34,9 @@ func faultConfig(servers []ring.Server) proxy.Config {
 // command was sent.
 func holdLock(t *testing.T, addr, name, owner string) (fence string, until time.Time) {
 	t.Helper()
-	c := dialRaw(t, addr)
+	c := testmc.Dial(t, addr)
 	sent := time.Now()
-	got := c.roundTrip("lock " + name + " " + faultTTLStr + " 0 " + owner)
+	got := c.RoundTrip("lock " + name + " " + faultTTLStr + " 0 " + owner)
 	if !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatalf("lock %s through %s: %q", name, addr, got)
 	}
@@ -48,13 +48,13 @@ func holdLock(t *testing.T, addr, name, owner string) (fence string, until time.
 // how many answers were "lock server recovering".
 func neverGranted(t *testing.T, name string, until time.Time, proxies ...string) (recovering int) {
 	t.Helper()
-	conns := make([]*rawConn, len(proxies))
+	conns := make([]*testmc.Conn, len(proxies))
 	for i, p := range proxies {
-		conns[i] = dialRaw(t, p)
+		conns[i] = testmc.Dial(t, p)
 	}
 	for i := 0; time.Now().Before(until); i++ {
 		c := conns[i%len(conns)]
-		got := c.roundTrip("lock " + name + " " + faultTTLStr + " 0 intruder")
+		got := c.RoundTrip("lock " + name + " " + faultTTLStr + " 0 intruder")
 		switch {
 		case strings.HasPrefix(got, "LOCKED "):
 			t.Fatalf("%s granted again through %s while the first holder's ttl still ran (%s left): %q",
@@ -76,7 +76,7 @@ func neverGranted(t *testing.T, name string, until time.Time, proxies ...string)
 func warm(t *testing.T, proxies ...string) {
 	t.Helper()
 	for _, p := range proxies {
-		if got := dialRaw(t, p).roundTrip("lockinfo warm"); got != "NOT_FOUND" {
+		if got := testmc.Dial(t, p).RoundTrip("lockinfo warm"); got != "NOT_FOUND" {
 			t.Fatalf("lockinfo through %s: %q", p, got)
 		}
 	}
@@ -103,7 +103,7 @@ func TestLockFault1DirectFlush(t *testing.T) {
 	if neverGranted(t, "k", until, pb, pa, pc) == 0 {
 		t.Fatal("never answered 'lock server recovering' after the flush")
 	}
-	waitLocked(t, dialRaw(t, pb), "lock k 1 0 later")
+	waitLocked(t, testmc.Dial(t, pb), "lock k 1 0 later")
 }
 
 // 2. During the recovery a release does not hand the lock on: the waiter
@@ -116,19 +116,19 @@ func TestLockFault2NoHandoffDuringRecovery(t *testing.T) {
 	pa, _ := startProxy(t, cfg)
 	pb, _ := startProxy(t, faultConfig(c.servers(t)))
 	warm(t, pa, pb)
-	holder := dialRaw(t, pa)
+	holder := testmc.Dial(t, pa)
 	sent := time.Now()
-	got := holder.roundTrip("lock k " + faultTTLStr + " 0 holder")
+	got := holder.RoundTrip("lock k " + faultTTLStr + " 0 holder")
 	if !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatal(got)
 	}
 	until := sent.Add(faultTTL * time.Second)
-	waiter := dialRaw(t, pa)
-	waiter.send("lock k " + faultTTLStr + " 2500 waiter\r\n")
+	waiter := testmc.Dial(t, pa)
+	waiter.Send("lock k " + faultTTLStr + " 2500 waiter\r\n")
 	waitStat(t, pa, "proxy_lock_waiters", "1")
 	ask(t, c[0].Addr, "flush_all\r\n", "OK")
-	holder.roundTrip("unlock k " + strings.Fields(got)[1])
-	if got := waiter.line(); strings.HasPrefix(got, "LOCKED ") {
+	holder.RoundTrip("unlock k " + strings.Fields(got)[1])
+	if got := waiter.Line(); strings.HasPrefix(got, "LOCKED ") {
 		t.Fatalf("the release handed the lock on during the recovery: %q", got)
 	}
 	neverGranted(t, "k", until, pa, pb)
@@ -213,17 +213,17 @@ func TestLockFault6Eviction(t *testing.T) {
 	pb, _ := startProxy(t, faultConfig(c.servers(t)))
 	warm(t, pa, pb)
 	_, until := holdLock(t, pa, "k", "holder")
-	conn := dialRaw(t, pa)
+	conn := testmc.Dial(t, pa)
 	value := strings.Repeat("x", 400<<10)
 	for i := 0; statInt(t, c[0].Addr, "evictions") == 0; i++ {
 		if i == 200 {
 			t.Fatal("no eviction after 80 MB of cache traffic into an 8 MB memcached")
 		}
-		if got := conn.roundTrip(fmt.Sprintf("set fill:%d 0 0 %d\r\n%s", i, len(value), value)); got != "STORED" {
+		if got := conn.RoundTrip(fmt.Sprintf("set fill:%d 0 0 %d\r\n%s", i, len(value), value)); got != "STORED" {
 			t.Fatalf("set: %q", got)
 		}
 	}
-	if got := dialRaw(t, pb).roundTrip("lock other " + faultTTLStr + " 0 x"); got != "SERVER_ERROR lock server recovering" {
+	if got := testmc.Dial(t, pb).RoundTrip("lock other " + faultTTLStr + " 0 x"); got != "SERVER_ERROR lock server recovering" {
 		t.Fatalf("lock after an eviction: %q", got)
 	}
 	neverGranted(t, "k", until, pb, pa)
@@ -259,15 +259,15 @@ func TestLockFault7ServerListChange(t *testing.T) {
 	if err := srv.Reload(all, ring.Ketama, "md5"); err != nil {
 		t.Fatal(err)
 	}
-	conn := dialRaw(t, pa)
-	if got := conn.roundTrip("lockinfo " + name); !strings.HasPrefix(got, "LOCK "+fence+" ") {
+	conn := testmc.Dial(t, pa)
+	if got := conn.RoundTrip("lockinfo " + name); !strings.HasPrefix(got, "LOCK "+fence+" ") {
 		t.Fatalf("lockinfo after the reload: %q", got)
 	}
-	if got := conn.roundTrip("lock " + name + " " + faultTTLStr + " 0 other"); !strings.HasPrefix(got, "NOT_LOCKED ") {
+	if got := conn.RoundTrip("lock " + name + " " + faultTTLStr + " 0 other"); !strings.HasPrefix(got, "NOT_LOCKED ") {
 		t.Fatalf("lock after the reload: %q", got)
 	}
 	pn, _ := startProxy(t, faultConfig(all))
-	if got := dialRaw(t, pn).roundTrip("lock " + name + " " + faultTTLStr + " 0 other"); got != "SERVER_ERROR lock servers differ between proxies" {
+	if got := testmc.Dial(t, pn).RoundTrip("lock " + name + " " + faultTTLStr + " 0 other"); got != "SERVER_ERROR lock servers differ between proxies" {
 		t.Fatalf("lock through a proxy with another lock server list: %q", got)
 	}
 }
@@ -295,7 +295,7 @@ func TestLockFault7NameOnNewServer(t *testing.T) {
 	_, until := holdLock(t, pa, name, "holder")
 	pn, _ := startProxy(t, faultConfig(all))
 	// pn learns that the servers it shares with pa name another list.
-	if got := dialRaw(t, pn).roundTrip("lock " + shared + " 1 0 x"); got != "SERVER_ERROR lock servers differ between proxies" {
+	if got := testmc.Dial(t, pn).RoundTrip("lock " + shared + " 1 0 x"); got != "SERVER_ERROR lock servers differ between proxies" {
 		t.Fatalf("lock on a shared server: %q", got)
 	}
 	neverGranted(t, name, until, pn)
@@ -315,11 +315,11 @@ func TestLockFault8ItemOutlivesTTL(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 1)
 	pa, _ := startProxy(t, faultConfig(c.servers(t)))
-	conn := dialRaw(t, pa)
+	conn := testmc.Dial(t, pa)
 	best := 0
 	for i := 0; i < 5 && best < 2; i++ {
 		name := fmt.Sprintf("short%d", i)
-		if got := conn.roundTrip("lock " + name + " 1 0 o"); !strings.HasPrefix(got, "LOCKED ") {
+		if got := conn.RoundTrip("lock " + name + " 1 0 o"); !strings.HasPrefix(got, "LOCKED ") {
 			t.Fatal(got)
 		}
 		got := ask(t, c[0].Addr, "mg "+markerKey+name+" t\r\n", "HD", "EN")
@@ -352,23 +352,23 @@ func TestLockFault9StaleHintOnAnotherProxy(t *testing.T) {
 		{"shortened", "extend %s %s 1", "4000"},
 		{"unlocked-elsewhere", "unlock %s %s", "1000"},
 	} {
-		first := dialRaw(t, pa)
-		got := first.roundTrip("lock " + tc.name + " 30 0 owner")
+		first := testmc.Dial(t, pa)
+		got := first.RoundTrip("lock " + tc.name + " 30 0 owner")
 		if !strings.HasPrefix(got, "LOCKED ") {
 			t.Fatal(got)
 		}
 		fence := strings.Fields(got)[1]
-		if again := dialRaw(t, pb).roundTrip("lock " + tc.name + " 30 0 owner"); strings.Fields(again)[1] != fence {
+		if again := testmc.Dial(t, pb).RoundTrip("lock " + tc.name + " 30 0 owner"); strings.Fields(again)[1] != fence {
 			t.Fatalf("%s: the owner asking again through another proxy: %q, first %q", tc.name, again, got)
 		}
 		releaser := first
 		if tc.name == "unlocked-elsewhere" {
-			releaser = dialRaw(t, pc)
+			releaser = testmc.Dial(t, pc)
 		}
-		if got := releaser.roundTrip(fmt.Sprintf(tc.release, tc.name, fence)); !strings.HasPrefix(got, "UNLOCKED 0") && !strings.HasPrefix(got, "EXTENDED 1") {
+		if got := releaser.RoundTrip(fmt.Sprintf(tc.release, tc.name, fence)); !strings.HasPrefix(got, "UNLOCKED 0") && !strings.HasPrefix(got, "EXTENDED 1") {
 			t.Fatalf("%s: %q", tc.name, got)
 		}
-		if got := dialRaw(t, pb).roundTrip("lock " + tc.name + " 30 " + tc.wait + " waiter"); !strings.HasPrefix(got, "LOCKED ") {
+		if got := testmc.Dial(t, pb).RoundTrip("lock " + tc.name + " 30 " + tc.wait + " waiter"); !strings.HasPrefix(got, "LOCKED ") {
 			t.Fatalf("%s: a waiter on the proxy that repeated the grant: %q (the old ttl was 30 s)", tc.name, got)
 		}
 	}
@@ -382,18 +382,18 @@ func TestLockFault10ExtendShorterWakesWaiters(t *testing.T) {
 	cfg := faultConfig(c.servers(t))
 	cfg.LockTTLMax = 60
 	pa, _ := startProxy(t, cfg)
-	holder := dialRaw(t, pa)
-	got := holder.roundTrip("lock k 30 0 holder")
+	holder := testmc.Dial(t, pa)
+	got := holder.RoundTrip("lock k 30 0 holder")
 	if !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatal(got)
 	}
-	waiter := dialRaw(t, pa)
-	waiter.send("lock k 30 5000 waiter\r\n")
+	waiter := testmc.Dial(t, pa)
+	waiter.Send("lock k 30 5000 waiter\r\n")
 	waitStat(t, pa, "proxy_lock_waiters", "1")
-	if got := holder.roundTrip("extend k " + strings.Fields(got)[1] + " 1"); got != "EXTENDED 1" {
+	if got := holder.RoundTrip("extend k " + strings.Fields(got)[1] + " 1"); got != "EXTENDED 1" {
 		t.Fatal(got)
 	}
-	if got := waiter.line(); !strings.HasPrefix(got, "LOCKED ") {
+	if got := waiter.Line(); !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatalf("waiter after the holder shortened its grant to 1 s: %q (the old ttl was 30 s)", got)
 	}
 }
@@ -409,19 +409,19 @@ func TestLockFault11PartialRLockUnlockKeepsTTL(t *testing.T) {
 	pa, _ := startProxy(t, cfg)
 	pb, _ := startProxy(t, cfg)
 	pc, _ := startProxy(t, cfg)
-	a := dialRaw(t, pa)
-	a.roundTrip("rlock r 2 0 owner")
-	got := a.roundTrip("rlock r 2 0 owner")
+	a := testmc.Dial(t, pa)
+	a.RoundTrip("rlock r 2 0 owner")
+	got := a.RoundTrip("rlock r 2 0 owner")
 	if !strings.HasPrefix(got, "LOCKED ") || strings.Fields(got)[3] != "2" {
 		t.Fatal(got)
 	}
-	if got := dialRaw(t, pb).roundTrip("unlock r " + strings.Fields(got)[1]); got != "UNLOCKED 1" {
+	if got := testmc.Dial(t, pb).RoundTrip("unlock r " + strings.Fields(got)[1]); got != "UNLOCKED 1" {
 		t.Fatal(got)
 	}
-	if got := dialRaw(t, pb).roundTrip("lockinfo r"); !regexpMatch(`^LOCK \d+ [0-2] 1 owner `, got) {
+	if got := testmc.Dial(t, pb).RoundTrip("lockinfo r"); !regexpMatch(`^LOCK \d+ [0-2] 1 owner `, got) {
 		t.Fatalf("lockinfo after one level was released elsewhere: %q (grant of 2 s)", got)
 	}
-	if got := dialRaw(t, pc).roundTrip("rlock r 2 5000 other"); !strings.HasPrefix(got, "LOCKED ") {
+	if got := testmc.Dial(t, pc).RoundTrip("rlock r 2 5000 other"); !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatalf("another owner waiting 5 s for an rlock of 2 s: %q", got)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
 )
 
 // The lock path's own faults: how the proxy talks to a lock server
@@ -142,7 +144,7 @@ func TestNoMajorityAnswersServerError(t *testing.T) {
 	a, _ := startProxy(t, cfg)
 	b, _ := startProxy(t, cfg)
 	warm(t, a, b)
-	got := dialRaw(t, a).roundTrip("lock kept 60 0 holder")
+	got := testmc.Dial(t, a).RoundTrip("lock kept 60 0 holder")
 	if !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatalf("lock: %q", got)
 	}
@@ -150,16 +152,16 @@ func TestNoMajorityAnswersServerError(t *testing.T) {
 	mc[1].Pause()
 	mc[2].Pause()
 	for _, p := range []string{a, b} {
-		c := dialRaw(t, p)
+		c := testmc.Dial(t, p)
 		for _, cmd := range []string{"extend kept " + fence + " 60", "lockinfo kept", "unlock kept " + fence} {
-			if got := c.roundTrip(cmd); !strings.HasPrefix(got, "SERVER_ERROR ") {
+			if got := c.RoundTrip(cmd); !strings.HasPrefix(got, "SERVER_ERROR ") {
 				t.Errorf("%s through %s with two of three replicas paused: %q", cmd, p, got)
 			}
 		}
 	}
 	mc[1].Resume()
 	mc[2].Resume()
-	if got := dialRaw(t, b).roundTrip("lock kept 60 0 intruder"); !strings.HasPrefix(got, "NOT_LOCKED ") {
+	if got := testmc.Dial(t, b).RoundTrip("lock kept 60 0 intruder"); !strings.HasPrefix(got, "NOT_LOCKED ") {
 		t.Fatalf("lock kept by another owner after the replicas came back: %q", got)
 	}
 }
@@ -175,7 +177,7 @@ func TestStateFileCoversAFullRestart(t *testing.T) {
 	cfg.LockTTLMax = 6 // long enough to outlast the restarts on a slow machine
 	first, srv := startProxyStrict(t, cfg)
 	sent := time.Now()
-	if got := dialRaw(t, first).roundTrip("lock power-cut 6 0 holder"); !strings.HasPrefix(got, "LOCKED ") {
+	if got := testmc.Dial(t, first).RoundTrip("lock power-cut 6 0 holder"); !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatalf("lock: %q", got)
 	}
 	until := sent.Add(6 * time.Second)
@@ -195,14 +197,14 @@ func TestStateFileCoversAFullRestart(t *testing.T) {
 func TestPipelinedLocksEachGetTheirOwnReply(t *testing.T) {
 	mc := startCluster(t, 1)
 	addr, _ := startProxy(t, faultConfig(mc.servers(t)))
-	c := dialRaw(t, addr)
-	c.send("get nothing\r\nlock p1 3\r\nlock p2 2\r\nlock p3 1\r\nlockinfo p1\r\nlockinfo p2\r\nlockinfo p3\r\n")
-	if got := c.line(); got != "END" {
+	c := testmc.Dial(t, addr)
+	c.Send("get nothing\r\nlock p1 3\r\nlock p2 2\r\nlock p3 1\r\nlockinfo p1\r\nlockinfo p2\r\nlockinfo p3\r\n")
+	if got := c.Line(); got != "END" {
 		t.Fatalf("get: %q", got)
 	}
 	var fences []string
 	for i, ttl := range []string{"3", "2", "1"} {
-		got := c.line()
+		got := c.Line()
 		f := strings.Fields(got)
 		if len(f) != 4 || f[0] != "LOCKED" || f[2] != ttl {
 			t.Fatalf("lock p%d %s: %q", i+1, ttl, got)
@@ -210,7 +212,7 @@ func TestPipelinedLocksEachGetTheirOwnReply(t *testing.T) {
 		fences = append(fences, f[1])
 	}
 	for i, fence := range fences {
-		if got := c.line(); !strings.HasPrefix(got, "LOCK "+fence+" ") {
+		if got := c.Line(); !strings.HasPrefix(got, "LOCK "+fence+" ") {
 			t.Fatalf("lockinfo p%d after LOCKED %s: %q", i+1, fence, got)
 		}
 	}

@@ -155,7 +155,7 @@ func TestLockMutualExclusionFourProxies(t *testing.T) {
 // wrong) costs speed, not safety: its peers serve the names themselves.
 func TestLockPeersUnreachable(t *testing.T) {
 	c := startCluster(t, 1)
-	dead := fmt.Sprintf("127.0.0.1:%d", testmc.FreePort(t))
+	dead := testmc.FreeAddr(t)
 	a1, s1 := startProxy(t, proxy.Config{Servers: c.servers(t), Advertise: dead})
 	a2, s2 := startProxy(t, proxy.Config{Servers: c.servers(t), Advertise: dead})
 	waitStat(t, a1, "proxy_lock_proxies", "2")

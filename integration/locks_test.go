@@ -106,17 +106,17 @@ func waitStat(t *testing.T, addr, name, want string) {
 func TestLockTelnetTranscript(t *testing.T) {
 	c := startCluster(t, 2)
 	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
-	conn := dialRaw(t, addr)
-	locked := conn.roundTrip("lock catalog 30 5000 zeo1:4711:140230")
+	conn := testmc.Dial(t, addr)
+	locked := conn.RoundTrip("lock catalog 30 5000 zeo1:4711:140230")
 	var fence uint64
 	if _, err := fmt.Sscanf(locked, "LOCKED %d 30 1", &fence); err != nil {
 		t.Fatalf("lock: %q", locked)
 	}
-	if got := conn.roundTrip("lockinfo catalog"); !regexpMatch(`^LOCK `+strconv.FormatUint(fence, 10)+` (29|30) 1 zeo1:4711:140230 0$`, got) {
+	if got := conn.RoundTrip("lockinfo catalog"); !regexpMatch(`^LOCK `+strconv.FormatUint(fence, 10)+` (29|30) 1 zeo1:4711:140230 0$`, got) {
 		t.Fatalf("lockinfo: %q", got)
 	}
-	other := dialRaw(t, addr)
-	if got := other.roundTrip("lock catalog 30 0 zeo2:99:1"); !regexpMatch(`^NOT_LOCKED (29|30)$`, got) {
+	other := testmc.Dial(t, addr)
+	if got := other.RoundTrip("lock catalog 30 0 zeo2:99:1"); !regexpMatch(`^NOT_LOCKED (29|30)$`, got) {
 		t.Fatalf("lock by another owner: %q", got)
 	}
 	f := strconv.FormatUint(fence, 10)
@@ -133,7 +133,7 @@ func TestLockTelnetTranscript(t *testing.T) {
 		{"lockinfo catalog", "NOT_FOUND"},
 		{"lock " + strings.Repeat("k", 251), "CLIENT_ERROR bad command line format"},
 	} {
-		if got := conn.roundTrip(step[0]); got != step[1] {
+		if got := conn.RoundTrip(step[0]); got != step[1] {
 			t.Errorf("%s: got %q, want %q", step[0], got, step[1])
 		}
 	}
@@ -142,8 +142,8 @@ func TestLockTelnetTranscript(t *testing.T) {
 func TestLockReentrantAndModes(t *testing.T) {
 	c := startCluster(t, 1)
 	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
-	conn := dialRaw(t, addr)
-	first := conn.roundTrip("rlock r 30 0 me")
+	conn := testmc.Dial(t, addr)
+	first := conn.RoundTrip("rlock r 30 0 me")
 	fence := strings.Fields(first)[1]
 	for _, step := range [][2]string{
 		{"rlock r 30 0 me", "LOCKED " + fence + " 30 2"},
@@ -156,7 +156,7 @@ func TestLockReentrantAndModes(t *testing.T) {
 		{"unlock r " + fence, "UNLOCKED 0"},
 		{"unlock r " + fence, "NOT_FOUND"},
 	} {
-		if got := conn.roundTrip(step[0]); got != step[1] {
+		if got := conn.RoundTrip(step[0]); got != step[1] {
 			t.Errorf("%s: got %q, want %q", step[0], got, step[1])
 		}
 	}
@@ -167,24 +167,24 @@ func TestLockReentrantAndModes(t *testing.T) {
 func TestLockTTLAndExtend(t *testing.T) {
 	c := startCluster(t, 1)
 	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
-	owner := dialRaw(t, addr)
-	fence := strings.Fields(owner.roundTrip("lock lease 1 0 gone:1:1"))[1]
-	owner.roundTrip("extend lease " + fence + " 100")
-	if got := dialRaw(t, addr).roundTrip("lockinfo lease"); !regexpMatch(` (99|100) 1 gone:1:1 0$`, got) {
+	owner := testmc.Dial(t, addr)
+	fence := strings.Fields(owner.RoundTrip("lock lease 1 0 gone:1:1"))[1]
+	owner.RoundTrip("extend lease " + fence + " 100")
+	if got := testmc.Dial(t, addr).RoundTrip("lockinfo lease"); !regexpMatch(` (99|100) 1 gone:1:1 0$`, got) {
 		t.Fatalf("after extend to 100: %q", got)
 	}
-	if got := owner.roundTrip("extend lease " + fence + " 1"); got != "EXTENDED 1" {
+	if got := owner.RoundTrip("extend lease " + fence + " 1"); got != "EXTENDED 1" {
 		t.Fatalf("shorten: %q", got)
 	}
-	owner.nc.Close() // a lease outlives its connection; only the ttl frees it
-	waiter := dialRaw(t, addr)
-	if got := waiter.roundTrip("lock lease 30 5000 next:1:1"); !strings.HasPrefix(got, "LOCKED ") {
+	owner.NetConn.Close() // a lease outlives its connection; only the ttl frees it
+	waiter := testmc.Dial(t, addr)
+	if got := waiter.RoundTrip("lock lease 30 5000 next:1:1"); !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatalf("waiting for an expiring lease: %q", got)
 	}
-	if got := waiter.roundTrip("unlock lease " + fence); got != "NOT_OWNER" {
+	if got := waiter.RoundTrip("unlock lease " + fence); got != "NOT_OWNER" {
 		t.Fatalf("the expired grant's fence: %q", got)
 	}
-	if got := waiter.roundTrip("extend lease " + fence + " 5"); got != "NOT_OWNER" {
+	if got := waiter.RoundTrip("extend lease " + fence + " 5"); got != "NOT_OWNER" {
 		t.Fatalf("extend with the expired grant's fence: %q", got)
 	}
 }
@@ -194,21 +194,21 @@ func TestLockTTLAndExtend(t *testing.T) {
 func TestLockConnectionOwnership(t *testing.T) {
 	c := startCluster(t, 1)
 	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
-	holder := dialRaw(t, addr)
-	if got := holder.roundTrip("lock conn"); !strings.HasPrefix(got, "LOCKED ") {
+	holder := testmc.Dial(t, addr)
+	if got := holder.RoundTrip("lock conn"); !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatal(got)
 	}
-	waiter := dialRaw(t, addr)
-	waiter.send("lock conn 30 60000\r\n")
+	waiter := testmc.Dial(t, addr)
+	waiter.Send("lock conn 30 60000\r\n")
 	waitStat(t, addr, "proxy_lock_waiters", "1")
-	waiter.nc.Close()
+	waiter.NetConn.Close()
 	waitStat(t, addr, "proxy_lock_waiters", "0")
-	if got := dialRaw(t, addr).roundTrip("lockinfo conn"); !regexpMatch(`^LOCK \d+ \d+ 1 conn:\S+ 0$`, got) {
+	if got := testmc.Dial(t, addr).RoundTrip("lockinfo conn"); !regexpMatch(`^LOCK \d+ \d+ 1 conn:\S+ 0$`, got) {
 		t.Fatalf("lockinfo: %q", got)
 	}
-	holder.nc.Close()
-	next := dialRaw(t, addr)
-	if got := next.roundTrip("lock conn 30 5000"); !strings.HasPrefix(got, "LOCKED ") {
+	holder.NetConn.Close()
+	next := testmc.Dial(t, addr)
+	if got := next.RoundTrip("lock conn 30 5000"); !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatalf("after the holder's connection closed: %q", got)
 	}
 }
@@ -277,9 +277,9 @@ func TestLockServerDown(t *testing.T) {
 	// Find a name whose lock lives on server 1, then stop server 1.
 	names := keysOn(t, c.servers(t), 1, 1)
 	c[1].Stop()
-	conn := dialRaw(t, addr)
+	conn := testmc.Dial(t, addr)
 	for _, cmd := range []string{"lock " + names[0] + " 30 500", "lockinfo " + names[0], "unlock " + names[0] + " 1"} {
-		if got := conn.roundTrip(cmd); got != "SERVER_ERROR lock server unavailable" {
+		if got := conn.RoundTrip(cmd); got != "SERVER_ERROR lock server unavailable" {
 			t.Fatalf("%s with its server down: %q", cmd, got)
 		}
 	}
@@ -288,7 +288,7 @@ func TestLockServerDown(t *testing.T) {
 		t.Fatalf("lock state appeared on another server: %q", it.Value)
 	}
 	// Locks that live on the healthy server still work.
-	if got := conn.roundTrip("lock " + keysOn(t, c.servers(t), 0, 1)[0] + " 30 0"); !strings.HasPrefix(got, "LOCKED ") {
+	if got := conn.RoundTrip("lock " + keysOn(t, c.servers(t), 0, 1)[0] + " 30 0"); !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatalf("lock on the healthy server: %q", got)
 	}
 }
@@ -297,10 +297,10 @@ func TestLockServerDown(t *testing.T) {
 func TestLockStateIsReserved(t *testing.T) {
 	c := startCluster(t, 1)
 	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
-	conn := dialRaw(t, addr)
-	conn.roundTrip("lock mine")
+	conn := testmc.Dial(t, addr)
+	conn.RoundTrip("lock mine")
 	for _, cmd := range []string{"get __memcachedlock:mine", "delete __memcachedlock:mine", "touch __memcachedlock:mine 1"} {
-		if got := conn.roundTrip(cmd); got != "CLIENT_ERROR key is reserved for locks" {
+		if got := conn.RoundTrip(cmd); got != "CLIENT_ERROR key is reserved for locks" {
 			t.Errorf("%s: %q", cmd, got)
 		}
 	}
@@ -310,13 +310,13 @@ func TestLockStateIsReserved(t *testing.T) {
 func TestLockShutdown(t *testing.T) {
 	c := startCluster(t, 1)
 	addr, srv := startProxy(t, proxy.Config{Servers: c.servers(t)})
-	holder := dialRaw(t, addr)
-	holder.roundTrip("lock s")
-	waiter := dialRaw(t, addr)
-	waiter.send("lock s 30 60000\r\n")
+	holder := testmc.Dial(t, addr)
+	holder.RoundTrip("lock s")
+	waiter := testmc.Dial(t, addr)
+	waiter.Send("lock s 30 60000\r\n")
 	waitStat(t, addr, "proxy_lock_waiters", "1")
 	go srv.Shutdown(context.Background())
-	if got := waiter.line(); got != "SERVER_ERROR proxy shutting down" {
+	if got := waiter.Line(); got != "SERVER_ERROR proxy shutting down" {
 		t.Fatalf("waiter at shutdown: %q", got)
 	}
 	// The holder's connection-owned lock is gone from memcached.
@@ -336,15 +336,15 @@ func TestLockServerRestartAndFlush(t *testing.T) {
 	c := startCluster(t, 1)
 	first, _ := startProxy(t, proxy.Config{Servers: c.servers(t), LockTTL: 2, LockTTLMax: 2})
 	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t), LockTTL: 2, LockTTLMax: 2})
-	holder := dialRaw(t, first) // the holder is on another proxy: this one has nothing cached
-	if got := holder.roundTrip("lock held 2 0 first:1:1"); !strings.HasPrefix(got, "LOCKED ") {
+	holder := testmc.Dial(t, first) // the holder is on another proxy: this one has nothing cached
+	if got := holder.RoundTrip("lock held 2 0 first:1:1"); !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatal(got)
 	}
 	c[0].Restart(t)
-	other := dialRaw(t, addr)
+	other := testmc.Dial(t, addr)
 	refused := false
 	for i := 0; i < 100 && !refused; i++ {
-		got := other.roundTrip("lock held 2 0 second:1:1")
+		got := other.RoundTrip("lock held 2 0 second:1:1")
 		if strings.HasPrefix(got, "LOCKED ") {
 			t.Fatalf("granted again right after the lock server restarted: %q", got)
 		}
@@ -356,25 +356,25 @@ func TestLockServerRestartAndFlush(t *testing.T) {
 	}
 	// After the longest ttl the server is trusted again.
 	waitLocked(t, other, "lock held 2 0 second:1:1")
-	other.roundTrip("unlock held " + strings.Fields(other.roundTrip("lockinfo held"))[1])
+	other.RoundTrip("unlock held " + strings.Fields(other.RoundTrip("lockinfo held"))[1])
 
 	// Our own flush_all removes lock items too.
-	if got := holder.roundTrip("lock flushed 2 0 a:1:1"); !strings.HasPrefix(got, "LOCKED ") {
+	if got := holder.RoundTrip("lock flushed 2 0 a:1:1"); !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatal(got)
 	}
-	if got := other.roundTrip("flush_all"); got != "OK" { // through the proxy that is asked next
+	if got := other.RoundTrip("flush_all"); got != "OK" { // through the proxy that is asked next
 		t.Fatal(got)
 	}
-	if got := other.roundTrip("lock flushed 2 0 b:1:1"); got != "SERVER_ERROR lock server recovering" {
+	if got := other.RoundTrip("lock flushed 2 0 b:1:1"); got != "SERVER_ERROR lock server recovering" {
 		t.Fatalf("lock after flush_all: %q", got)
 	}
 	waitLocked(t, other, "lock flushed 2 0 b:1:1")
 }
 
-func waitLocked(t *testing.T, c *rawConn, cmd string) {
+func waitLocked(t *testing.T, c *testmc.Conn, cmd string) {
 	t.Helper()
 	for i := 0; i < 100; i++ {
-		got := c.roundTrip(cmd)
+		got := c.RoundTrip(cmd)
 		if strings.HasPrefix(got, "LOCKED ") {
 			return
 		}
@@ -393,9 +393,9 @@ func waitLocked(t *testing.T, c *rawConn, cmd string) {
 func TestLockUncontendedIsTwoRoundTrips(t *testing.T) {
 	c := cluster{testmc.Start(t, "-M")}
 	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
-	conn := dialRaw(t, addr)
-	fence := strings.Fields(conn.roundTrip("lock fast 30 0"))[1] // the marker is written by now
-	conn.roundTrip("unlock fast " + fence)
+	conn := testmc.Dial(t, addr)
+	fence := strings.Fields(conn.RoundTrip("lock fast 30 0"))[1] // the marker is written by now
+	conn.RoundTrip("unlock fast " + fence)
 	serverStats := func() map[string]int {
 		out := map[string]int{}
 		for _, l := range strings.Split(ask(t, c[0].Addr, "stats\r\n", "END"), "\r\n") {
@@ -408,8 +408,8 @@ func TestLockUncontendedIsTwoRoundTrips(t *testing.T) {
 	}
 	before := serverStats()
 	for i := 0; i < 10; i++ {
-		fence := strings.Fields(conn.roundTrip("lock fast 30 0"))[1]
-		if got := conn.roundTrip("unlock fast " + fence); got != "UNLOCKED 0" {
+		fence := strings.Fields(conn.RoundTrip("lock fast 30 0"))[1]
+		if got := conn.RoundTrip("unlock fast " + fence); got != "UNLOCKED 0" {
 			t.Fatal(got)
 		}
 	}
@@ -430,8 +430,8 @@ func TestLockUncontendedIsTwoRoundTrips(t *testing.T) {
 func TestLockServerFlushedElsewhere(t *testing.T) {
 	c := startCluster(t, 1)
 	addr, _ := startProxy(t, proxy.Config{Servers: c.servers(t), LockTTL: 2, LockTTLMax: 2})
-	conn := dialRaw(t, addr)
-	if got := conn.roundTrip("lock elsewhere 2 0 a:1:1"); !strings.HasPrefix(got, "LOCKED ") {
+	conn := testmc.Dial(t, addr)
+	if got := conn.RoundTrip("lock elsewhere 2 0 a:1:1"); !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatal(got)
 	}
 	time.Sleep(1500 * time.Millisecond) // the watcher has read cmd_flush once
@@ -440,10 +440,10 @@ func TestLockServerFlushedElsewhere(t *testing.T) {
 	}
 	refused := false
 	for i := 0; i < 60 && !refused; i++ {
-		got := conn.roundTrip("lock other 2 0 b:1:1")
+		got := conn.RoundTrip("lock other 2 0 b:1:1")
 		refused = got == "SERVER_ERROR lock server recovering"
 		if strings.HasPrefix(got, "LOCKED ") {
-			conn.roundTrip("unlock other " + strings.Fields(got)[1])
+			conn.RoundTrip("unlock other " + strings.Fields(got)[1])
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/bradfitz/gomemcache/memcache"
-
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
 	"github.com/memcachedlock/memcachedlock/proxy"
 )
 
@@ -18,9 +18,9 @@ func TestPrometheusMetrics(t *testing.T) {
 	mc := memcache.New(addr)
 	mc.Set(&memcache.Item{Key: "m", Value: []byte("1")})
 	mc.Get("m")
-	conn := dialRaw(t, addr)
-	conn.roundTrip("lock metered 30 0")
-	conn.roundTrip("lock metered 30 0 someone-else")
+	conn := testmc.Dial(t, addr)
+	conn.RoundTrip("lock metered 30 0")
+	conn.RoundTrip("lock metered 30 0 someone-else")
 
 	web := httptest.NewServer(srv.MetricsHandler())
 	defer web.Close()

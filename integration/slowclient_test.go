@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
-
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
 	"github.com/memcachedlock/memcachedlock/proxy"
 )
 
@@ -48,21 +48,21 @@ func TestSlowClientIsNotASlowServer(t *testing.T) {
 		}
 	}()
 
-	rc := dialRaw(t, addr)
-	rc.send("set " + slow + " 0 0 5\r\n")
+	rc := testmc.Dial(t, addr)
+	rc.Send("set " + slow + " 0 0 5\r\n")
 	time.Sleep(2 * timeout)
-	rc.send("hel")
+	rc.Send("hel")
 	time.Sleep(timeout)
 	for _, b := range "lo\r\n" {
-		rc.send(string(b))
+		rc.Send(string(b))
 		time.Sleep(timeout / 4)
 	}
-	if got := rc.line(); got != "STORED" {
+	if got := rc.Line(); got != "STORED" {
 		t.Errorf("slow data block: %q, want STORED", got)
 	}
 	stop.Store(true)
 	wg.Wait()
-	if got := rc.roundTrip("get " + slow); got != "VALUE "+slow+" 0 5" {
+	if got := rc.RoundTrip("get " + slow); got != "VALUE "+slow+" 0 5" {
 		t.Errorf("get after the slow set: %q", got)
 	}
 	stats := ask(t, addr, "stats\r\n", "END")

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
-
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
 	"github.com/memcachedlock/memcachedlock/proxy"
 	"github.com/memcachedlock/memcachedlock/ring"
 )
@@ -110,7 +110,7 @@ func TestEjection(t *testing.T) {
 	c[1].Stop()
 	name := keysOn(t, servers, 1, 1)[0]
 	for i := 0; i < 20; i++ {
-		got := dialRaw(t, addr).roundTrip("lock " + name + " 30 0")
+		got := testmc.Dial(t, addr).RoundTrip("lock " + name + " 30 0")
 		if strings.HasPrefix(got, "LOCKED") {
 			t.Fatalf("lock granted on another server while its own was down: %q", got)
 		}

@@ -180,8 +180,9 @@ func (c *Client) Lock(ctx context.Context, key string, opts Options) (Grant, err
 			return Grant{}, errors.New("lockclient: a reentrant lock needs an Owner")
 		}
 	}
-	// Arguments are positional: fill in the proxy's defaults only where a
-	// later argument must be given.
+	// Arguments are positional: where a later argument must be given, a
+	// zero ttl or wait is sent as 30 s, the proxy's built-in defaults
+	// (which --lock-ttl and --lock-wait may have changed).
 	ttl := int(opts.TTL / time.Second)
 	args := []string{}
 	if ttl > 0 || wait > 0 || opts.TryOnce || opts.Owner != "" || opts.Reentrant {

@@ -2,6 +2,7 @@ package lockclient_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -94,7 +95,7 @@ func ExampleClient_Lock_busy() {
 
 	g, _ := a.Lock(ctx, "job", lockclient.Options{})
 	_, err := b.Lock(ctx, "job", lockclient.Options{TryOnce: true})
-	fmt.Println(err == nil, errorsIs(err, lockclient.ErrNotLocked))
+	fmt.Println(err == nil, errors.Is(err, lockclient.ErrNotLocked))
 	a.Unlock(ctx, g)
 	// Output:
 	// false true
@@ -113,7 +114,7 @@ func TestHoldKeepsLeaseAlive(t *testing.T) {
 	defer other.Close()
 	err = lockclient.Hold(ctx, c, "long", lockclient.Options{TTL: 2 * time.Second, Owner: "me"}, func(ctx context.Context, g lockclient.Grant) error {
 		time.Sleep(4 * time.Second) // two ttls
-		if _, err := other.Lock(ctx, "long", lockclient.Options{TryOnce: true, Owner: "you"}); !errorsIs(err, lockclient.ErrNotLocked) {
+		if _, err := other.Lock(ctx, "long", lockclient.Options{TryOnce: true, Owner: "you"}); !errors.Is(err, lockclient.ErrNotLocked) {
 			t.Errorf("lease lapsed while held: %v", err)
 		}
 		return context.Cause(ctx)
@@ -121,7 +122,7 @@ func TestHoldKeepsLeaseAlive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := other.Info(ctx, "long"); !errorsIs(err, lockclient.ErrNotFound) {
+	if _, err := other.Info(ctx, "long"); !errors.Is(err, lockclient.ErrNotFound) {
 		t.Fatalf("not released after Hold: %v", err)
 	}
 }

@@ -87,11 +87,11 @@ func newBackend(addr string, nconns int, timeout time.Duration, logger *slog.Log
 
 // send queues c on the connection chosen by pin. Calls with the same pin go
 // over one connection, so one client's commands reach memcached in order.
-// The call's deadline starts here, once the whole request is in hand: a
+// The server's clock starts here, once the whole request is in hand: a
 // client slow to send its data block is never taken for a slow server.
 func (b *backend) send(pin uint64, c *call) {
 	b.requests.Add(1)
-	c.deadline = time.Now().Add(c.timeout)
+	c.queuedAt = time.Now()
 	b.conns[pin%uint64(len(b.conns))].queue <- c
 }
 
@@ -216,7 +216,7 @@ func (p *pipeline) push(c *call) bool {
 		return false
 	}
 	if len(p.calls) == 0 {
-		p.nc.SetReadDeadline(c.deadline)
+		p.nc.SetReadDeadline(c.deadline())
 	}
 	p.calls = append(p.calls, c)
 	return true
@@ -280,7 +280,7 @@ func (sc *serverConn) write(p *pipeline) error {
 			return errServerClosed
 		}
 		// Write this call and whatever else is queued, then flush once.
-		deadline := c.deadline
+		deadline := c.deadline()
 		for n := 0; c != nil; n++ {
 			if !p.push(c) {
 				sc.b.errors.Add(1)
@@ -330,7 +330,7 @@ func (sc *serverConn) read(p *pipeline) {
 		}
 		p.pop()
 		sc.b.answered()
-		sc.b.observe(time.Since(c.deadline.Add(-c.timeout)))
+		sc.b.observe(time.Since(c.queuedAt))
 		c.finish(nil)
 	}
 }

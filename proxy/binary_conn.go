@@ -30,9 +30,9 @@ func (c *clientConn) serveBinary() {
 			c.sawEOF = errors.Is(err, io.EOF)
 			switch err {
 			case errBinInvalid:
-				c.send(staticReply(binError(&r, statusInvalid, "")))
+				c.send(readyReply(binError(&r, statusInvalid, "")))
 			case errBinLength:
-				c.send(staticReply(binError(&r, statusUnknown, "")))
+				c.send(readyReply(binError(&r, statusUnknown, "")))
 			}
 			return
 		}
@@ -53,15 +53,15 @@ func (c *clientConn) handleBinary(r *binRequest) bool {
 		if _, err := c.br.Discard(r.valueLen); err != nil {
 			return false
 		}
-		c.send(staticReply(binError(r, statusUnknown, "")))
+		c.send(readyReply(binError(r, statusUnknown, "")))
 		return true
 	}
 	c.s.metrics.commands[cmd].Inc()
 	switch r.opcode {
 	case opNoop:
-		c.send(staticReply(binPacket(nil, r, statusOK, 0, nil, nil, nil)))
+		c.send(readyReply(binPacket(nil, r, statusOK, 0, nil, nil, nil)))
 	case opQuit:
-		c.send(staticReply(binPacket(nil, r, statusOK, 0, nil, nil, nil)))
+		c.send(readyReply(binPacket(nil, r, statusOK, 0, nil, nil, nil)))
 		return false
 	case opQuitQ:
 		return false
@@ -80,7 +80,7 @@ func (c *clientConn) binKeyed(r *binRequest) bool {
 		if _, err := c.br.Discard(r.valueLen); err != nil {
 			return false
 		}
-		c.send(staticReply(binError(r, status, text)))
+		c.send(readyReply(binError(r, status, text)))
 		return true
 	}
 	if p := c.s.prefix; len(p) > 0 && bytes.HasPrefix(r.key, p) {
@@ -105,7 +105,7 @@ func (c *clientConn) binKeyed(r *binRequest) bool {
 		}
 		call.out = append(call.out, crlf...)
 	}
-	c.s.topo.Load().pick(r.key).send(c.pin, call)
+	c.s.routes.topo.Load().pick(r.key).send(c.pin, call)
 	c.send(newBinReply(r, call))
 	return true
 }
@@ -139,7 +139,16 @@ func appendMeta(out []byte, r *binRequest) ([]byte, bool) {
 	if b64 {
 		out = append(out, " b"...)
 	}
-	out = append(out, flags...)
+	out = appendExtras(append(out, flags...), r)
+	if r.cas != 0 && verb != "mg " {
+		out = strconv.AppendUint(append(out, " C"...), r.cas, 10)
+	}
+	return append(out, crlf...), true
+}
+
+// appendExtras writes as meta flags what the request's extras carry:
+// flags, expiry, mode, delta and initial value.
+func appendExtras(out []byte, r *binRequest) []byte {
 	x := r.extras
 	switch r.opcode {
 	case opGAT, opGATQ, opGATK, opGATKQ, opTouch:
@@ -171,10 +180,7 @@ func appendMeta(out []byte, r *binRequest) ([]byte, bool) {
 			out = append(out, " MD"...)
 		}
 	}
-	if r.cas != 0 && verb != "mg " {
-		out = strconv.AppendUint(append(out, " C"...), r.cas, 10)
-	}
-	return append(out, crlf...), true
+	return out
 }
 
 // binTooLarge drops a value over the size limit. As memcached does, a set
@@ -186,7 +192,7 @@ func (c *clientConn) binTooLarge(r *binRequest) bool {
 		var ok bool
 		if del.out, ok = appendMeta(del.out, &binRequest{opcode: opDelete, key: r.key}); ok {
 			del.out = append(del.out[:len(del.out)-2], " q\r\n"...)
-			c.s.topo.Load().pick(r.key).send(c.pin, del)
+			c.s.routes.topo.Load().pick(r.key).send(c.pin, del)
 		} else {
 			del.release()
 			del = nil
@@ -196,7 +202,7 @@ func (c *clientConn) binTooLarge(r *binRequest) bool {
 	ok := err == nil
 	c.send(&tooLarge{del: del, quiet: true})
 	if ok {
-		c.send(staticReply(binError(r, statusTooLarge, "")))
+		c.send(readyReply(binError(r, statusTooLarge, "")))
 	}
 	return ok
 }
@@ -237,6 +243,12 @@ func (b *binReply) packet() []byte {
 	if len(data) >= 2 {
 		data = data[:len(data)-2]
 	}
+	return metaToBinary(r, line, data)
+}
+
+// metaToBinary turns a meta reply line and its data into the response to r,
+// or nil when a quiet request has none.
+func metaToBinary(r *binRequest, line, data []byte) []byte {
 	code, flags, cas := metaReplyFields(line)
 	quiet := r.quiet()
 	var key []byte
@@ -286,7 +298,11 @@ func (b *binReply) packet() []byte {
 		}
 		return binError(r, statusNotStored, "")
 	}
-	text := string(line)
+	return binServerError(r, line)
+}
+
+// binServerError turns memcached's error line into the binary status.
+func binServerError(r *binRequest, line []byte) []byte {
 	switch {
 	case bytes.Contains(line, []byte("non-numeric")):
 		return binError(r, statusNonNumeric, "")
@@ -297,7 +313,7 @@ func (b *binReply) packet() []byte {
 	case bytes.HasPrefix(line, []byte("CLIENT_ERROR")):
 		return binError(r, statusInvalid, "")
 	}
-	return binError(r, statusTempFail, text)
+	return binError(r, statusTempFail, string(line))
 }
 
 // metaReplyFields reads a meta reply line: its code, and the f and c flags.
@@ -336,13 +352,13 @@ func (c *clientConn) binFanout(r *binRequest) reply {
 		line = []byte("stats")
 		if len(r.key) > 0 {
 			if bytes.ContainsAny(r.key, "\r\n") {
-				return staticReply(binError(r, statusNotFound, ""))
+				return readyReply(binError(r, statusNotFound, ""))
 			}
 			line = append(append(line, ' '), r.key...)
 		}
 	}
 	if err := parse(line, &c.req); err != nil || c.req.cmd != binCommands[r.opcode] {
-		return staticReply(binError(r, statusNotFound, ""))
+		return readyReply(binError(r, statusNotFound, ""))
 	}
 	b := &binFanout{req: *r, text: c.fanout(line)}
 	b.req.key, b.req.extras = nil, nil
@@ -379,9 +395,8 @@ func (b *binFanout) write(w *bufio.Writer) {
 		}
 	case opStat:
 		for _, l := range bytes.Split(text, crlf) {
-			f := bytes.SplitN(l, []byte(" "), 3)
-			if len(f) == 3 && string(f[0]) == "STAT" {
-				w.Write(binPacket(nil, r, statusOK, 0, nil, f[1], f[2]))
+			if name, value, ok := parseStat(l); ok {
+				w.Write(binPacket(nil, r, statusOK, 0, nil, name, value))
 			}
 		}
 		w.Write(binPacket(nil, r, statusOK, 0, nil, nil, nil))

@@ -98,18 +98,18 @@ func FuzzReadBinRequest(f *testing.F) {
 }
 
 // readPacket reads one response: header fields and body.
-func readPacket(t *testing.T, c *conn) (op byte, status uint16, opaque uint32, body []byte) {
+func readPacket(t *testing.T, c *testmc.Conn) (op byte, status uint16, opaque uint32, body []byte) {
 	t.Helper()
-	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	c.NetConn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	h := make([]byte, 24)
-	if _, err := io.ReadFull(c.br, h); err != nil {
+	if _, err := io.ReadFull(c.Reader, h); err != nil {
 		t.Fatal(err)
 	}
 	if h[0] != binResponseMagic {
 		t.Fatalf("magic %#x", h[0])
 	}
 	body = make([]byte, binary.BigEndian.Uint32(h[8:]))
-	if _, err := io.ReadFull(c.br, body); err != nil {
+	if _, err := io.ReadFull(c.Reader, body); err != nil {
 		t.Fatal(err)
 	}
 	return h[1], binary.BigEndian.Uint16(h[6:]), binary.BigEndian.Uint32(h[12:]), body
@@ -119,7 +119,7 @@ func readPacket(t *testing.T, c *conn) (op byte, status uint16, opaque uint32, b
 // reserved keys, verbosity (memcached 1.6 misreads the stream after it).
 func TestWireBinary(t *testing.T) {
 	addr, _ := startProxy(t, Config{}, testmc.Start(t))
-	c := dial(t, addr)
+	c := testmc.Dial(t, addr)
 	for i, b := range bytes.Join([][]byte{
 		binReq(0x1b, "", "\x00\x00\x00\x01", "", 1),
 		binReq(opSet, DefaultLockPrefix+"x", "12345678", "v", 2),
@@ -129,7 +129,7 @@ func TestWireBinary(t *testing.T) {
 		if i%7 == 0 {
 			time.Sleep(time.Millisecond) // in pieces
 		}
-		c.nc.Write([]byte{b})
+		c.NetConn.Write([]byte{b})
 	}
 	for _, want := range []struct {
 		op     byte

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"errors"
 	"sync"
 	"time"
@@ -21,8 +22,8 @@ var noop = []byte("mn\r\n")
 type call struct {
 	out      []byte // what to send, line and data block
 	shape    replyShape
-	timeout  time.Duration // how long the server has to answer, from send
-	deadline time.Time     // set by backend.send: the server's clock starts there
+	timeout  time.Duration // how long the server has to answer, from queuedAt
+	queuedAt time.Time     // set by backend.send: the server's clock starts there
 	reply    []byte        // the server's reply, without the MN of a quiet call
 	err      error         // set instead of reply when the server could not answer
 	done     chan struct{}
@@ -36,6 +37,9 @@ func newCall(shape replyShape, timeout time.Duration) *call {
 	c.out, c.reply, c.err = c.out[:0], c.reply[:0], nil
 	return c
 }
+
+// deadline is when the server's time to answer runs out.
+func (c *call) deadline() time.Time { return c.queuedAt.Add(c.timeout) }
 
 func (c *call) finish(err error) {
 	c.err = err
@@ -59,3 +63,14 @@ var (
 	errServerClosed  = errors.New("proxy shutting down")
 	errServerReply   = errors.New("unexpected server reply")
 )
+
+// write passes the server's answer to one call through unchanged.
+func (c *call) write(w *bufio.Writer) {
+	c.wait()
+	if c.err != nil {
+		w.Write(serverError(c.err))
+	} else {
+		w.Write(c.reply)
+	}
+	c.release()
+}

@@ -3,22 +3,26 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"io"
+	"log/slog"
 )
 
 // handle carries out one command line. It returns false when the
 // connection must close: the client quit, or the stream lost its framing.
 func (c *clientConn) handle(line []byte) bool {
 	r := &c.req
-	if err := parse(line, r); err != nil {
-		c.s.cfg.Logger.Debug("command refused", "client", c.nc.RemoteAddr().String(), "err", err)
-		if err == errHTTP {
+	if refused := parse(line, r); refused != nil {
+		if c.s.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
+			c.s.cfg.Logger.Debug("command refused", "client", c.nc.RemoteAddr().String(), "err", refused.String())
+		}
+		if refused == refuseHTTP {
 			return false
 		}
 		// memcached keeps quiet about a malformed line that ends in
 		// noreply, once it has counted its arguments.
-		if !r.noreply || r.cmd.isMeta() || err == errUnknown {
-			c.send(errorReply(err))
+		if !r.noreply || r.cmd.isMeta() || refused == refuseUnknown {
+			c.send(refused)
 		}
 		return true
 	}
@@ -27,7 +31,7 @@ func (c *clientConn) handle(line []byte) bool {
 		if r.dataLen >= 0 && !c.skipData(r.dataLen) {
 			return false
 		}
-		c.send(staticReply(errReserved.Error() + "\r\n"))
+		c.send(replyReserved)
 		return true
 	}
 	switch r.cmd {
@@ -37,13 +41,13 @@ func (c *clientConn) handle(line []byte) bool {
 		return c.store(line)
 	case cmdIncr, cmdDecr, cmdTouch, cmdDelete, cmdMetaGet, cmdMetaDelete, cmdMetaArithmetic, cmdMetaDebug:
 		call := c.newCall(line)
-		c.s.topo.Load().pick(r.key).send(c.pin, call)
+		c.s.routes.topo.Load().pick(r.key).send(c.pin, call)
 		c.send(call)
 	case cmdMetaNoop:
-		c.send(replyNoop)
+		c.send(replyMN)
 	case cmdVerbosity:
 		if !r.noreply {
-			c.send(replyOKStatic)
+			c.send(replyOK)
 		}
 	case cmdFlushAll, cmdVersion, cmdStats, cmdCacheMemlimit, cmdSlabs, cmdLruCrawler, cmdLru:
 		c.send(c.fanout(line))
@@ -52,17 +56,7 @@ func (c *clientConn) handle(line []byte) bool {
 		// memcached started without -A.
 		c.send(replyNoShutdown)
 	case cmdWatch:
-		stream, refused := c.openLogStream(line)
-		if stream == nil {
-			c.send(refused)
-			return true
-		}
-		c.send(stream)
-		// The connection is the stream's now: memcached ignores what the
-		// client sends, and so does the proxy; hanging up ends the stream.
-		io.Copy(io.Discard, c.br)
-		c.cancel()
-		return false
+		return c.watchLogs(line)
 	case cmdQuit:
 		return false
 	default:
@@ -92,7 +86,7 @@ func (c *clientConn) store(line []byte) bool {
 	if n > c.s.cfg.MaxItemSize {
 		return c.refuseTooLarge()
 	}
-	b := c.s.topo.Load().pick(r.key) // before the data overwrites the line
+	b := c.s.routes.topo.Load().pick(r.key) // before the data overwrites the line
 	call := c.newCall(line)
 	start := len(call.out)
 	call.out = append(call.out, make([]byte, n+2)...)
@@ -123,7 +117,7 @@ func (c *clientConn) refuseTooLarge() bool {
 			del.out = append(del.out, " b"...)
 		}
 		del.out = append(del.out, crlf...)
-		c.s.topo.Load().pick(r.key).send(c.pin, del)
+		c.s.routes.topo.Load().pick(r.key).send(c.pin, del)
 	}
 	quiet := r.noreply && r.cmd != cmdMetaSet // meta q never hides an error
 	if !c.skipData(r.dataLen) {

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"runtime/debug"
@@ -29,12 +28,6 @@ const maxPipeline = 128
 // idle connections are many (10,000 cost about 100 MiB) and memcached
 // lines are short; values pass through in as many reads as they need.
 const clientBufferSize = 4 << 10
-
-// reply is one client command's answer, in command order. write blocks
-// until the answer is known.
-type reply interface {
-	write(w *bufio.Writer)
-}
 
 // clientConn is one client connection: a reader that parses and dispatches
 // commands, and a writer that puts the replies back in order.
@@ -115,7 +108,7 @@ func (c *clientConn) serve() {
 		if err != nil {
 			c.sawEOF = errors.Is(err, io.EOF)
 			if errors.Is(err, errLineTooLong) {
-				c.send(staticReply("CLIENT_ERROR line too long\r\n"))
+				c.send(replyLineTooLong)
 			}
 			return
 		}
@@ -258,45 +251,4 @@ func isRetrievalLine(line []byte) bool {
 		}
 	}
 	return false
-}
-
-// staticReply is an answer the proxy knows at once.
-type staticReply []byte
-
-func (r staticReply) write(w *bufio.Writer) { w.Write(r) }
-
-var (
-	replyERROR      = staticReply("ERROR\r\n")
-	replyFormat     = staticReply("CLIENT_ERROR bad command line format\r\n")
-	replyNoop       = staticReply("MN\r\n")
-	replyOKStatic   = staticReply("OK\r\n")
-	replyTooLarge   = staticReply("SERVER_ERROR object too large for cache\r\n")
-	replyBadChunk   = staticReply("CLIENT_ERROR bad data chunk\r\n")
-	replyNoReplyErr = staticReply("CLIENT_ERROR noreply not allowed\r\n")
-	replyNoShutdown = staticReply("ERROR: shutdown not enabled\r\n")
-)
-
-// errorReply turns a parse error into the line memcached would send.
-func errorReply(err error) reply {
-	switch err {
-	case errUnknown:
-		return replyERROR
-	case errFormat:
-		return replyFormat
-	}
-	return staticReply(err.Error() + "\r\n")
-}
-
-// serverError is the reply for a call the server could not answer.
-func serverError(err error) []byte { return fmt.Appendf(nil, "SERVER_ERROR %v\r\n", err) }
-
-// write passes the server's answer to one call through unchanged.
-func (c *call) write(w *bufio.Writer) {
-	c.wait()
-	if c.err != nil {
-		w.Write(serverError(c.err))
-	} else {
-		w.Write(c.reply)
-	}
-	c.release()
 }

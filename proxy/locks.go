@@ -20,7 +20,7 @@ func (c *clientConn) lockCommand() {
 	cfg := &c.s.cfg
 	r, refused := parseLock(c.req.cmd, c.req.tokens[1:], lockLimits{ttlMax: cfg.LockTTLMax, waitMax: cfg.LockWaitMax})
 	if refused != nil {
-		c.send(staticReply(refused))
+		c.send(readyReply(refused))
 		return
 	}
 	if r.cmd == cmdLock || r.cmd == cmdRLock {
@@ -63,7 +63,7 @@ func (c *clientConn) lockCommand() {
 			out = lockError(err)
 		}
 	}
-	c.sendNow(staticReply(out))
+	c.sendNow(readyReply(out))
 }
 
 // lock takes a lock and queues the reply. While it waits, a background
@@ -88,7 +88,7 @@ func (c *clientConn) lock(req lockext.Request) {
 	if err == nil {
 		c.sendGrant(grantReply{fence: g.Fence, ttl: g.TTL, count: g.Count, name: req.Name})
 	} else {
-		c.sendNow(staticReply(lockError(err)))
+		c.sendNow(readyReply(lockError(err)))
 	}
 	if c.watching {
 		c.cr.stopBackgroundRead()
@@ -111,16 +111,16 @@ func (c *clientConn) startWatching() {
 // the goroutine that made it, one hand-off sooner than the writer's queue
 // (a grant's latency is the lock's throughput).
 func (c *clientConn) servePeer() {
-	c.output(staticReply("PEER\r\n"), true)
+	c.output(replyPeer, true)
 	next := func() ([]byte, error) {
 		line, err := c.readLine()
 		return bytes.Clone(line), err
 	}
-	c.s.locks.ServePeer(c.ctx, next, func(b []byte) { c.output(staticReply(b), true) })
+	c.s.locks.ServePeer(c.ctx, next, func(b []byte) { c.output(readyReply(b), true) })
 }
 
 // replyUnlocked is the reply to the unlock of a last level.
-var replyUnlocked reply = staticReply("UNLOCKED 0\r\n")
+var replyUnlocked reply = readyReply("UNLOCKED 0\r\n")
 
 // waitOutcome names how a lock wait ended, for the metrics.
 func waitOutcome(err error) string {
@@ -153,23 +153,23 @@ func lockError(err error) []byte {
 	case errors.As(err, &nl):
 		return fmt.Appendf(nil, "NOT_LOCKED %d\r\n", nl.HolderTTL)
 	case errors.Is(err, lockext.ErrNotFound):
-		return []byte("NOT_FOUND\r\n")
+		return replyNotFound
 	case errors.Is(err, lockext.ErrNotOwner):
-		return []byte("NOT_OWNER\r\n")
+		return replyNotOwner
 	case errors.Is(err, lockext.ErrModeMismatch):
-		return []byte("CLIENT_ERROR lock is held in another mode\r\n")
+		return replyModeMismatch
 	case errors.Is(err, lockext.ErrBadRequest):
-		return []byte("CLIENT_ERROR bad command line format\r\n")
+		return replyFormat
 	case errors.Is(err, lockservice.ErrRecovering):
-		return []byte("SERVER_ERROR lock server recovering\r\n")
+		return replyRecovering
 	case errors.Is(err, lockservice.ErrServersDiffer):
-		return []byte("SERVER_ERROR lock servers differ between proxies\r\n")
+		return replyLocksDiffer
 	case errors.Is(err, lockext.ErrClosed):
-		return []byte("SERVER_ERROR proxy shutting down\r\n")
+		return replyShuttingDown
 	case errors.Is(err, context.Canceled):
-		return []byte("SERVER_ERROR client gone\r\n") // never read
+		return replyClientGone // never read
 	default:
-		return []byte("SERVER_ERROR lock server unavailable\r\n")
+		return replyLocksDown
 	}
 }
 

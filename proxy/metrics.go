@@ -8,15 +8,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/memcachedlock/memcachedlock/lockservice"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // metrics are the proxy's Prometheus series. Counters the proxy keeps
-// anyway (connections, per-server errors, locks) are read when scraped;
-// only the histograms and per-command counts cost anything on the request
-// path, and those are resolved to plain series up front.
+// anyway (connections, per-server errors, locks) are read when scraped
+// (readOnScrape); only the histograms and per-command counts cost anything
+// on the request path, and those are resolved to plain series up front.
 type metrics struct {
 	registry  *prometheus.Registry
 	commands  [cmdLockInfo + 1]prometheus.Counter
@@ -32,10 +33,8 @@ var commandNames = func() map[command]string {
 	return m
 }()
 
-func newMetrics(s *Server) *metrics {
+func newMetrics() *metrics {
 	m := &metrics{registry: prometheus.NewRegistry()}
-	reg := m.registry
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cmds := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "memcachedlock_commands_total", Help: "Client commands, by command.",
 	}, []string{"command"})
@@ -52,38 +51,45 @@ func newMetrics(s *Server) *metrics {
 		Help:    "Time a lock or rlock command waited, by outcome (granted, not_locked, error).",
 		Buckets: prometheus.ExponentialBuckets(100e-6, 2, 22), // 100µs to ~3.5min
 	}, []string{"outcome"})
-	gauge := func(name, help string, f func() float64) prometheus.Collector {
-		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
-	}
-	counter := func(name, help string, f func() float64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
-	}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "memcachedlock_build_info",
 		Help:        "Always 1; the labels say which build is running.",
 		ConstLabels: prometheus.Labels{"version": Version, "commit": BuildCommit(), "goversion": runtime.Version()},
 	})
 	buildInfo.Set(1)
-	reg.MustRegister(cmds, m.serverLat, m.lockWait, buildInfo,
-		gauge("memcachedlock_connections", "Client connections open.", func() float64 { return float64(s.connsCurr.Load()) }),
-		counter("memcachedlock_connections_total", "Client connections accepted.", func() float64 { return float64(s.connsTotal.Load()) }),
-		counter("memcachedlock_connections_rejected_total", "Client connections refused (--max-connections).", func() float64 { return float64(s.connsRefused.Load()) }),
-		counter("memcachedlock_get_server_error_misses_total", "Multi-get keys answered as misses because their server failed.", func() float64 { return float64(s.getMisses.Load()) }),
-		gauge("memcachedlock_lock_waiters", "Lock commands waiting in this proxy.", func() float64 { return float64(s.locks.Stats().Waiters) }),
-		counter("memcachedlock_lock_grants_total", "Locks granted.", func() float64 { return float64(s.locks.Stats().Grants) }),
-		counter("memcachedlock_lock_handoffs_total", "Locks handed straight from a releasing holder to a waiter.", func() float64 { return float64(s.locks.Stats().Handoffs) }),
-		counter("memcachedlock_lock_timeouts_total", "Lock waits that ran out.", func() float64 { return float64(s.locks.Stats().Timeouts) }),
-		counter("memcachedlock_lock_forwarded_total", "Lock commands forwarded to the name's home proxy.", func() float64 { return float64(s.locks.Stats().ForwardedOut) }),
-		counter("memcachedlock_lock_forwarded_in_total", "Lock commands served here for other proxies, as the name's home.", func() float64 { return float64(s.locks.Stats().ForwardedIn) }),
-		counter("memcachedlock_lock_forward_failed_total", "Forwards that fell back to serving the name here (home unreachable).", func() float64 { return float64(s.locks.Stats().ForwardFailed) }),
-		gauge("memcachedlock_lock_proxies", "Proxies registered in front of the same lock servers, this one included.", func() float64 { return float64(s.locks.Stats().Proxies) }),
-		serverCollector{s}, lockServerCollector{s},
-	)
+	m.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		cmds, m.serverLat, m.lockWait, buildInfo)
 	return m
 }
 
+// readOnScrape registers the series read from counters the proxy keeps
+// anyway: its own, the servers', the lock service's.
+func (m *metrics) readOnScrape(count *counters, routes *routing, locks *lockservice.Service) {
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	counter := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
+	}
+	m.registry.MustRegister(
+		gauge("memcachedlock_connections", "Client connections open.", func() float64 { return float64(count.connsCurr.Load()) }),
+		counter("memcachedlock_connections_total", "Client connections accepted.", func() float64 { return float64(count.connsTotal.Load()) }),
+		counter("memcachedlock_connections_rejected_total", "Client connections refused (--max-connections).", func() float64 { return float64(count.connsRefused.Load()) }),
+		counter("memcachedlock_get_server_error_misses_total", "Multi-get keys answered as misses because their server failed.", func() float64 { return float64(count.getMisses.Load()) }),
+		gauge("memcachedlock_lock_waiters", "Lock commands waiting in this proxy.", func() float64 { return float64(locks.Stats().Waiters) }),
+		counter("memcachedlock_lock_grants_total", "Locks granted.", func() float64 { return float64(locks.Stats().Grants) }),
+		counter("memcachedlock_lock_handoffs_total", "Locks handed straight from a releasing holder to a waiter.", func() float64 { return float64(locks.Stats().Handoffs) }),
+		counter("memcachedlock_lock_timeouts_total", "Lock waits that ran out.", func() float64 { return float64(locks.Stats().Timeouts) }),
+		counter("memcachedlock_lock_forwarded_total", "Lock commands forwarded to the name's home proxy.", func() float64 { return float64(locks.Stats().ForwardedOut) }),
+		counter("memcachedlock_lock_forwarded_in_total", "Lock commands served here for other proxies, as the name's home.", func() float64 { return float64(locks.Stats().ForwardedIn) }),
+		counter("memcachedlock_lock_forward_failed_total", "Forwards that fell back to serving the name here (home unreachable).", func() float64 { return float64(locks.Stats().ForwardFailed) }),
+		gauge("memcachedlock_lock_proxies", "Proxies registered in front of the same lock servers, this one included.", func() float64 { return float64(locks.Stats().Proxies) }),
+		serverCollector{routes}, lockServerCollector{locks},
+	)
+}
+
 // serverCollector reports the per-server counters the backends keep.
-type serverCollector struct{ s *Server }
+type serverCollector struct{ routes *routing }
 
 var (
 	descRequests  = prometheus.NewDesc("memcachedlock_server_requests_total", "Requests sent to a memcached server.", []string{"server"}, nil)
@@ -100,27 +106,17 @@ func (c serverCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c serverCollector) Collect(ch chan<- prometheus.Metric) {
-	c.s.topoMu.Lock()
-	backends := make([]*backend, 0, len(c.s.pools))
-	for _, b := range c.s.pools {
-		backends = append(backends, b)
-	}
-	c.s.topoMu.Unlock()
-	for _, b := range backends {
-		up := 0.0
-		if b.up.Load() {
-			up = 1
-		}
-		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(b.requests.Load()), b.addr)
-		ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(b.errors.Load()), b.addr)
-		ch <- prometheus.MustNewConstMetric(descTimeouts, prometheus.CounterValue, float64(b.timeouts.Load()), b.addr)
-		ch <- prometheus.MustNewConstMetric(descEjections, prometheus.CounterValue, float64(b.ejections.Load()), b.addr)
-		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, b.addr)
+	for _, sc := range c.routes.counts() {
+		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(sc.requests), sc.addr)
+		ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(sc.errors), sc.addr)
+		ch <- prometheus.MustNewConstMetric(descTimeouts, prometheus.CounterValue, float64(sc.timeouts), sc.addr)
+		ch <- prometheus.MustNewConstMetric(descEjections, prometheus.CounterValue, float64(sc.ejections), sc.addr)
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, float64(b2i(sc.up)), sc.addr)
 	}
 }
 
 // lockServerCollector reports each lock server's state.
-type lockServerCollector struct{ s *Server }
+type lockServerCollector struct{ locks *lockservice.Service }
 
 var (
 	descLockRecovering = prometheus.NewDesc("memcachedlock_lock_server_recovering_seconds",
@@ -135,7 +131,7 @@ func (c lockServerCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c lockServerCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, st := range c.s.locks.States() {
+	for _, st := range c.locks.States() {
 		left, ready := 0.0, 0.0
 		if st.Recovering {
 			left = max(time.Until(st.Until).Seconds(), 0)
@@ -160,7 +156,7 @@ func (s *Server) HealthHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
-		if down := s.downServers(); len(down) > 0 {
+		if down := downServers(s.routes.counts()); len(down) > 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintf(w, "servers down:\n%s\n", strings.Join(down, "\n"))
 			return
@@ -189,13 +185,11 @@ func (s *Server) ReadyHandler() http.Handler {
 }
 
 // downServers lists, sorted, the servers the proxy is not connected to.
-func (s *Server) downServers() []string {
-	s.topoMu.Lock()
-	defer s.topoMu.Unlock()
+func downServers(counts []serverCounts) []string {
 	var down []string
-	for addr, b := range s.pools {
-		if !b.up.Load() {
-			down = append(down, addr)
+	for _, sc := range counts {
+		if !sc.up {
+			down = append(down, sc.addr)
 		}
 	}
 	slices.Sort(down)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"sync/atomic"
 )
 
 // retrieve routes get/gets/gat/gats. Keys that all live on one server go
@@ -10,12 +11,9 @@ import (
 // its keys, and the answers are merged back into the client's key order.
 func (c *clientConn) retrieve(line []byte) {
 	r := &c.req
-	t := c.s.topo.Load()
+	t := c.s.routes.topo.Load()
 	if len(r.keys) == 0 { // "gat <exptime>" alone: memcached judges it
-		call := newCall(shapeUntilEnd, c.s.cfg.Timeout)
-		call.out = append(append(call.out, line...), crlf...)
-		t.cache[0].send(c.pin, call)
-		c.send(call)
+		c.retrieveFrom(t.cache[0], line)
 		return
 	}
 	c.picks = c.picks[:0]
@@ -27,17 +25,28 @@ func (c *clientConn) retrieve(line []byte) {
 		one = one && p == first
 	}
 	if one {
-		call := newCall(shapeUntilEnd, c.s.cfg.Timeout)
-		call.out = append(append(call.out, line...), crlf...)
-		t.cache[first].send(c.pin, call)
-		c.send(call)
+		c.retrieveFrom(t.cache[first], line)
 		return
 	}
+	c.send(c.splitGet(t))
+}
+
+// retrieveFrom sends the client's line as it is to one server.
+func (c *clientConn) retrieveFrom(b *backend, line []byte) {
+	call := newCall(shapeUntilEnd, c.s.cfg.Timeout)
+	call.out = append(append(call.out, line...), crlf...)
+	b.send(c.pin, call)
+	c.send(call)
+}
+
+// splitGet sends each server a line with its keys, c.picks saying whose.
+func (c *clientConn) splitGet(t *topology) *multiGet {
+	r := &c.req
 	m := &multiGet{
 		keys:   make([][]byte, len(r.keys)),
 		calls:  make([]*call, len(t.cache)),
 		server: append([]int(nil), c.picks...),
-		s:      c.s,
+		misses: &c.s.getMisses,
 	}
 	// The verb and exptime, as the client sent them, start every server line.
 	head := r.tokens[:len(r.tokens)-len(r.keys)]
@@ -63,15 +72,16 @@ func (c *clientConn) retrieve(line []byte) {
 			t.cache[p].send(c.pin, sc)
 		}
 	}
-	c.send(m)
+	return m
 }
 
 // multiGet is a retrieval split over several servers.
 type multiGet struct {
-	s      *Server
 	keys   [][]byte // the client's keys, in its order
 	server []int    // the server of each key
 	calls  []*call  // by server; nil where no key went
+
+	misses *atomic.Uint64 // counts the keys of failed servers
 }
 
 // write merges the servers' VALUE blocks into the client's key order. Each
@@ -102,7 +112,7 @@ func (m *multiGet) write(w *bufio.Writer) {
 		p := m.server[i]
 		sc := m.calls[p]
 		if sc.err != nil || bytes.HasPrefix(sc.reply, []byte("SERVER_ERROR ")) {
-			m.s.getMisses.Add(1)
+			m.misses.Add(1)
 			continue
 		}
 		key, end := nextValue(sc.reply, cursor[p])

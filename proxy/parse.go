@@ -1,9 +1,9 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/base64"
-	"errors"
 )
 
 // Limits as memcached has them.
@@ -72,16 +72,30 @@ func (c command) isLock() bool { return c >= cmdLock && c <= cmdLockInfo }
 
 func (c command) isMeta() bool { return c >= cmdMetaGet && c <= cmdMetaNoop }
 
-// Refusals, worded as memcached words them.
+// A refusal is a line the proxy does not carry out, and memcached's
+// answer to it. As a reply it writes that answer.
+type refusal struct {
+	answer readyReply // nil: hang up without a word
+}
+
+func (r *refusal) write(w *bufio.Writer) { w.Write(r.answer) }
+
+// String is the answer without its line end, or "hang up", for the log.
+func (r *refusal) String() string {
+	if r.answer == nil {
+		return "hang up"
+	}
+	return string(r.answer[:len(r.answer)-2])
+}
+
 var (
-	errUnknown   = errors.New("ERROR")
-	errFormat    = errors.New("CLIENT_ERROR bad command line format")
-	errDelete    = errors.New("CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]")
-	errReserved  = errors.New("CLIENT_ERROR key is reserved for locks")
-	errKeyDecode = errors.New("CLIENT_ERROR error decoding key")
-	// errHTTP: a line that looks like an HTTP request. memcached hangs up
-	// on it without a word, and so does the proxy.
-	errHTTP = errors.New("HTTP request")
+	refuseUnknown   = &refusal{replyERROR}
+	refuseFormat    = &refusal{replyFormat}
+	refuseDelete    = &refusal{replyDeleteUsage}
+	refuseKeyDecode = &refusal{replyKeyDecode}
+	// refuseHTTP: a line that looks like an HTTP request. memcached hangs
+	// up on it without a word, and so does the proxy.
+	refuseHTTP = &refusal{}
 )
 
 // request is one parsed command line. Its slices point into the line, which
@@ -113,109 +127,132 @@ func tokenize(line []byte, dst [][]byte) [][]byte {
 	return dst
 }
 
-// parse turns one command line (without its line ending) into r. The error,
-// if any, is the exact reply memcached gives for such a line; the connection
-// goes on with the next line either way, as memcached does.
-func parse(line []byte, r *request) error {
+// parse turns one command line (without its line ending) into r, or
+// refuses it with the exact reply memcached gives such a line; the
+// connection goes on with the next line either way, as memcached does,
+// unless the refusal is a hang-up.
+func parse(line []byte, r *request) *refusal {
 	r.tokens = tokenize(line, r.tokens)
 	r.keys, r.key, r.noreply, r.dataLen = r.keys[:0], nil, false, -1
 	if len(r.tokens) == 0 {
-		return errUnknown
+		return refuseUnknown
 	}
 	cmd, ok := commands[string(r.tokens[0])]
 	if !ok {
 		if bytes.HasPrefix(r.tokens[len(r.tokens)-1], []byte("HTTP/")) {
-			return errHTTP
+			return refuseHTTP
 		}
-		return errUnknown
+		return refuseUnknown
 	}
 	r.cmd = cmd
 	t := r.tokens
 	n := len(t)
 	switch cmd {
 	case cmdGet, cmdGets, cmdGat, cmdGats:
-		first := 1
-		if cmd == cmdGat || cmd == cmdGats {
-			first = 2
-		}
-		if n < 2 {
-			return errUnknown
-		}
-		for _, k := range t[min(first, n):] {
-			if !validKey(k) {
-				return errFormat
-			}
-			r.keys = append(r.keys, k)
-		}
+		return parseRetrieval(r)
 	case cmdSet, cmdAdd, cmdReplace, cmdAppend, cmdPrepend, cmdCas:
-		want := 5
-		if cmd == cmdCas {
-			want = 6
-		}
-		if n != want && n != want+1 {
-			return errUnknown
-		}
-		r.noreply = string(t[n-1]) == "noreply"
-		if !validKey(t[1]) {
-			return errFormat
-		}
-		if _, ok := parseUint(t[2], 64); !ok { // memcached takes any 64-bit value and keeps 32 bits
-			return errFormat
-		}
-		if _, ok := parseInt(t[3]); !ok {
-			return errFormat
-		}
-		size, ok := parseInt(t[4])
-		if !ok || size < 0 || size > 1<<31-3 {
-			return errFormat
-		}
-		if cmd == cmdCas {
-			if _, ok := parseUint(t[5], 64); !ok {
-				return errFormat
-			}
-		}
-		r.key, r.dataLen = t[1], int(size)
+		return parseStorage(r)
 	case cmdIncr, cmdDecr, cmdTouch:
 		if n != 3 && n != 4 {
-			return errUnknown
+			return refuseUnknown
 		}
 		r.key, r.noreply = t[1], string(t[n-1]) == "noreply"
 		if !validKey(t[1]) {
-			return errFormat
+			return refuseFormat
 		}
 	case cmdDelete:
-		if n < 2 || n > 4 {
-			return errUnknown
-		}
-		r.key, r.noreply = t[1], n > 2 && string(t[n-1]) == "noreply"
-		if !validKey(t[1]) {
-			return errFormat
-		}
-		// memcached accepts a legacy "0" hold time and nothing else.
-		if rest := n - 2 - b2i(r.noreply); rest > 1 || rest == 1 && string(t[2]) != "0" {
-			return errDelete
-		}
+		return parseDelete(r)
 	case cmdMetaGet, cmdMetaSet, cmdMetaDelete, cmdMetaArithmetic, cmdMetaDebug:
 		return parseMeta(r)
 	case cmdMetaNoop, cmdVersion, cmdQuit:
-	case cmdFlushAll:
+	case cmdFlushAll, cmdCacheMemlimit:
 		r.noreply = string(t[n-1]) == "noreply"
 	case cmdVerbosity:
 		if n != 2 && n != 3 {
-			return errUnknown
+			return refuseUnknown
 		}
 		r.noreply = string(t[n-1]) == "noreply"
 		if _, ok := parseUint(t[1], 32); !ok {
-			return errFormat
+			return refuseFormat
 		}
 	case cmdStats, cmdSlabs, cmdLruCrawler, cmdLru, cmdShutdown, cmdWatch:
 		// memcached judges the arguments; these reply even to "noreply".
-	case cmdCacheMemlimit:
-		r.noreply = string(t[n-1]) == "noreply"
 	default: // lock commands check their own arguments
 		if n >= 2 {
 			r.key = t[1]
 		}
+	}
+	return nil
+}
+
+// parseRetrieval reads the keys of get, gets, gat and gats.
+func parseRetrieval(r *request) *refusal {
+	t := r.tokens
+	if len(t) < 2 {
+		return refuseUnknown
+	}
+	first := 1
+	if r.cmd == cmdGat || r.cmd == cmdGats {
+		first = 2
+	}
+	for _, k := range t[min(first, len(t)):] {
+		if !validKey(k) {
+			return refuseFormat
+		}
+		r.keys = append(r.keys, k)
+	}
+	return nil
+}
+
+// parseStorage checks "<cmd> <key> <flags> <exptime> <bytes> [<cas>]
+// [noreply]" and reads the key and data length.
+func parseStorage(r *request) *refusal {
+	t := r.tokens
+	n := len(t)
+	want := 5
+	if r.cmd == cmdCas {
+		want = 6
+	}
+	if n != want && n != want+1 {
+		return refuseUnknown
+	}
+	r.noreply = string(t[n-1]) == "noreply"
+	if !validKey(t[1]) {
+		return refuseFormat
+	}
+	if _, ok := parseUint(t[2], 64); !ok { // memcached takes any 64-bit value and keeps 32 bits
+		return refuseFormat
+	}
+	if _, ok := parseInt(t[3]); !ok {
+		return refuseFormat
+	}
+	size, ok := parseInt(t[4])
+	if !ok || size < 0 || size > 1<<31-3 {
+		return refuseFormat
+	}
+	if r.cmd == cmdCas {
+		if _, ok := parseUint(t[5], 64); !ok {
+			return refuseFormat
+		}
+	}
+	r.key, r.dataLen = t[1], int(size)
+	return nil
+}
+
+// parseDelete checks "delete <key> [0] [noreply]".
+func parseDelete(r *request) *refusal {
+	t := r.tokens
+	n := len(t)
+	if n < 2 || n > 4 {
+		return refuseUnknown
+	}
+	r.key, r.noreply = t[1], n > 2 && string(t[n-1]) == "noreply"
+	if !validKey(t[1]) {
+		return refuseFormat
+	}
+	// memcached accepts a legacy "0" hold time and nothing else.
+	if rest := n - 2 - b2i(r.noreply); rest > 1 || rest == 1 && string(t[2]) != "0" {
+		return refuseDelete
 	}
 	return nil
 }
@@ -239,25 +276,25 @@ func (r *request) touchesReserved(prefix []byte) bool {
 
 // parseMeta reads the key (decoding base64 keys for routing), the quiet flag
 // and, for ms, the data length. Other flags are memcached's to judge.
-func parseMeta(r *request) error {
+func parseMeta(r *request) *refusal {
 	t := r.tokens
 	if len(t) < 2 {
 		if r.cmd == cmdMetaDebug {
-			return errFormat // memcached's words for "me" alone
+			return refuseFormat // memcached's words for "me" alone
 		}
-		return errUnknown
+		return refuseUnknown
 	}
 	if len(t[1]) > maxKeyLen {
-		return errFormat
+		return refuseFormat
 	}
 	flags := t[2:]
 	if r.cmd == cmdMetaSet {
 		if len(t) < 3 {
-			return errFormat
+			return refuseFormat
 		}
 		size, ok := parseInt(t[2])
 		if !ok || size < 0 || size > 1<<31-3 {
-			return errFormat
+			return refuseFormat
 		}
 		r.dataLen = int(size)
 		flags = t[3:]
@@ -276,11 +313,11 @@ func parseMeta(r *request) error {
 		dec := make([]byte, base64.StdEncoding.DecodedLen(len(t[1])))
 		n, err := base64.StdEncoding.Decode(dec, t[1])
 		if err != nil || n == 0 {
-			return errKeyDecode
+			return refuseKeyDecode
 		}
 		r.key = dec[:n]
 	} else if !validKey(r.key) {
-		return errFormat
+		return refuseFormat
 	}
 	return nil
 }

@@ -8,7 +8,7 @@ import (
 func TestParse(t *testing.T) {
 	for _, tc := range []struct {
 		line    string
-		err     error
+		refused *refusal
 		cmd     command
 		key     string
 		keys    int
@@ -20,44 +20,44 @@ func TestParse(t *testing.T) {
 		{line: "  gets   a  b ", cmd: cmdGets, keys: 2, data: -1},
 		{line: "gat 10 a b", cmd: cmdGat, keys: 2, data: -1},
 		{line: "gat 10", cmd: cmdGat, keys: 0, data: -1},
-		{line: "get", err: errUnknown},
-		{line: "get " + strings.Repeat("k", 251), err: errFormat},
+		{line: "get", refused: refuseUnknown},
+		{line: "get " + strings.Repeat("k", 251), refused: refuseFormat},
 		{line: "get a\x01b", cmd: cmdGet, keys: 1, data: -1}, // memcached accepts control bytes
 		{line: "set a 0 0 5", cmd: cmdSet, key: "a", data: 5},
 		{line: "set a 0 0 5 noreply", cmd: cmdSet, key: "a", data: 5, noreply: true},
 		{line: "set a 0 0 5 other", cmd: cmdSet, key: "a", data: 5},
-		{line: "set a 0 0", err: errUnknown},
-		{line: "set a 0 0 1 noreply x", err: errUnknown},
-		{line: "set a -1 0 1", err: errFormat},
-		{line: "set a 0 0 -1", err: errFormat},
-		{line: "set a 0 x 1", err: errFormat},
-		{line: "set a 18446744073709551616 0 1", err: errFormat},
+		{line: "set a 0 0", refused: refuseUnknown},
+		{line: "set a 0 0 1 noreply x", refused: refuseUnknown},
+		{line: "set a -1 0 1", refused: refuseFormat},
+		{line: "set a 0 0 -1", refused: refuseFormat},
+		{line: "set a 0 x 1", refused: refuseFormat},
+		{line: "set a 18446744073709551616 0 1", refused: refuseFormat},
 		{line: "cas a 0 0 1 99", cmd: cmdCas, key: "a", data: 1},
-		{line: "cas a 0 0 1", err: errUnknown},
-		{line: "cas a 0 0 1 x", err: errFormat},
+		{line: "cas a 0 0 1", refused: refuseUnknown},
+		{line: "cas a 0 0 1 x", refused: refuseFormat},
 		{line: "incr a 1", cmd: cmdIncr, key: "a", data: -1},
 		{line: "incr a 1 noreply", cmd: cmdIncr, key: "a", noreply: true, data: -1},
-		{line: "incr a", err: errUnknown},
+		{line: "incr a", refused: refuseUnknown},
 		{line: "delete a", cmd: cmdDelete, key: "a", data: -1},
 		{line: "delete a 0 noreply", cmd: cmdDelete, key: "a", noreply: true, data: -1},
-		{line: "delete a 5", err: errDelete},
-		{line: "delete a 5 noreply", err: errDelete}, // refused quietly
-		{line: "verbosity noreply", err: errFormat},  // likewise
+		{line: "delete a 5", refused: refuseDelete},
+		{line: "delete a 5 noreply", refused: refuseDelete}, // refused quietly
+		{line: "verbosity noreply", refused: refuseFormat},  // likewise
 		{line: "touch a 1", cmd: cmdTouch, key: "a", data: -1},
 		{line: "mg a v q", cmd: cmdMetaGet, key: "a", noreply: true, data: -1},
 		{line: "mg YWJj b v", cmd: cmdMetaGet, key: "abc", data: -1},
-		{line: "mg !!! b v", err: errKeyDecode},
+		{line: "mg !!! b v", refused: refuseKeyDecode},
 		{line: "ms a 5 T10", cmd: cmdMetaSet, key: "a", data: 5},
-		{line: "ms a x", err: errFormat},
-		{line: "ms a", err: errFormat},
-		{line: "mg", err: errUnknown},
+		{line: "ms a x", refused: refuseFormat},
+		{line: "ms a", refused: refuseFormat},
+		{line: "mg", refused: refuseUnknown},
 		{line: "mn", cmd: cmdMetaNoop, data: -1},
 		{line: "flush_all noreply", cmd: cmdFlushAll, noreply: true, data: -1},
 		{line: "verbosity 1", cmd: cmdVerbosity, data: -1},
-		{line: "verbosity x", err: errFormat},
+		{line: "verbosity x", refused: refuseFormat},
 		{line: "lock a 30 100 me", cmd: cmdLock, key: "a", data: -1},
-		{line: "GET a", err: errUnknown},
-		{line: "", err: errUnknown},
+		{line: "GET a", refused: refuseUnknown},
+		{line: "", refused: refuseUnknown},
 		// memcached takes a last "noreply" as noreply whatever the count
 		{line: "incr a noreply", cmd: cmdIncr, key: "a", noreply: true, data: -1},
 		{line: "touch a noreply", cmd: cmdTouch, key: "a", noreply: true, data: -1},
@@ -65,20 +65,20 @@ func TestParse(t *testing.T) {
 		{line: "cache_memlimit 10 noreply", cmd: cmdCacheMemlimit, noreply: true, data: -1},
 		{line: "slabs reassign 1 2", cmd: cmdSlabs, data: -1},
 		{line: "lru_crawler metadump all", cmd: cmdLruCrawler, data: -1},
-		{line: "GET / HTTP/1.0", err: errHTTP},
-		{line: "foo HTTP/", err: errHTTP},
+		{line: "GET / HTTP/1.0", refused: refuseHTTP},
+		{line: "foo HTTP/", refused: refuseHTTP},
 		{line: "get a HTTP/1.0", cmd: cmdGet, keys: 2, data: -1},
 	} {
 		var r request
-		err := parse([]byte(tc.line), &r)
-		if err != tc.err {
-			t.Errorf("%q: error %v, want %v", tc.line, err, tc.err)
+		refused := parse([]byte(tc.line), &r)
+		if refused != tc.refused {
+			t.Errorf("%q: refused with %v, want %v", tc.line, refused, tc.refused)
 			continue
 		}
-		if err != nil && r.noreply != (tc.noreply || strings.HasSuffix(tc.line, " noreply") && err != errUnknown) {
+		if refused != nil && r.noreply != (tc.noreply || strings.HasSuffix(tc.line, " noreply") && refused != refuseUnknown) {
 			t.Errorf("%q: refused with noreply %v", tc.line, r.noreply)
 		}
-		if err != nil {
+		if refused != nil {
 			continue
 		}
 		if r.cmd != tc.cmd || string(r.key) != tc.key || len(r.keys) != tc.keys || r.noreply != tc.noreply || r.dataLen != tc.data {

@@ -8,16 +8,6 @@ import (
 	"slices"
 )
 
-var (
-	crlf      = []byte("\r\n")
-	replyEND  = []byte("END\r\n")
-	replyMN   = []byte("MN\r\n")
-	replyEN   = []byte("EN\r\n")
-	replyOK   = []byte("OK\r\n")
-	prefixVA  = []byte("VA ")
-	prefixVAL = []byte("VALUE ")
-)
-
 // maxReplyLine bounds one line of a server reply; memcached's are short.
 const maxReplyLine = 8 << 10
 

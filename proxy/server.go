@@ -11,45 +11,41 @@ import (
 	"time"
 
 	"github.com/memcachedlock/memcachedlock/lockservice"
-	"github.com/memcachedlock/memcachedlock/ring"
 )
 
 // Version is the proxy's own version, reported in stats as proxy_version.
 var Version = "0.1.0"
 
-// Server is a running proxy. Create it with New and start it with Serve.
+// Server is a running proxy: its listeners and client connections, and
+// the parts they use. Create it with New and start it with Serve.
 type Server struct {
 	cfg     Config
 	prefix  []byte
-	topo    atomic.Pointer[topology] // the cache ring now; replaced on reload and ejection
-	lockers []*backend               // fixed for the proxy's life: a lock is never re-routed
-	// impliedLocks: the lock servers are the cache servers as first
-	// configured, so a reload that changes those would change them.
-	impliedLocks bool
-	locks        *lockservice.Service
-	metrics      *metrics
-	quit         chan struct{} // closed when the proxy stops
-	quitOnce     sync.Once
-
-	topoMu    sync.Mutex // serializes changes of the topology
-	servers   []ring.Server
-	pools     map[string]*backend // every backend, by address
-	lockConns []*lockConn         // the lock service's connections to the lock servers
-	ejected   map[string]time.Time
+	routes  *routing
+	locks   *lockservice.Service
+	metrics *metrics
+	stats   *proxyStats
+	counters
+	nextPin   atomic.Uint64
+	lockConns []*lockConn   // the lock service's connections to the lock servers
+	quit      chan struct{} // closed when the proxy stops
+	quitOnce  sync.Once
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*clientConn]struct{}
 	closing   bool
 	wg        sync.WaitGroup
-	started   time.Time
+}
 
+// counters are the proxy's own counts, kept on the request path and read
+// by stats and /metrics.
+type counters struct {
 	connsTotal   atomic.Uint64
 	connsCurr    atomic.Int64
 	connsRefused atomic.Uint64
 	commands     atomic.Uint64
 	getMisses    atomic.Uint64 // keys of a multi-get answered as misses because their server failed
-	nextPin      atomic.Uint64
 }
 
 // New checks cfg and connects to the servers it names.
@@ -59,24 +55,19 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg: cfg, prefix: []byte(cfg.LockPrefix), impliedLocks: impliedLocks,
+		cfg: cfg, prefix: []byte(cfg.LockPrefix),
+		metrics:   newMetrics(),
 		quit:      make(chan struct{}),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*clientConn]struct{}),
-		started:   time.Now(),
-		pools:     make(map[string]*backend),
-		ejected:   make(map[string]time.Time),
 	}
-	s.metrics = newMetrics(s)
-	for _, srv := range cfg.LockServers {
-		s.lockers = append(s.lockers, s.pool(srv.Addr))
-	}
+	s.routes = newRouting(cfg, impliedLocks, s.metrics.serverLat)
 	locks, err := lockservice.New(lockservice.Config{
 		Servers: cfg.LockServers, Distribution: cfg.Distribution, Hash: cfg.Hash, Replicas: cfg.LockReplicas,
 		Prefix: cfg.LockPrefix, MaxTTL: cfg.LockTTLMax, MaxWait: cfg.LockWaitMax, Poll: cfg.LockPoll,
 		Timeout: cfg.Timeout, Fresh: cfg.LockFresh, StateFile: cfg.LockStateFile, Logger: cfg.Logger,
 	}, func(addr string) lockservice.Conn {
-		lc := newLockConn(s.pools[addr])
+		lc := newLockConn(s.routes.backend(addr))
 		s.lockConns = append(s.lockConns, lc)
 		return lc
 	})
@@ -84,11 +75,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.locks = locks
+	s.stats = &proxyStats{started: time.Now(), counters: &s.counters, routes: s.routes, locks: locks}
+	s.metrics.readOnScrape(&s.counters, s.routes, locks)
 	if err := s.Reload(cfg.Servers, cfg.Distribution, cfg.Hash); err != nil {
 		return nil, err
 	}
 	if cfg.AutoEject {
-		go s.ejectLoop()
+		go s.routes.ejectLoop(s.quit)
 	}
 	return s, nil
 }
@@ -153,8 +146,6 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
-var refusal = []byte("SERVER_ERROR too many open connections\r\n")
-
 // track starts serving nc unless the proxy is closing or full.
 func (s *Server) track(nc net.Conn) bool {
 	s.mu.Lock()
@@ -165,7 +156,7 @@ func (s *Server) track(nc net.Conn) bool {
 	if s.cfg.MaxConns > 0 && len(s.conns) >= s.cfg.MaxConns {
 		s.connsRefused.Add(1)
 		nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-		nc.Write(refusal)
+		nc.Write(replyTooManyConn)
 		return false
 	}
 	c := newClientConn(s, nc)
@@ -251,11 +242,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.quitOnce.Do(func() {
 		close(s.quit)
 		s.locks.Close()
-		s.topoMu.Lock()
-		for _, b := range s.pools {
-			b.close()
-		}
-		s.topoMu.Unlock()
+		s.routes.close()
 		for _, lc := range s.lockConns {
 			lc.close()
 		}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"time"
@@ -28,7 +29,7 @@ type dump struct {
 
 func (c *clientConn) dump(line []byte) reply {
 	d := &dump{line: append(append([]byte(nil), line...), crlf...), timeout: c.s.cfg.Timeout}
-	for _, b := range c.s.topo.Load().cache {
+	for _, b := range c.s.routes.topo.Load().cache {
 		d.servers = append(d.servers, b.addr)
 	}
 	return d
@@ -97,6 +98,22 @@ type logStream struct {
 	client  net.Conn        // for the write deadline of a stream that outlives it
 }
 
+// watchLogs streams the servers' logs to the client; false once the
+// stream has ended the connection.
+func (c *clientConn) watchLogs(line []byte) bool {
+	stream, refused := c.openLogStream(line)
+	if stream == nil {
+		c.send(refused)
+		return true
+	}
+	c.send(stream)
+	// The connection is the stream's now: memcached ignores what the
+	// client sends, and so does the proxy; hanging up ends the stream.
+	io.Copy(io.Discard, c.br)
+	c.cancel()
+	return false
+}
+
 // openLogStream asks every server to watch. When one refuses (a bad
 // argument) or fails, it returns that answer instead, and the client's
 // connection goes on as before.
@@ -104,11 +121,11 @@ func (c *clientConn) openLogStream(line []byte) (*logStream, reply) {
 	ls := &logStream{ctx: c.ctx, client: c.nc}
 	out := append(append([]byte(nil), line...), crlf...)
 	timeout := c.s.cfg.Timeout
-	for _, b := range c.s.topo.Load().cache {
+	for _, b := range c.s.routes.topo.Load().cache {
 		nc, err := net.DialTimeout("tcp", b.addr, timeout)
 		if err != nil {
 			ls.close()
-			return nil, staticReply(serverError(errServerDown))
+			return nil, readyReply(serverError(errServerDown))
 		}
 		ls.conns = append(ls.conns, nc)
 		nc.SetDeadline(time.Now().Add(timeout))
@@ -121,9 +138,9 @@ func (c *clientConn) openLogStream(line []byte) (*logStream, reply) {
 		if err != nil || !bytes.Equal(first, replyOK) {
 			ls.close()
 			if err != nil {
-				return nil, staticReply(serverError(errServerDown))
+				return nil, readyReply(serverError(errServerDown))
 			}
-			return nil, staticReply(append([]byte(nil), first...))
+			return nil, readyReply(append([]byte(nil), first...))
 		}
 		nc.SetDeadline(time.Time{})
 		ls.readers = append(ls.readers, br)

@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -40,99 +38,45 @@ func startProxy(t *testing.T, cfg Config, mcs ...*testmc.Memcached) (string, *Se
 	return l.Addr().String(), s
 }
 
-// conn is a raw client connection; every read has a deadline.
-type conn struct {
-	t  *testing.T
-	nc net.Conn
-	br *bufio.Reader
-}
-
-func dial(t *testing.T, addr string) *conn {
-	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	return &conn{t: t, nc: nc, br: bufio.NewReader(nc)}
-}
-
-func (c *conn) send(s string) {
-	c.t.Helper()
-	if _, err := c.nc.Write([]byte(s)); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
-// expect reads exactly len(want) bytes and compares.
-func (c *conn) expect(want string) {
-	c.t.Helper()
-	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	got := make([]byte, len(want))
-	n, err := io.ReadFull(c.br, got)
-	if err != nil || string(got) != want {
-		c.t.Fatalf("want %q\n got %q (%v)", want, got[:n], err)
-	}
-}
-
-// line reads one reply line.
-func (c *conn) line() string {
-	c.t.Helper()
-	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	l, err := c.br.ReadString('\n')
-	if err != nil {
-		c.t.Fatalf("reading a line: %v (got %q)", err, l)
-	}
-	return l
-}
-
-func (c *conn) expectClosed() {
-	c.t.Helper()
-	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if b, err := c.br.ReadByte(); err != io.EOF {
-		c.t.Fatalf("connection still open: read %q, %v", b, err)
-	}
-}
-
 func TestWireBadDataChunkCloses(t *testing.T) {
 	addr, _ := startProxy(t, Config{}, testmc.Start(t))
-	c := dial(t, addr)
-	c.send("set a 0 0 2\r\nxxx\r\nget a\r\n")
-	c.expect("CLIENT_ERROR bad data chunk\r\n")
-	c.expectClosed()
+	c := testmc.Dial(t, addr)
+	c.Send("set a 0 0 2\r\nxxx\r\nget a\r\n")
+	c.Expect("CLIENT_ERROR bad data chunk\r\n")
+	c.ExpectClosed()
 }
 
 func TestWireReservedKeys(t *testing.T) {
 	addr, _ := startProxy(t, Config{}, testmc.Start(t))
-	c := dial(t, addr)
+	c := testmc.Dial(t, addr)
 	const refused = "CLIENT_ERROR key is reserved for locks\r\n"
-	c.send("get __memcachedlock:x\r\nset __memcachedlock:x 0 0 3\r\nabc\r\ndelete __memcachedlock:x\r\n" +
+	c.Send("get __memcachedlock:x\r\nset __memcachedlock:x 0 0 3\r\nabc\r\ndelete __memcachedlock:x\r\n" +
 		"get a __memcachedlock:x\r\nmg __memcachedlock:x v\r\nmg X19tZW1jYWNoZWRsb2NrOng= b v\r\nmn\r\n")
-	c.expect(strings.Repeat(refused, 6) + "MN\r\n")
+	c.Expect(strings.Repeat(refused, 6) + "MN\r\n")
 }
 
 func TestWireLineLimits(t *testing.T) {
 	addr, _ := startProxy(t, Config{}, testmc.Start(t))
 	// A get line far longer than the read buffer is fine.
-	c := dial(t, addr)
-	c.send("set " + strings.Repeat("k", 250) + " 0 0 1\r\nx\r\n")
-	c.expect("STORED\r\n")
-	c.send("get" + strings.Repeat(" "+strings.Repeat("k", 250), 200) + "\r\n")
-	c.expect(strings.Repeat("VALUE "+strings.Repeat("k", 250)+" 0 1\r\nx\r\n", 200) + "END\r\n")
+	c := testmc.Dial(t, addr)
+	c.Send("set " + strings.Repeat("k", 250) + " 0 0 1\r\nx\r\n")
+	c.Expect("STORED\r\n")
+	c.Send("get" + strings.Repeat(" "+strings.Repeat("k", 250), 200) + "\r\n")
+	c.Expect(strings.Repeat("VALUE "+strings.Repeat("k", 250)+" 0 1\r\nx\r\n", 200) + "END\r\n")
 	// Any other line over 2048 bytes is refused, and framing is lost.
-	c = dial(t, addr)
-	c.send("set " + strings.Repeat("k", 3000) + " 0 0 1\r\nx\r\n")
-	c.expect("CLIENT_ERROR line too long\r\n")
-	c.expectClosed()
-	c = dial(t, addr)
-	c.send(strings.Repeat("x", 100000))
-	c.expect("CLIENT_ERROR line too long\r\n")
-	c.expectClosed()
+	c = testmc.Dial(t, addr)
+	c.Send("set " + strings.Repeat("k", 3000) + " 0 0 1\r\nx\r\n")
+	c.Expect("CLIENT_ERROR line too long\r\n")
+	c.ExpectClosed()
+	c = testmc.Dial(t, addr)
+	c.Send(strings.Repeat("x", 100000))
+	c.Expect("CLIENT_ERROR line too long\r\n")
+	c.ExpectClosed()
 	// Control bytes in keys pass, as memcached takes them (memcaslap's keys
 	// start with 0x10 bytes); lock names must be printable.
-	c = dial(t, addr)
-	c.send("set \x10\x10k\x7f 0 0 1\r\nx\r\nget \x10\x10k\x7f\r\nlock a\x01b\r\nget a\x00b\r\n")
-	c.expect("STORED\r\nVALUE \x10\x10k\x7f 0 1\r\nx\r\nEND\r\nCLIENT_ERROR bad command line format\r\n" +
+	c = testmc.Dial(t, addr)
+	c.Send("set \x10\x10k\x7f 0 0 1\r\nx\r\nget \x10\x10k\x7f\r\nlock a\x01b\r\nget a\x00b\r\n")
+	c.Expect("STORED\r\nVALUE \x10\x10k\x7f 0 1\r\nx\r\nEND\r\nCLIENT_ERROR bad command line format\r\n" +
 		"CLIENT_ERROR bad command line format\r\n") // NUL: memcached would cut the key there
 }
 
@@ -142,15 +86,15 @@ func TestWireOneByteAtATime(t *testing.T) {
 	script := "set a 0 0 3\r\nabc\r\nset b 1 0 0\r\n\r\nget a b zz\r\nincr n 1\r\nms m 2 T0\r\nhi\r\nmg m v\r\n" +
 		"delete a noreply\r\nget a\r\nmn\r\n"
 	want := "STORED\r\nSTORED\r\nVALUE a 0 3\r\nabc\r\nVALUE b 1 0\r\n\r\nEND\r\nNOT_FOUND\r\nHD\r\nVA 2\r\nhi\r\nEND\r\nMN\r\n"
-	c := dial(t, addr)
-	c.nc.(*net.TCPConn).SetNoDelay(true)
+	c := testmc.Dial(t, addr)
+	c.NetConn.(*net.TCPConn).SetNoDelay(true)
 	for i := 0; i < len(script); i++ {
-		c.send(script[i : i+1])
+		c.Send(script[i : i+1])
 		if i%7 == 0 {
 			time.Sleep(time.Millisecond) // let some bytes arrive alone
 		}
 	}
-	c.expect(want)
+	c.Expect(want)
 }
 
 func TestWireStatsMergedWithProxyCounters(t *testing.T) {
@@ -158,16 +102,16 @@ func TestWireStatsMergedWithProxyCounters(t *testing.T) {
 	// Lock state (markers, the proxy registry) on a server of its own, so
 	// that the cache servers hold just the test's items.
 	addr, _ := startProxy(t, Config{LockServers: []ring.Server{{Addr: locks.Addr, Weight: 1}}}, m1, m2)
-	c := dial(t, addr)
+	c := testmc.Dial(t, addr)
 	for _, k := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
-		c.send("set " + k + " 0 0 1\r\nx\r\n")
-		c.expect("STORED\r\n")
+		c.Send("set " + k + " 0 0 1\r\nx\r\n")
+		c.Expect("STORED\r\n")
 	}
-	c.send("stats\r\n")
+	c.Send("stats\r\n")
 	stats := map[string]string{}
 	for {
-		l := c.line()
-		if l == "END\r\n" {
+		l := c.Line()
+		if l == "END" {
 			break
 		}
 		f := strings.Fields(l)
@@ -185,42 +129,42 @@ func TestWireStatsMergedWithProxyCounters(t *testing.T) {
 	if stats["proxy_server:"+m1.Addr+":requests"] == "" || stats["proxy_lock_grants"] != "0" {
 		t.Errorf("per-server or lock counters missing: %v", stats)
 	}
-	c.send("stats settings\r\nstats reset\r\nversion\r\n")
-	for !strings.HasPrefix(c.line(), "END") {
+	c.Send("stats settings\r\nstats reset\r\nversion\r\n")
+	for !strings.HasPrefix(c.Line(), "END") {
 	}
-	c.expect("RESET\r\nVERSION ")
+	c.Expect("RESET\r\nVERSION ")
 }
 
 func TestWireMaxConnections(t *testing.T) {
 	addr, _ := startProxy(t, Config{MaxConns: 1}, testmc.Start(t))
-	a := dial(t, addr)
-	a.send("version\r\n")
-	a.line()
-	b := dial(t, addr)
-	b.expect("SERVER_ERROR too many open connections\r\n")
-	b.expectClosed()
-	a.send("mn\r\n")
-	a.expect("MN\r\n")
+	a := testmc.Dial(t, addr)
+	a.Send("version\r\n")
+	a.Line()
+	b := testmc.Dial(t, addr)
+	b.Expect("SERVER_ERROR too many open connections\r\n")
+	b.ExpectClosed()
+	a.Send("mn\r\n")
+	a.Expect("MN\r\n")
 }
 
 // A client that sends without ever reading fills its own pipeline and
 // socket, and is then simply not read: others carry on.
 func TestWireClientThatDoesNotRead(t *testing.T) {
 	addr, _ := startProxy(t, Config{}, testmc.Start(t))
-	c := dial(t, addr)
-	c.send("set big 0 0 500000\r\n" + strings.Repeat("x", 500000) + "\r\n")
-	c.expect("STORED\r\n")
+	c := testmc.Dial(t, addr)
+	c.Send("set big 0 0 500000\r\n" + strings.Repeat("x", 500000) + "\r\n")
+	c.Expect("STORED\r\n")
 	go func() {
 		for i := 0; i < 2000; i++ {
-			if _, err := c.nc.Write([]byte("get big\r\n")); err != nil {
+			if _, err := c.NetConn.Write([]byte("get big\r\n")); err != nil {
 				return
 			}
 		}
 	}()
 	time.Sleep(200 * time.Millisecond)
-	other := dial(t, addr)
+	other := testmc.Dial(t, addr)
 	for i := 0; i < 100; i++ {
-		other.send("get big\r\n")
-		other.expect("VALUE big 0 500000\r\n" + strings.Repeat("x", 500000) + "\r\nEND\r\n")
+		other.Send("get big\r\n")
+		other.Expect("VALUE big 0 500000\r\n" + strings.Repeat("x", 500000) + "\r\nEND\r\n")
 	}
 }

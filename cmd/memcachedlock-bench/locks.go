@@ -325,35 +325,13 @@ func lockRun(name string, workers int, hold, think, d time.Duration, cacheAddr s
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			mc := memcache.New(cacheAddr)
-			var waits []time.Duration
-			for time.Now().Before(stop) {
-				t0 := time.Now()
-				if err := l.lock(); err != nil {
-					errs <- err
-					return
-				}
-				granted := time.Now()
-				waits = append(waits, granted.Sub(t0))
-				it, err := mc.Get(counterKey)
-				if err != nil {
-					errs <- err
-					return
-				}
-				n, _ := strconv.Atoi(string(it.Value))
-				mc.Set(&memcache.Item{Key: counterKey, Value: []byte(strconv.Itoa(n + 1))})
-				// Spin out the hold: a sleep this short overshoots by a
-				// timer tick, which would measure the timer, not the lock.
-				for time.Since(granted) < hold {
-				}
-				if err := l.unlock(); err != nil {
-					errs <- err
-					return
-				}
-				res.perWorker[i]++
-				time.Sleep(think)
+			w := lockWorker{l: l, mc: memcache.New(cacheAddr), counterKey: counterKey, hold: hold, think: think}
+			grants, waits, err := w.run(stop)
+			if err != nil {
+				errs <- err
 			}
 			mu.Lock()
+			res.perWorker[i] = grants
 			res.waits = append(res.waits, waits...)
 			mu.Unlock()
 		}(i)
@@ -375,6 +353,43 @@ func lockRun(name string, workers int, hold, think, d time.Duration, cacheAddr s
 	counted, _ := strconv.Atoi(string(it.Value))
 	res.lost = res.grants - counted
 	return res, nil
+}
+
+// lockWorker is one client of lockRun.
+type lockWorker struct {
+	l           locker
+	mc          *memcache.Client
+	counterKey  string
+	hold, think time.Duration
+}
+
+// run locks, bumps the counter, holds, unlocks and thinks until stop; it
+// returns the grants it had and how long each took.
+func (w *lockWorker) run(stop time.Time) (grants int, waits []time.Duration, err error) {
+	for time.Now().Before(stop) {
+		t0 := time.Now()
+		if err := w.l.lock(); err != nil {
+			return grants, waits, err
+		}
+		granted := time.Now()
+		waits = append(waits, granted.Sub(t0))
+		it, err := w.mc.Get(w.counterKey)
+		if err != nil {
+			return grants, waits, err
+		}
+		n, _ := strconv.Atoi(string(it.Value))
+		w.mc.Set(&memcache.Item{Key: w.counterKey, Value: []byte(strconv.Itoa(n + 1))})
+		// Spin out the hold: a sleep this short overshoots by a timer
+		// tick, which would measure the timer, not the lock.
+		for time.Since(granted) < w.hold {
+		}
+		if err := w.l.unlock(); err != nil {
+			return grants, waits, err
+		}
+		grants++
+		time.Sleep(w.think)
+	}
+	return grants, waits, nil
 }
 
 type proxyLocker struct {

@@ -27,8 +27,6 @@ func (p *procs) stop() {
 	*p = nil
 }
 
-var freePort = testmc.FreeLoopbackPort
-
 func need(tool, pkg string) (string, error) {
 	path, err := exec.LookPath(tool)
 	if err != nil {
@@ -65,7 +63,7 @@ func (p *procs) memcached(n int, threads int, extra ...string) ([]string, error)
 	}
 	var addrs []string
 	for i := 0; i < n; i++ {
-		port, err := freePort()
+		port, err := testmc.FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -85,7 +83,7 @@ func (p *procs) memcached(n int, threads int, extra ...string) ([]string, error)
 
 // proxy starts bin/memcachedlock in front of servers.
 func (p *procs) proxy(bin string, servers []string, extra ...string) (string, error) {
-	port, err := freePort()
+	port, err := testmc.FreePort()
 	if err != nil {
 		return "", err
 	}
@@ -100,11 +98,11 @@ func (p *procs) nutcracker(servers []string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	port, err := freePort()
+	port, err := testmc.FreePort()
 	if err != nil {
 		return "", err
 	}
-	stats, err := freePort()
+	stats, err := testmc.FreePort()
 	if err != nil {
 		return "", err
 	}

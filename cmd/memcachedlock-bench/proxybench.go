@@ -44,12 +44,7 @@ func runProxyBench(cc *cli.Context) error {
 	fmt.Printf("proxy benchmark: memcaslap, 100-byte values, 9:1 get/set, %s runs, median of %d alternating rounds\n", d, rounds)
 	fmt.Printf("(CPU µs/req: the CPU time nutcracker and the proxy spent per request, which the machine's drift disturbs less than TPS)\n\n")
 
-	type bench struct {
-		name    string
-		servers int
-		args    []string
-	}
-	benches := []bench{
+	benches := []proxyCase{
 		{"64 conns, 2 servers", 2, []string{"-T", "2", "-c", "64"}},
 		{"512 conns, 2 servers", 2, []string{"-T", "2", "-c", "512"}},
 		{"100-key gets, 4 servers", 4, []string{"-T", "2", "-c", "16", "-d", "100"}},
@@ -57,47 +52,63 @@ func runProxyBench(cc *cli.Context) error {
 	fmt.Printf("| %-24s | %10s | %10s | %10s | %12s | %16s | %22s |\n", "case (TPS)", "direct", "nutcracker", "proxy", "proxy/direct", "proxy/nutcracker", "CPU µs/req nc : proxy")
 	fmt.Printf("|%s|%s|%s|%s|%s|%s|%s|\n", dashes(26), dashes(12), dashes(12), dashes(12), dashes(14), dashes(18), dashes(24))
 	for _, b := range benches {
-		var ps procs
-		servers, err := ps.memcached(b.servers, 1)
+		m, cpu, err := b.measure(memcaslap, cc.String("proxy-bin"), rounds, d)
 		if err != nil {
-			ps.stop()
 			return err
 		}
-		nc, err := ps.nutcracker(servers)
-		if err != nil {
-			ps.stop()
-			return err
-		}
-		ncPid := ps[len(ps)-1].Process.Pid
-		px, err := ps.proxy(cc.String("proxy-bin"), servers)
-		if err != nil {
-			ps.stop()
-			return err
-		}
-		pxPid := ps[len(ps)-1].Process.Pid
-		targets := []target{{"direct", servers}, {"nutcracker", []string{nc}}, {"proxy", []string{px}}}
-		pids := []int{0, ncPid, pxPid}
-		tps := make([][]float64, len(targets))
-		cpu := make([][]float64, len(targets)) // CPU µs of the proxy process per request
-		for r := 0; r < rounds; r++ {
-			for i, t := range targets {
-				t0, _ := cpuTicks(pids[i])
-				v, err := runMemcaslap(memcaslap, t.addrs, d, b.args)
-				if err != nil {
-					ps.stop()
-					return fmt.Errorf("%s via %s: %w", b.name, t.name, err)
-				}
-				t1, _ := cpuTicks(pids[i])
-				tps[i] = append(tps[i], v)
-				cpu[i] = append(cpu[i], float64(t1-t0)*1e4/(v*d.Seconds())) // ticks are 10ms
-			}
-		}
-		ps.stop()
-		m := []float64{median(tps[0]), median(tps[1]), median(tps[2])}
 		fmt.Printf("| %-24s | %10.0f | %10.0f | %10.0f | %12.2f | %16.2f | %10.1f : %-9.1f |\n", b.name, m[0], m[1], m[2], m[2]/m[0], m[2]/m[1],
-			median(cpu[1]), median(cpu[2]))
+			cpu[1], cpu[2])
 	}
 	return latencyView(cc)
+}
+
+// proxyCase is one row of the proxy benchmark: memcaslap's arguments
+// against a number of memcached servers.
+type proxyCase struct {
+	name    string
+	servers int
+	args    []string
+}
+
+// measure runs the case against the servers directly, through nutcracker
+// and through the proxy, in turn for rounds rounds, and returns the median
+// TPS of each, and the CPU µs per request nutcracker and the proxy spent.
+func (b proxyCase) measure(memcaslap, proxyBin string, rounds int, d time.Duration) (tps, cpuPerReq [3]float64, err error) {
+	var ps procs
+	defer ps.stop()
+	servers, err := ps.memcached(b.servers, 1)
+	if err != nil {
+		return tps, cpuPerReq, err
+	}
+	nc, err := ps.nutcracker(servers)
+	if err != nil {
+		return tps, cpuPerReq, err
+	}
+	ncPid := ps[len(ps)-1].Process.Pid
+	px, err := ps.proxy(proxyBin, servers)
+	if err != nil {
+		return tps, cpuPerReq, err
+	}
+	pxPid := ps[len(ps)-1].Process.Pid
+	targets := []target{{"direct", servers}, {"nutcracker", []string{nc}}, {"proxy", []string{px}}}
+	pids := []int{0, ncPid, pxPid}
+	var runs, cpu [3][]float64
+	for r := 0; r < rounds; r++ {
+		for i, t := range targets {
+			t0, _ := cpuTicks(pids[i])
+			v, err := runMemcaslap(memcaslap, t.addrs, d, b.args)
+			if err != nil {
+				return tps, cpuPerReq, fmt.Errorf("%s via %s: %w", b.name, t.name, err)
+			}
+			t1, _ := cpuTicks(pids[i])
+			runs[i] = append(runs[i], v)
+			cpu[i] = append(cpu[i], float64(t1-t0)*1e4/(v*d.Seconds())) // ticks are 10ms
+		}
+	}
+	for i := range targets {
+		tps[i], cpuPerReq[i] = median(runs[i]), median(cpu[i])
+	}
+	return tps, cpuPerReq, nil
 }
 
 var tpsRE = regexp.MustCompile(`TPS: (\d+)`)

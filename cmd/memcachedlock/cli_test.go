@@ -204,8 +204,6 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-func freeAddr(t *testing.T) string { return fmt.Sprintf("127.0.0.1:%d", testmc.FreePort(t)) }
-
 // startServe runs "serve" until the test ends and waits until it accepts
 // clients on listen.
 func startServe(t *testing.T, listen string, args ...string) *syncBuffer {
@@ -239,21 +237,21 @@ func startServe(t *testing.T, listen string, args ...string) *syncBuffer {
 // one log line naming its address, and a non-zero exit.
 func TestRefusesProxyAsServer(t *testing.T) {
 	mc := testmc.Start(t)
-	front := freeAddr(t)
+	front := testmc.FreeAddr(t)
 	startServe(t, front, "--servers", mc.Addr)
 
-	r := run(t, nil, "serve", "--listen", freeAddr(t), "--servers", mc.Addr+","+front)
+	r := run(t, nil, "serve", "--listen", testmc.FreeAddr(t), "--servers", mc.Addr+","+front)
 	if r.code == 0 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "server "+front+" is a memcachedlock proxy") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
 	// Its own address too, and among the lock servers.
-	self := freeAddr(t)
+	self := testmc.FreeAddr(t)
 	r = run(t, nil, "serve", "--listen", self, "--servers", mc.Addr, "--lock-servers", self)
 	if r.code == 0 || !strings.Contains(r.stderr, "server "+self+" is the proxy's own listen address") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
 	// Asked for: a proxy in front of a proxy serves.
-	back := freeAddr(t)
+	back := testmc.FreeAddr(t)
 	log := startServe(t, back, "--servers", front, "--allow-proxy-servers")
 	if !strings.Contains(log.String(), "server_count=1") {
 		t.Errorf("start-up log does not count the servers:\n%s", log)
@@ -280,9 +278,9 @@ func httpGet(t *testing.T, url string) (int, string) {
 // /healthz against a dead server, /readyz, and the build's metric.
 func TestHealthEndpoints(t *testing.T) {
 	live := testmc.Start(t)
-	dead := freeAddr(t) // nothing listens here
-	metrics := freeAddr(t)
-	startServe(t, freeAddr(t), "--servers", live.Addr+","+dead, "--metrics-listen", metrics)
+	dead := testmc.FreeAddr(t) // nothing listens here
+	metrics := testmc.FreeAddr(t)
+	startServe(t, testmc.FreeAddr(t), "--servers", live.Addr+","+dead, "--metrics-listen", metrics)
 	if code, body := httpGet(t, "http://"+metrics+"/healthz"); code != 503 || body != "servers down:\n"+dead+"\n" {
 		t.Errorf("/healthz with a dead server: %d %q", code, body)
 	}
@@ -295,8 +293,8 @@ func TestHealthEndpoints(t *testing.T) {
 		t.Errorf("no build info in /metrics (want %q)", want)
 	}
 
-	metrics = freeAddr(t)
-	startServe(t, freeAddr(t), "--servers", live.Addr, "--metrics-listen", metrics)
+	metrics = testmc.FreeAddr(t)
+	startServe(t, testmc.FreeAddr(t), "--servers", live.Addr, "--metrics-listen", metrics)
 	if code, body := httpGet(t, "http://"+metrics+"/healthz"); code != 200 || body != "ok\n" {
 		t.Errorf("/healthz with every server up: %d %q", code, body)
 	}
@@ -306,7 +304,7 @@ func TestHealthEndpoints(t *testing.T) {
 // --log-format json writes one object per line.
 func TestDebugLogJSON(t *testing.T) {
 	mc := testmc.Start(t)
-	listen := freeAddr(t)
+	listen := testmc.FreeAddr(t)
 	log := startServe(t, listen, "--servers", mc.Addr, "--log-level", "debug", "--log-format", "json")
 	c, err := net.Dial("tcp", listen)
 	if err != nil {
@@ -337,7 +335,7 @@ func TestDebugLogJSON(t *testing.T) {
 // exits 2 with the proxy's reason, not 69 (unreachable).
 func TestLockRefusedArgument(t *testing.T) {
 	mc := testmc.Start(t)
-	listen := freeAddr(t)
+	listen := testmc.FreeAddr(t)
 	startServe(t, listen, "--servers", mc.Addr)
 	r := run(t, nil, "lock", "--addr", listen, "--ttl", "2h", "job", "--", "true")
 	if r.code != 2 || !strings.Contains(r.stderr, "the proxy refused the request: ttl must be 1 to ") {
@@ -353,7 +351,7 @@ func TestLockRefusedArgument(t *testing.T) {
 // with --check).
 func TestConfigWarningsAtStart(t *testing.T) {
 	mc := testmc.Start(t)
-	listen := freeAddr(t)
+	listen := testmc.FreeAddr(t)
 	path := writeConfig(t, "alpha:\n  listen: "+listen+"\n  auto_eject_host: true\n  servers:\n   - "+mc.Addr+":1\n")
 	log := startServe(t, listen, "--config", path)
 	if !strings.Contains(log.String(), `level=WARN msg="--config: `+path+`: unknown key \"auto_eject_host\" ignored (did you mean \"auto_eject_hosts\"?)"`) {
@@ -365,7 +363,7 @@ func TestConfigWarningsAtStart(t *testing.T) {
 // went with the wrapper's connection, so the command must not go on.
 func TestLockChildDiesWithWrapper(t *testing.T) {
 	mc := testmc.Start(t)
-	listen := freeAddr(t)
+	listen := testmc.FreeAddr(t)
 	startServe(t, listen, "--servers", mc.Addr, "--lock-fresh-servers")
 	wrapper := exec.Command(bin, "lock", "--addr", listen, "job", "--", "sh", "-c", "echo $$; exec sleep 300")
 	wrapper.Env = cleanEnv()
@@ -412,7 +410,7 @@ func running(pid int) bool {
 // being up again, however many connections notice.
 func TestServerStateLoggedOncePerChange(t *testing.T) {
 	mc := testmc.Start(t)
-	log := startServe(t, freeAddr(t), "--servers", mc.Addr, "--server-connections", "4", "--log-level", "debug")
+	log := startServe(t, testmc.FreeAddr(t), "--servers", mc.Addr, "--server-connections", "4", "--log-level", "debug")
 	waitCount := func(what string, n int) {
 		t.Helper()
 		for i := 0; i < 1000 && strings.Count(log.String(), what) < n; i++ {

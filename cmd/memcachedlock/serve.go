@@ -115,26 +115,10 @@ func serve(cc *cli.Context) error {
 	logger.Info("serving", "listen", l.Addr().String(), "server_count", len(cfg.Servers), "servers", serverList(cfg.Servers),
 		"distribution", cfg.Distribution, "hash", cfg.Hash, "lock_servers", lockServerList(cfg))
 
-	if addr := cc.String("metrics-listen"); addr != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", srv.MetricsHandler())
-		mux.Handle("/healthz", srv.HealthHandler())
-		mux.Handle("/readyz", srv.ReadyHandler())
-		ml, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("--metrics-listen: %w", err)
-		}
-		logger.Info("metrics on /metrics, health on /healthz and /readyz", "listen", ml.Addr().String())
-		go http.Serve(ml, mux)
+	if err := serveMetrics(cc.String("metrics-listen"), srv, logger); err != nil {
+		return err
 	}
-	if addr := cc.String("debug-listen"); addr != "" {
-		go func() {
-			logger.Info("profiles on /debug/pprof", "listen", addr)
-			if err := http.ListenAndServe(addr, nil); err != nil {
-				logger.Error("debug listener", "err", err)
-			}
-		}()
-	}
+	serveDebug(cc.String("debug-listen"), logger)
 	ctx, stop := signal.NotifyContext(cc.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	go reloadOnHangup(ctx, cc, srv, logger)
@@ -145,10 +129,46 @@ func serve(cc *cli.Context) error {
 		return err
 	case <-ctx.Done():
 	}
-	logger.Info("shutting down", "deadline", durationOf(cc, "shutdown-timeout"))
-	sctx, cancel := context.WithTimeout(context.Background(), durationOf(cc, "shutdown-timeout"))
+	return shutdown(srv, durationOf(cc, "shutdown-timeout"), logger)
+}
+
+// serveMetrics serves /metrics, /healthz and /readyz on addr, if set.
+func serveMetrics(addr string, srv *proxy.Server, logger *slog.Logger) error {
+	if addr == "" {
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", srv.MetricsHandler())
+	mux.Handle("/healthz", srv.HealthHandler())
+	mux.Handle("/readyz", srv.ReadyHandler())
+	ml, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--metrics-listen: %w", err)
+	}
+	logger.Info("metrics on /metrics, health on /healthz and /readyz", "listen", ml.Addr().String())
+	go http.Serve(ml, mux)
+	return nil
+}
+
+// serveDebug serves Go's profiles on addr, if set.
+func serveDebug(addr string, logger *slog.Logger) {
+	if addr == "" {
+		return
+	}
+	go func() {
+		logger.Info("profiles on /debug/pprof", "listen", addr)
+		if err := http.ListenAndServe(addr, nil); err != nil {
+			logger.Error("debug listener", "err", err)
+		}
+	}()
+}
+
+// shutdown lets commands in flight finish for up to timeout.
+func shutdown(srv *proxy.Server, timeout time.Duration, logger *slog.Logger) error {
+	logger.Info("shutting down", "deadline", timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	err = srv.Shutdown(sctx)
+	err := srv.Shutdown(ctx)
 	if errors.Is(err, context.DeadlineExceeded) {
 		logger.Warn("shutdown deadline passed; connections closed")
 		return nil
@@ -159,6 +179,24 @@ func serve(cc *cli.Context) error {
 // configFrom builds the proxy's configuration: the --config file's pool
 // when there is one, then every flag (or environment variable) that was set.
 func configFrom(cc *cli.Context) (proxy.Config, string, error) {
+	cfg, err := flagConfig(cc)
+	if err != nil {
+		return cfg, "", err
+	}
+	listen := cc.String("listen")
+	if path := cc.String("config"); path != "" {
+		if err := applyPool(cc, path, &cfg, &listen); err != nil {
+			return cfg, "", err
+		}
+	}
+	if err := supported(cfg); err != nil {
+		return cfg, "", err
+	}
+	return cfg, listen, nil
+}
+
+// flagConfig is the configuration the flags and environment give.
+func flagConfig(cc *cli.Context) (proxy.Config, error) {
 	cfg := proxy.Config{
 		Distribution:  cc.String("distribution"),
 		Hash:          cc.String("hash"),
@@ -177,72 +215,53 @@ func configFrom(cc *cli.Context) (proxy.Config, string, error) {
 		LockWaitMax:   durationOf(cc, "lock-wait-max"),
 		LockPoll:      durationOf(cc, "lock-poll"),
 	}
-	listen := cc.String("listen")
 	var err error
 	if cfg.LockTTL, err = secondsOf(cc, "lock-ttl"); err != nil {
-		return cfg, "", err
+		return cfg, err
 	}
 	if cfg.LockTTLMax, err = secondsOf(cc, "lock-ttl-max"); err != nil {
-		return cfg, "", err
+		return cfg, err
 	}
 	if cfg.Servers, err = parseServers(cc.String("servers")); err != nil {
-		return cfg, "", err
-	}
-	if path := cc.String("config"); path != "" {
-		pool, err := loadTwemproxy(path, cc.String("pool"))
-		if err != nil {
-			return cfg, "", err
-		}
-		fromFile := func(flag string, set func()) {
-			if !cc.IsSet(flag) {
-				set()
-			}
-		}
-		servers, err := pool.servers()
-		if err != nil {
-			return cfg, "", fmt.Errorf("%s: %w", path, flat(err))
-		}
-		fromFile("servers", func() { cfg.Servers = servers })
-		if pool.Listen != "" {
-			fromFile("listen", func() { listen = pool.Listen })
-		}
-		if pool.Hash != "" {
-			fromFile("hash", func() { cfg.Hash = pool.Hash })
-		}
-		if pool.Distribution != "" {
-			fromFile("distribution", func() { cfg.Distribution = pool.Distribution })
-		}
-		if pool.Timeout > 0 {
-			fromFile("timeout", func() { cfg.Timeout = ms(pool.Timeout) })
-		}
-		if pool.ServerConnections > 0 {
-			fromFile("server-connections", func() { cfg.ServerConns = pool.ServerConnections })
-		}
-		if pool.ClientConnections > 0 {
-			fromFile("max-connections", func() { cfg.MaxConns = pool.ClientConnections })
-		}
-		fromFile("auto-eject", func() { cfg.AutoEject = pool.AutoEjectHosts })
-		if pool.ServerFailureLimit > 0 {
-			fromFile("server-failure-limit", func() { cfg.FailureLimit = pool.ServerFailureLimit })
-		}
-		if pool.ServerRetryTimeout > 0 {
-			fromFile("server-retry-timeout", func() { cfg.RetryTimeout = ms(pool.ServerRetryTimeout) })
-		}
+		return cfg, err
 	}
 	if v := cc.String("lock-servers"); v != "" {
 		if cfg.LockServers, err = parseServers(v); err != nil {
-			return cfg, "", err
+			return cfg, err
 		}
 	}
-	size, err := parseSize(cc.String("max-item-size"))
+	if cfg.MaxItemSize, err = parseSize(cc.String("max-item-size")); err != nil {
+		return cfg, fmt.Errorf("--max-item-size: %w", err)
+	}
+	return cfg, nil
+}
+
+// applyPool takes from the twemproxy file's pool what no flag set.
+func applyPool(cc *cli.Context, path string, cfg *proxy.Config, listen *string) error {
+	pool, err := loadTwemproxy(path, cc.String("pool"))
 	if err != nil {
-		return cfg, "", fmt.Errorf("--max-item-size: %w", err)
+		return err
 	}
-	cfg.MaxItemSize = size
-	if err := supported(cfg); err != nil {
-		return cfg, "", err
+	servers, err := pool.servers()
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, flat(err))
 	}
-	return cfg, listen, nil
+	fromFile := func(flag string, given bool, set func()) {
+		if given && !cc.IsSet(flag) {
+			set()
+		}
+	}
+	fromFile("servers", true, func() { cfg.Servers = servers })
+	fromFile("listen", pool.Listen != "", func() { *listen = pool.Listen })
+	fromFile("hash", pool.Hash != "", func() { cfg.Hash = pool.Hash })
+	fromFile("distribution", pool.Distribution != "", func() { cfg.Distribution = pool.Distribution })
+	fromFile("timeout", pool.Timeout > 0, func() { cfg.Timeout = ms(pool.Timeout) })
+	fromFile("server-connections", pool.ServerConnections > 0, func() { cfg.ServerConns = pool.ServerConnections })
+	fromFile("max-connections", pool.ClientConnections > 0, func() { cfg.MaxConns = pool.ClientConnections })
+	fromFile("auto-eject", true, func() { cfg.AutoEject = pool.AutoEjectHosts })
+	fromFile("server-failure-limit", pool.ServerFailureLimit > 0, func() { cfg.FailureLimit = pool.ServerFailureLimit })
+	fromFile("server-retry-timeout", pool.ServerRetryTimeout > 0, func() { cfg.RetryTimeout = ms(pool.ServerRetryTimeout) })
+	return nil
 }
 
 func parseServers(list string) ([]ring.Server, error) {

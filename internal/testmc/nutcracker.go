@@ -22,9 +22,9 @@ type Nutcracker struct {
 // [name]" each) with the given hash and distribution, until the test ends.
 func StartNutcracker(t testing.TB, servers []string, hash, distribution string) *Nutcracker {
 	t.Helper()
-	port := FreePort(t)
+	addr := FreeAddr(t)
 	var conf strings.Builder
-	fmt.Fprintf(&conf, "pool:\n  listen: 127.0.0.1:%d\n  hash: %s\n  distribution: %s\n", port, hash, distribution)
+	fmt.Fprintf(&conf, "pool:\n  listen: %s\n  hash: %s\n  distribution: %s\n", addr, hash, distribution)
 	fmt.Fprintf(&conf, "  timeout: 2000\n  auto_eject_hosts: false\n  servers:\n")
 	for _, s := range servers {
 		fmt.Fprintf(&conf, "   - %s\n", s)
@@ -33,7 +33,7 @@ func StartNutcracker(t testing.TB, servers []string, hash, distribution string) 
 	if err := os.WriteFile(path, []byte(conf.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return StartNutcrackerConfig(t, path, "127.0.0.1:"+strconv.Itoa(port))
+	return StartNutcrackerConfig(t, path, addr)
 }
 
 // StartNutcrackerConfig runs nutcracker with a configuration file whose
@@ -49,8 +49,12 @@ func StartNutcrackerConfig(t testing.TB, path, addr string) *Nutcracker {
 	}
 	dir := t.TempDir()
 	conf, _ := os.ReadFile(path)
+	stats, err := FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
 	n := &Nutcracker{Addr: addr}
-	n.cmd = exec.Command(bin, "-c", path, "-s", strconv.Itoa(FreePort(t)), "-a", "127.0.0.1",
+	n.cmd = exec.Command(bin, "-c", path, "-s", strconv.Itoa(stats), "-a", "127.0.0.1",
 		"-o", filepath.Join(dir, "nutcracker.log"), "-p", filepath.Join(dir, "nutcracker.pid"), "-v", "2")
 	if err := n.cmd.Start(); err != nil {
 		t.Fatalf("nutcracker: %v", err)

@@ -45,7 +45,7 @@ func Launch(args ...string) (*Memcached, error) {
 	m := &Memcached{args: args}
 	var err error
 	for try := 0; try < 5; try++ {
-		if m.Port, err = freePort(); err != nil {
+		if m.Port, err = FreePort(); err != nil {
 			return nil, err
 		}
 		if err = m.start(); err == nil {
@@ -55,21 +55,19 @@ func Launch(args ...string) (*Memcached, error) {
 	return nil, fmt.Errorf("memcached would not start: %v", err)
 }
 
-// FreePort returns a loopback port that was free a moment ago.
-func FreePort(t testing.TB) int {
+// FreeAddr returns a loopback address, "127.0.0.1:<port>", whose port was
+// free a moment ago.
+func FreeAddr(t testing.TB) string {
 	t.Helper()
-	p, err := freePort()
+	p, err := FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p
+	return "127.0.0.1:" + strconv.Itoa(p)
 }
 
-// FreeLoopbackPort is FreePort for callers without a testing.TB (the
-// benchmark program).
-func FreeLoopbackPort() (int, error) { return freePort() }
-
-func freePort() (int, error) {
+// FreePort returns a loopback port that was free a moment ago.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
