@@ -229,8 +229,8 @@ func TestLockPeerKilled(t *testing.T) {
 	home, homeSrv := startProxy(t, proxy.Config{Servers: c.servers(t), Timeout: 300 * time.Millisecond})
 	// setUp starts a peer proxy, a holder at the home of a name homed
 	// there (among the two), and a waiter for it through the peer.
-	setUp := func() (signal func(syscall.Signal), name string, holder *rawConn, fence string, waiter *rawConn) {
-		listen := fmt.Sprintf("127.0.0.1:%d", testmc.FreePort(t))
+	setUp := func() (signal func(syscall.Signal), name string, holder *testmc.Conn, fence string, waiter *testmc.Conn) {
+		listen := testmc.FreeAddr(t)
 		cmd := startCLIProxy(t, bin, listen, "--servers", c.addrs()[0], "--timeout", "300ms")
 		t.Cleanup(func() { cmd.Process.Kill() }) // before its SIGTERM and wait: it may be stopped
 		waitStat(t, home, "proxy_lock_proxies", "2")
@@ -240,13 +240,13 @@ func TestLockPeerKilled(t *testing.T) {
 				name = n
 			}
 		}
-		holder = dialRaw(t, home)
-		got := holder.roundTrip("lock " + name + " 30 0")
+		holder = testmc.Dial(t, home)
+		got := holder.RoundTrip("lock " + name + " 30 0")
 		if !strings.HasPrefix(got, "LOCKED ") {
 			t.Fatalf("lock %s: %q", name, got)
 		}
-		waiter = dialRaw(t, listen) // kept by the caller: a connection collected would close, and its wait end
-		waiter.send("lock " + name + " 30 20000\r\n")
+		waiter = testmc.Dial(t, listen) // kept by the caller: a connection collected would close, and its wait end
+		waiter.Send("lock " + name + " 30 20000\r\n")
 		waitQueued(t, home, name, 1)
 		return func(sig syscall.Signal) { cmd.Process.Signal(sig) }, name, holder, strings.Fields(got)[1], waiter
 	}
@@ -255,7 +255,7 @@ func TestLockPeerKilled(t *testing.T) {
 	signal, name, holder, fence, waiter := setUp()
 	signal(syscall.SIGKILL)
 	waitQueued(t, home, name, 0)
-	if got := holder.roundTrip("unlock " + name + " " + fence); got != "UNLOCKED 0" {
+	if got := holder.RoundTrip("unlock " + name + " " + fence); got != "UNLOCKED 0" {
 		t.Fatalf("unlock with the dead proxy's waiter gone: %q", got)
 	}
 	runtime.KeepAlive(waiter)
@@ -264,12 +264,12 @@ func TestLockPeerKilled(t *testing.T) {
 	// the home writes LOCKED into its socket, then it is killed.
 	signal, name, holder, fence, waiter = setUp()
 	signal(syscall.SIGSTOP)
-	if got := holder.roundTrip("unlock " + name + " " + fence); got != "UNLOCKED 0" {
+	if got := holder.RoundTrip("unlock " + name + " " + fence); got != "UNLOCKED 0" {
 		t.Fatalf("unlock: %q", got)
 	}
 	signal(syscall.SIGKILL)
 	// NOT_LOCKED here, after 10 s, when the dead proxy's client kept it.
-	if got := dialRaw(t, home).roundTrip("lock " + name + " 30 10000"); !strings.HasPrefix(got, "LOCKED ") {
+	if got := testmc.Dial(t, home).RoundTrip("lock " + name + " 30 10000"); !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatalf("lock after the proxy holding it for its client died: %q", got)
 	}
 	runtime.KeepAlive(waiter)
