@@ -14,9 +14,10 @@ start to its commit: a lock released before the commit would let the next
 writer read what is about to change.
 
 Modes, run in the same process tree and alternating round by round:
-  single          one client alone, no lock: the serial bound, as no lock
-                  can make the others commit one hot object faster than
-                  one client that never waits for anybody
+  single          one client alone, no lock, no think time: the serial
+                  bound, as no lock can make six clients commit one hot
+                  object faster than one client that runs its
+                  transactions back to back and never waits for anybody
   none            no lock: ZODB's optimistic concurrency alone
   polling         the old library's scheme, written here as a reference:
                   memcached add, sleep 50 ms until it succeeds, delete
@@ -332,7 +333,7 @@ def run_segment(cluster, mode, name, clients=6, duration=5.0, work_ms=10.0, work
     """Runs one mode for duration seconds with clients processes on a
     fresh hot object; returns the summed counts and the check."""
     if mode == "single":
-        clients = 1
+        clients, think_ms = 1, 0.0  # the bound: one transaction after another
     make_catalog(cluster.zeo, name)
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
@@ -468,8 +469,9 @@ def main(argv=None):
                     "" if s["consistent"] else "INCONSISTENT"), file=sys.stderr)
                 segments.append(s)
         replicas = cluster.replicas
-    print("%d ZEO client processes, %g ms of %s work per transaction, %g ms think, %d rounds of %gs per mode, %s%s" % (
-        args.clients, args.work_ms, args.work, args.think_ms, args.rounds, args.duration,
+    print("%d ZEO client processes, %g ms of %s work per transaction, %g ms think%s, %d rounds of %gs per mode, %s%s" % (
+        args.clients, args.work_ms, args.work, args.think_ms,
+        " (single: 1 process, 0 ms think)" if "single" in modes else "", args.rounds, args.duration,
         datetime.date.today().isoformat(),
         ", zlock-2proxies with --lock-replicas %d" % replicas if replicas else ""))
     rows = summarize(segments)

@@ -197,11 +197,11 @@ def zlock(get_key, timeout=30, interval=0.05, wait=None, conflict_error=None, ho
         except Unavailable as err:
             logger.warning("lock service unavailable (%s); running %s unlocked", err, key)
             return call()
-        held[key] = _TransactionHold(txn, key, client, lease, held)
+        hold = held[key] = _TransactionHold(txn, key, client, lease, held)
         try:
             return call()
         except conflict:
-            held[key].end(reserve=True)
+            hold.end(reserve=True)
             raise
 
     return _decorator(get_key, locked_transaction if hold == "transaction" else locked_call)

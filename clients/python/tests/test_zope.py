@@ -109,6 +109,23 @@ def test_a_failed_commit_reserves_the_lock_for_the_retry(transaction):
         lock_info(catalog)
 
 
+def test_a_conflict_in_the_call_reserves_the_lock_past_the_abort(transaction):
+    from memcachedlock import ConflictError, zlock
+
+    @zlock(lambda fun, name: name, hold="transaction")
+    def conflicting(name):
+        raise ConflictError()
+
+    transaction.begin()
+    with pytest.raises(ConflictError):
+        conflicting("obj")
+    name = "%s.conflicting:obj" % __name__
+    reserved = LockClient().info(name)
+    assert reserved["ttl"] <= 1
+    transaction.abort()
+    assert LockClient().info(name)["fence"] == reserved["fence"]  # still reserved for the retry
+
+
 def test_hold_call_releases_when_the_call_returns(proxy):
     patch_catalog(FakeCatalog, hold="call")
     catalog = FakeCatalog("/plone/portal_catalog")
