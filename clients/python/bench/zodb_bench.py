@@ -371,18 +371,15 @@ def occupancy(intervals):
     all processes share on Linux) and how long none was, between the first
     begin and the last commit. With a lock, idle is the hand-over: from
     one holder's commit to the next holder's begin."""
-    busy = 0.0
-    end = None
-    for a, b in sorted(intervals):
-        if end is None or a > end:
-            busy += b - a
-            end = b
-        elif b > end:
-            busy += b - end
-            end = b
     if not intervals:
         return 0.0, 0.0
-    span = end - min(a for a, _ in intervals)
+    intervals = sorted(intervals)
+    busy, end = 0.0, intervals[0][0]
+    for a, b in intervals:
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    span = end - intervals[0][0]
     return busy * 1000.0, (span - busy) * 1000.0
 
 

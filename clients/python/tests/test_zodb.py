@@ -216,3 +216,10 @@ def test_killed_client_releases_nothing_and_blocks_no_longer_than_its_lease(clus
             proc.kill()
         db.close()
         other.unlock(unrelated)
+
+
+def test_occupancy_counts_overlaps_once():
+    # ms busy and idle between the first begin and the last commit (seconds in).
+    assert zodb_bench.occupancy([(0, 1), (2, 3)]) == (2000.0, 1000.0)
+    assert zodb_bench.occupancy([(1, 3), (0, 2), (5, 6)]) == (4000.0, 2000.0)
+    assert zodb_bench.occupancy([(0, 5), (1, 2)]) == (5000.0, 0.0)
