@@ -466,9 +466,9 @@ def main(argv=None):
                     "" if s["consistent"] else "INCONSISTENT"), file=sys.stderr)
                 segments.append(s)
         replicas = cluster.replicas
+    single = " (single: 1 process, 0 ms think)" if "single" in modes else ""
     print("%d ZEO client processes, %g ms of %s work per transaction, %g ms think%s, %d rounds of %gs per mode, %s%s" % (
-        args.clients, args.work_ms, args.work, args.think_ms,
-        " (single: 1 process, 0 ms think)" if "single" in modes else "", args.rounds, args.duration,
+        args.clients, args.work_ms, args.work, args.think_ms, single, args.rounds, args.duration,
         datetime.date.today().isoformat(),
         ", zlock-2proxies with --lock-replicas %d" % replicas if replicas else ""))
     rows = summarize(segments)
