@@ -78,6 +78,7 @@ bench-locks: build deps
 	$(GO) build -o bin/memcachedlock-bench ./cmd/memcachedlock-bench
 	bin/memcachedlock-bench locks --workers 8 --hold 1ms --think 5ms --duration 4s
 
-## bench-zodb: 6 ZEO client processes write one hot catalog-like object: no lock, 50ms polling, zlock via one and via two proxies
+## bench-zodb: 6 ZEO client processes write one hot catalog-like object (one client alone, no lock, 50ms polling, zlock via one and via two proxies), then index into a real ZCatalog with and without patch_catalog
 bench-zodb: build deps venv
 	$(VENV)/bin/python clients/python/bench/zodb_bench.py --proxy-bin bin/memcachedlock
+	$(VENV)/bin/python clients/python/bench/zcatalog_bench.py --proxy-bin bin/memcachedlock

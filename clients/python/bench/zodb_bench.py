@@ -14,6 +14,10 @@ start to its commit: a lock released before the commit would let the next
 writer read what is about to change.
 
 Modes, run in the same process tree and alternating round by round:
+  single          one client alone, no lock, no think time: the serial
+                  bound, as no lock can make six clients commit one hot
+                  object faster than one client that runs its
+                  transactions back to back and never waits for anybody
   none            no lock: ZODB's optimistic concurrency alone
   polling         the old library's scheme, written here as a reference:
                   memcached add, sleep 50 ms until it succeeds, delete
@@ -44,7 +48,7 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 from ZODB.POSException import ConflictError
 
-MODES = ("none", "polling", "zlock", "zlock-2proxies")
+MODES = ("single", "none", "polling", "zlock", "zlock-2proxies")
 ATTEMPTS = 50  # retries before a transaction counts as failed
 POLL_INTERVAL = 0.05  # the old library's default interval
 
@@ -230,7 +234,7 @@ class PollingLock(object):
 
 def locker(mode, cluster_addrs, worker):
     """locked(key, fn): runs fn under the mode's lock."""
-    if mode == "none":
+    if mode in ("single", "none"):
         return lambda key, fn: fn()
     if mode == "polling":
         return PollingLock(cluster_addrs["memcached"])
@@ -245,24 +249,37 @@ def locker(mode, cluster_addrs, worker):
 
 # --- a client process -------------------------------------------------------------
 
+PHASES = ("lock", "begin", "load", "work", "commit", "release")
+
+
 def client_process(mode, addrs, name, worker, start_at, stop_at, work_ms, work_kind, think_ms, results):
     """One ZEO client: transactions until stop_at, think_ms apart (the rest
-    of a request, outside the lock); puts its counts on results."""
+    of a request, outside the lock); puts its counts on results, with the
+    time spent in each phase of every attempt (ms): waiting for the lock,
+    beginning the transaction (a server round trip, server_sync), loading
+    what the previous writer changed, the work, the two-phase commit, and
+    releasing the lock."""
     locked = locker(mode, addrs, worker)
     db = zeo_db(addrs["zeo"])
     conn = db.open()  # with transaction.manager, as the application server's thread would
     tm = transaction.manager
-    stats = dict(commits=0, conflicts=0, retries=0, failed=0, wasted_ms=0.0, latencies=[])
+    stats = dict(commits=0, conflicts=0, retries=0, failed=0, wasted_ms=0.0, latencies=[],
+                 phases=dict.fromkeys(PHASES, 0.0), held=[])
     seq = [0]
+    marks = {}
 
     def write_once():
         # Under the lock: a transaction begun now sees the last commit.
+        marks["in"] = time.perf_counter()
         tm.begin()
+        marks["begun"] = time.perf_counter()
         catalog = conn.root()[name]
         n = catalog["count"]()
-        t0 = time.perf_counter()
+        catalog["index"].get("")  # the index's root loaded too, before the work
+        t0 = marks["loaded"] = time.perf_counter()
         work(work_ms, work_kind)
         spent = (time.perf_counter() - t0) * 1000.0
+        marks["worked"] = time.perf_counter()
         seq[0] += 1
         doc = "w%d-%d" % (worker, seq[0])
         catalog["index"][doc] = n
@@ -274,6 +291,21 @@ def client_process(mode, addrs, name, worker, start_at, stop_at, work_ms, work_k
             stats["conflicts"] += 1
             stats["wasted_ms"] += spent
             raise
+        finally:
+            marks["committed"] = time.perf_counter()
+
+    def attempt_once():
+        marks.clear()
+        called = time.perf_counter()
+        try:
+            locked(name, write_once)
+        finally:
+            returned = time.perf_counter()
+            points = [called] + [marks.get(k) for k in ("in", "begun", "loaded", "worked", "committed")] + [returned]
+            if None not in points:
+                for phase, a, b in zip(PHASES, points, points[1:]):
+                    stats["phases"][phase] += (b - a) * 1000.0
+                stats["held"].append((marks["in"], marks["committed"]))
 
     while time.time() < start_at:
         time.sleep(0.001)
@@ -284,7 +316,7 @@ def client_process(mode, addrs, name, worker, start_at, stop_at, work_ms, work_k
             for attempt in tm.attempts(ATTEMPTS):
                 tries += 1
                 with attempt:
-                    locked(name, write_once)
+                    attempt_once()
             stats["commits"] += 1
             stats["latencies"].append((time.perf_counter() - began) * 1000.0)
         except ConflictError:
@@ -300,6 +332,8 @@ def client_process(mode, addrs, name, worker, start_at, stop_at, work_ms, work_k
 def run_segment(cluster, mode, name, clients=6, duration=5.0, work_ms=10.0, work_kind="cpu", think_ms=0.0):
     """Runs one mode for duration seconds with clients processes on a
     fresh hot object; returns the summed counts and the check."""
+    if mode == "single":
+        clients, think_ms = 1, 0.0  # the bound: one transaction after another
     make_catalog(cluster.zeo, name)
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
@@ -316,15 +350,37 @@ def run_segment(cluster, mode, name, clients=6, duration=5.0, work_ms=10.0, work
     for p in procs:
         p.join()
     total = dict(mode=mode, duration=duration, commits=0, conflicts=0, retries=0, failed=0,
-                 wasted_ms=0.0, latencies=[], per_client=sorted(s["commits"] for s in got))
+                 wasted_ms=0.0, latencies=[], per_client=sorted(s["commits"] for s in got),
+                 phases=dict.fromkeys(PHASES, 0.0))
     for s in got:
         for k in ("commits", "conflicts", "retries", "failed", "wasted_ms"):
             total[k] += s[k]
         total["latencies"] += s["latencies"]
+        for k in PHASES:
+            total["phases"][k] += s["phases"][k]
+    total["busy_ms"], total["idle_ms"] = occupancy([h for s in got for h in s["held"]])
     count, documents = check_catalog(cluster.zeo, name)
     total["count"], total["documents"] = count, documents
     total["consistent"] = count == documents == total["commits"]
     return total
+
+
+def occupancy(intervals):
+    """(busy, idle) in ms: how long at least one transaction was under way
+    (from its begin to its commit's end, the time.perf_counter clock, which
+    all processes share on Linux) and how long none was, between the first
+    begin and the last commit. With a lock, idle is the hand-over: from
+    one holder's commit to the next holder's begin."""
+    if not intervals:
+        return 0.0, 0.0
+    intervals = sorted(intervals)
+    busy, end = 0.0, intervals[0][0]
+    for a, b in intervals:
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    span = end - intervals[0][0]
+    return busy * 1000.0, (span - busy) * 1000.0
 
 
 # --- the table --------------------------------------------------------------------
@@ -354,7 +410,10 @@ def summarize(segments):
             p50=percentile(lat, 50), p99=percentile(lat, 99),
             failed=sum(s["failed"] for s in runs),
             spread=max(max(s["per_client"]) / max(min(s["per_client"]), 1) for s in runs),
-            consistent=all(s["consistent"] for s in runs)))
+            consistent=all(s["consistent"] for s in runs),
+            phases=dict((k, sum(s["phases"][k] for s in runs) / max(commits, 1)) for k in PHASES),
+            busy=sum(s["busy_ms"] for s in runs) / max(commits, 1),
+            idle=sum(s["idle_ms"] for s in runs) / max(commits, 1)))
     return rows
 
 
@@ -365,6 +424,18 @@ def table(rows):
         lines.append("| %-14s | %9.1f | %21.3f | %7d | %21.2f | %6.1f | %6.1f | %18.2f | %6d | %-18s |" % (
             r["mode"], r["rate"], r["conflicts"], r["retries"], r["wasted"], r["p50"], r["p99"],
             r["spread"], r["failed"], "yes" if r["consistent"] else "NO"))
+    return "\n".join(lines)
+
+
+def phase_table(rows):
+    """Where a commit's time goes: each phase summed over a mode's
+    attempts (failed ones too) and divided by its commits, in ms."""
+    lines = ["| mode           | " + " | ".join("%7s" % p for p in PHASES) + " |   total | busy | idle |",
+             "|----------------|" + "|".join("---------" for _ in PHASES) + "|---------|------|------|"]
+    for r in rows:
+        ph = r["phases"]
+        lines.append("| %-14s | " % r["mode"] + " | ".join("%7.2f" % ph[p] for p in PHASES) +
+                     " | %7.2f | %4.1f | %4.1f |" % (sum(ph.values()), r["busy"], r["idle"]))
     return "\n".join(lines)
 
 
@@ -395,11 +466,16 @@ def main(argv=None):
                     "" if s["consistent"] else "INCONSISTENT"), file=sys.stderr)
                 segments.append(s)
         replicas = cluster.replicas
-    print("%d ZEO client processes, %g ms of %s work per transaction, %g ms think, %d rounds of %gs per mode, %s%s" % (
-        args.clients, args.work_ms, args.work, args.think_ms, args.rounds, args.duration,
+    single = " (single: 1 process, 0 ms think)" if "single" in modes else ""
+    print("%d ZEO client processes, %g ms of %s work per transaction, %g ms think%s, %d rounds of %gs per mode, %s%s" % (
+        args.clients, args.work_ms, args.work, args.think_ms, single, args.rounds, args.duration,
         datetime.date.today().isoformat(),
         ", zlock-2proxies with --lock-replicas %d" % replicas if replicas else ""))
-    print(table(summarize(segments)))
+    rows = summarize(segments)
+    print(table(rows))
+    print()
+    print("ms per commit, per client, in each phase of its attempts:")
+    print(phase_table(rows))
     return 0 if all(s["consistent"] for s in segments) else 1
 
 

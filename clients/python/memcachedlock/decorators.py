@@ -143,35 +143,39 @@ def rlock(get_key, timeout=30, interval=0.05, wait=None, on_unavailable=None, **
     return _locking(get_key, timeout, wait, True, on_unavailable)
 
 
-def zlock(get_key, timeout=30, interval=0.05, wait=None, conflict_error=None, **kw):
+def zlock(get_key, timeout=30, interval=0.05, wait=None, conflict_error=None, hold="call", **kw):
     """Lock for ZODB writes. The lock is taken before the call and released
-    after it. If the call raises ConflictError, the grant is shortened to
-    one second, a reservation for this thread's retry, and the error is
-    raised again so the application server retries the transaction. If the
-    lock cannot be had within the wait, ConflictError is raised so that the
-    request is retried later instead of failing."""
+    after it, or with hold="transaction" when the thread's current
+    transaction ends (commit or abort), so that the writes the call made
+    are committed before the next holder reads them. If the call, or with
+    hold="transaction" the commit, raises ConflictError, the grant is
+    shortened to one second, a reservation for this thread's retry, and
+    the error is raised again so the application server retries the
+    transaction. If the lock cannot be had within the wait, ConflictError
+    is raised so that the request is retried later instead of failing."""
     timeout, wait = _options(timeout, interval, wait, kw)
     conflict = conflict_error or ConflictError
+    if hold not in ("call", "transaction"):
+        raise ValueError("hold must be 'call' or 'transaction', not %r" % (hold,))
+
+    def take(client, key):
+        try:
+            return _Lease(client, key, timeout, wait, False)
+        except NotLocked:
+            logger.warning("%s busy; raising ConflictError so the request is retried", key)
+            raise conflict()
 
     def locked_call(key, call):
         client = _client()
         try:
-            lease = _Lease(client, key, timeout, wait, False)
-        except NotLocked:
-            logger.warning("%s busy; raising ConflictError so the request is retried", key)
-            raise conflict()
+            lease = take(client, key)
         except Unavailable as err:
             logger.warning("lock service unavailable (%s); running %s unlocked", err, key)
             return call()
         try:
             result = call()
         except conflict:
-            lease.stop_keeper()
-            try:
-                client.extend(lease.grant, 1)
-                logger.info("ConflictError in %s: lock reserved 1s for the retry", key)
-            except Exception as err:
-                logger.warning("could not reserve %s for the retry: %s", key, err)
+            _reserve(client, lease)
             raise
         except BaseException:
             lease.stop_keeper()
@@ -180,7 +184,71 @@ def zlock(get_key, timeout=30, interval=0.05, wait=None, conflict_error=None, **
         lease.stop_keeper()
         _release(client, lease.grant)
         return result
-    return _decorator(get_key, locked_call)
+
+    def locked_transaction(key, call):
+        import transaction
+        txn = transaction.get()
+        held = _held_for_transaction()
+        if key in held and held[key].txn is txn:
+            return call()  # taken earlier in this transaction: its end releases it
+        client = _client()
+        try:
+            lease = take(client, key)
+        except Unavailable as err:
+            logger.warning("lock service unavailable (%s); running %s unlocked", err, key)
+            return call()
+        hold = held[key] = _TransactionHold(txn, key, client, lease, held)
+        try:
+            return call()
+        except conflict:
+            hold.end(reserve=True)
+            raise
+
+    return _decorator(get_key, locked_transaction if hold == "transaction" else locked_call)
+
+
+def _held_for_transaction():
+    held = getattr(_local, "held_for_transaction", None)
+    if held is None:
+        held = _local.held_for_transaction = {}
+    return held
+
+
+class _TransactionHold(object):
+    """A zlock grant that lives until its transaction ends: released after
+    a commit or an abort, reserved for the retry after a commit that
+    failed (the abort that follows then changes nothing)."""
+
+    def __init__(self, txn, key, client, lease, held):
+        self.txn, self.key, self.client, self.lease, self.held = txn, key, client, lease, held
+        self.ended = False
+        txn.addAfterCommitHook(self.after_commit)
+        txn.addAfterAbortHook(self.end)
+
+    def after_commit(self, committed):
+        self.end(reserve=not committed)
+
+    def end(self, reserve=False):
+        if self.ended:
+            return
+        self.ended = True
+        if self.held.get(self.key) is self:
+            del self.held[self.key]
+        if reserve:
+            _reserve(self.client, self.lease)
+        else:
+            self.lease.stop_keeper()
+            _release(self.client, self.lease.grant)
+
+
+def _reserve(client, lease):
+    """Shorten a grant to one second, for the retry of the same thread."""
+    lease.stop_keeper()
+    try:
+        client.extend(lease.grant, 1)
+        logger.info("ConflictError in %s: lock reserved 1s for the retry", lease.grant.key)
+    except Exception as err:
+        logger.warning("could not reserve %s for the retry: %s", lease.grant.key, err)
 
 
 def _release(client, grant):

@@ -42,5 +42,6 @@ def test_source_distribution_carries_the_tests(tmp_path):
     with tarfile.open(str(tmp_path / sdist)) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     for path in ("pyproject.toml", "memcachedlock/decorators.py", "tests/conftest.py",
-                 "tests/test_decorators.py", "tests/test_zodb.py", "bench/zodb_bench.py"):
+                 "tests/test_decorators.py", "tests/test_zodb.py", "bench/zodb_bench.py",
+                 "bench/zcatalog_bench.py"):
         assert path in names

@@ -6,6 +6,8 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 
 import pytest
 
@@ -83,6 +85,8 @@ def test_real_conflict_reserves_the_lock_for_the_retry(cluster):
         reserved = LockClient().info(lock_name(write, "reserve"))
         assert reserved["ttl"] <= 1  # shortened to the one-second reservation
         assert reserved["fence"] == seen[0]["fence"]
+        with pytest.raises(memcachedlock.NotLocked):  # reserved: another client does not get it
+            LockClient().lock(lock_name(write, "reserve"), ttl=5, wait=0, owner="zeo7:1:1")
         tm1.abort()
         write("reserve", False)  # the same thread's retry gets the grant back
         assert seen[1]["fence"] == seen[0]["fence"]
@@ -106,11 +110,16 @@ def test_busy_lock_raises_a_conflict_error_the_retry_loop_retries(cluster):
             with attempt:
                 tries.append(1)
                 if len(tries) == 2:
+                    # The failed try left the holder's grant alone.
+                    assert LockClient().info(lock_name(write_busy, "busy"))["fence"] == grant.fence
                     holder.unlock(grant)  # the other client is done
                 write_busy("busy", conn)
+        tm.begin()
+        assert conn.root()["busy"]["latest"] == "busy"  # the retry committed
     finally:
         db.close()
-    assert len(tries) == 2  # ZODB's ConflictError, so transaction's retry loop took it
+    # Only a retryable error (ZODB's ConflictError) makes the retry loop try again.
+    assert len(tries) == 2
 
 
 @zlock(key_of, wait=0.2)
@@ -159,12 +168,35 @@ def test_killed_client_releases_nothing_and_blocks_no_longer_than_its_lease(clus
         assert ready.wait(60)
         held = LockClient().info(name)
         assert held["ttl"] <= 2  # a short lease, kept alive, not timeout=600 on the wire
+        # Another ZEO client already queues for the lock when the holder dies.
+        queued = []
+        waiter = threading.Thread(target=lambda: queued.append(
+            LockClient().lock(name, ttl=5, wait=30, owner="zeo7:1:1")))
+        waiter.start()
+        while LockClient().info(name)["waiters"] < 1:
+            time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
         proc.join()
         # Its death released nothing, its own lock included (its lease
         # runs out), and touched nobody else's.
-        assert LockClient().info(name)["fence"] == held["fence"]
+        after = LockClient().info(name)
+        assert after["fence"] == held["fence"] and after["ttl"] <= 2
         assert other.info("someone-elses-lock")["fence"] == unrelated.fence
+        # Nobody extends the dead lease: its ttl only goes down until the
+        # queued client gets the lock, in one wait.
+        ttls = [after["ttl"]]
+        while not queued:
+            try:
+                info = LockClient().info(name)
+            except memcachedlock.NotFound:
+                break
+            if info["fence"] == held["fence"]:
+                ttls.append(info["ttl"])
+            time.sleep(0.05)
+        waiter.join()
+        assert ttls == sorted(ttls, reverse=True), ttls
+        assert queued and queued[0].fence > held["fence"]
+        LockClient().unlock(queued[0])
 
         def body(name):
             tm.begin()
@@ -184,3 +216,10 @@ def test_killed_client_releases_nothing_and_blocks_no_longer_than_its_lease(clus
             proc.kill()
         db.close()
         other.unlock(unrelated)
+
+
+def test_occupancy_counts_overlaps_once():
+    # ms busy and idle between the first begin and the last commit (seconds in).
+    assert zodb_bench.occupancy([(0, 1), (2, 3)]) == (2000.0, 1000.0)
+    assert zodb_bench.occupancy([(1, 3), (0, 2), (5, 6)]) == (4000.0, 2000.0)
+    assert zodb_bench.occupancy([(0, 5), (1, 2)]) == (5000.0, 0.0)
