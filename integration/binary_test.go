@@ -127,8 +127,8 @@ func exchangeBinary(t *testing.T, addr string, reqs []breq) []bresp {
 // to the proxy in front of one and of three servers, the same responses.
 func TestBinaryDifferentialAgainstMemcached(t *testing.T) {
 	direct := startCluster(t, 1)[0].Addr
-	proxyOne, _ := startProxy(t, proxy.Config{Servers: startCluster(t, 1).servers(t)})
-	proxyThree, _ := startProxy(t, proxy.Config{Servers: startCluster(t, 3).servers(t)})
+	proxyOne, _ := startProxy(t, proxy.Config{Servers: startCluster(t, 1).servers(t), Timeout: differentialTimeout})
+	proxyThree, _ := startProxy(t, proxy.Config{Servers: startCluster(t, 3).servers(t), Timeout: differentialTimeout})
 	for i, tc := range binaryCases() {
 		want := exchangeBinary(t, direct, tc)
 		for _, target := range []struct{ name, addr string }{{"1 server", proxyOne}, {"3 servers", proxyThree}} {

@@ -23,8 +23,10 @@ func TestDifferentialAgainstMemcached(t *testing.T) {
 	direct := startCluster(t, 1)[0].Addr
 	one := startCluster(t, 1)
 	three := startCluster(t, 3)
-	proxyOne, _ := startProxy(t, proxy.Config{Servers: one.servers(t)})
-	proxyThree, _ := startProxy(t, proxy.Config{Servers: three.servers(t)})
+	// A long server timeout: these cases are about bytes, and a loaded
+	// machine (-race, other tests) can take over a second for 1 MiB values.
+	proxyOne, _ := startProxy(t, proxy.Config{Servers: one.servers(t), Timeout: differentialTimeout})
+	proxyThree, _ := startProxy(t, proxy.Config{Servers: three.servers(t), Timeout: differentialTimeout})
 
 	for i, tc := range differentialCases() {
 		name := fmt.Sprintf("%02d:%.40q", i, tc)
@@ -37,6 +39,8 @@ func TestDifferentialAgainstMemcached(t *testing.T) {
 		}
 	}
 }
+
+const differentialTimeout = 10 * time.Second
 
 // Slow senders: the same bytes, in pieces with pauses between them, to a
 // proxy whose server timeout is shorter than the pauses. A slow client is
