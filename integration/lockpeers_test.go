@@ -226,12 +226,12 @@ func TestLockHomeProxyGoes(t *testing.T) {
 func TestLockPeerKilled(t *testing.T) {
 	bin := buildCLI(t)
 	c := startCluster(t, 1)
-	home, homeSrv := startProxy(t, proxy.Config{Servers: c.servers(t), Timeout: 300 * time.Millisecond})
+	home, homeSrv := startProxy(t, proxy.Config{Servers: c.servers(t), Timeout: time.Second})
 	// setUp starts a peer proxy, a holder at the home of a name homed
 	// there (among the two), and a waiter for it through the peer.
 	setUp := func() (signal func(syscall.Signal), name string, holder *testmc.Conn, fence string, waiter *testmc.Conn) {
 		listen := testmc.FreeAddr(t)
-		cmd := startCLIProxy(t, bin, listen, "--servers", c.addrs()[0], "--timeout", "300ms")
+		cmd := startCLIProxy(t, bin, listen, "--servers", c.addrs()[0], "--timeout", "1s")
 		t.Cleanup(func() { cmd.Process.Kill() }) // before its SIGTERM and wait: it may be stopped
 		waitStat(t, home, "proxy_lock_proxies", "2")
 		waitStat(t, listen, "proxy_lock_proxies", "2")

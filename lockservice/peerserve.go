@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -166,22 +167,58 @@ func (s *Service) releaseIfGone(held connGrants) {
 	for name, g := range held {
 		instance, _, _ := strings.Cut(g.conn, ":")
 		if _, seen := gone[instance]; !seen {
-			gone[instance] = s.peerGone(instance)
+			gone[instance] = s.peerGoneAfterTries(instance)
 		}
 		if !gone[instance] {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 4*s.cfg.Timeout)
-		err := s.manager.Release(ctx, name, g.fence)
-		cancel()
-		s.cfg.Logger.Info("released a connection lock of a proxy that is gone", "lock", name, "fence", g.fence, "err", err)
+		err := s.releaseGone(name, g.fence)
+		s.cfg.Logger.Warn("released a connection lock of a proxy that is gone", "lock", name, "fence", g.fence, "err", err)
 	}
 }
 
+// releaseGone releases a grant whose holder is gone, trying again for a
+// while when the lock servers do not answer: left alone, it would stand
+// for its whole ttl.
+func (s *Service) releaseGone(name string, fence uint64) error {
+	var err error
+	for try := 0; try < 10; try++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 4*s.cfg.Timeout)
+		err = s.manager.Release(ctx, name, fence)
+		cancel()
+		if err == nil || errors.Is(err, lockext.ErrNotFound) || errors.Is(err, lockext.ErrNotOwner) {
+			return err // released, or no longer that grant
+		}
+		select {
+		case <-s.quit:
+			return err
+		case <-time.After(s.cfg.Timeout):
+		}
+	}
+	return err
+}
+
+// peerGoneAfterTries asks peerGone a few times, a timeout apart: a busy
+// machine may leave a dying proxy's address neither refusing nor
+// answering for a moment.
+func (s *Service) peerGoneAfterTries(instance string) bool {
+	for try := 0; try < 3; try++ {
+		if s.peerGone(instance) {
+			return true
+		}
+		select {
+		case <-s.quit:
+			return false
+		case <-time.After(s.cfg.Timeout):
+		}
+	}
+	return false
+}
+
 // peerGone reports whether the proxy instance is certainly not running:
-// its address refuses connections, or another process there does not
-// know its token. Anything less certain (no answer in time, not in the
-// registry) is not gone.
+// its address refuses or resets connections, or another process there
+// does not know its token. Anything less certain (no answer in time, not
+// in the registry) is not gone.
 func (s *Service) peerGone(instance string) bool {
 	var m member
 	for _, l := range s.members.list() {
@@ -202,5 +239,11 @@ func (s *Service) peerGone(instance string) bool {
 		return false
 	}
 	line, err := bufio.NewReader(nc).ReadString('\n')
-	return err == nil && line != "PEER\r\n"
+	if err != nil {
+		// Reset or closed without a word: the kernel of a process that is
+		// exiting (its listener still took the connection). A live proxy
+		// answers, and one out of reach times out.
+		return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)
+	}
+	return line != "PEER\r\n"
 }
