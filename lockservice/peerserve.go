@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -216,8 +215,8 @@ func (s *Service) peerGoneAfterTries(instance string) bool {
 }
 
 // peerGone reports whether the proxy instance is certainly not running:
-// its address refuses or resets connections, or another process there
-// does not know its token. Anything less certain (no answer in time, not
+// its address refuses or resets connections, or what listens there does
+// not know its token. Anything less certain (no answer in time, not
 // in the registry) is not gone.
 func (s *Service) peerGone(instance string) bool {
 	var m member
@@ -240,10 +239,13 @@ func (s *Service) peerGone(instance string) bool {
 	}
 	line, err := bufio.NewReader(nc).ReadString('\n')
 	if err != nil {
-		// Reset or closed without a word: the kernel of a process that is
-		// exiting (its listener still took the connection). A live proxy
-		// answers, and one out of reach times out.
-		return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)
+		// Reset: the kernel of a process that is exiting (its listener
+		// still took the connection). A live proxy answers, and one out of
+		// reach times out.
+		return errors.Is(err, syscall.ECONNRESET)
 	}
-	return line != "PEER\r\n"
+	// ERROR: something there that knows no such hello, memcached or a new
+	// proxy with another token. PEER: the proxy itself. Anything else (a
+	// proxy at its connection limit says so) tells nothing.
+	return line == "ERROR\r\n"
 }
