@@ -201,8 +201,17 @@ func (s *Service) releaseGone(name string, fence uint64) error {
 // machine may leave a dying proxy's address neither refusing nor
 // answering for a moment.
 func (s *Service) peerGoneAfterTries(instance string) bool {
+	var m member
+	for _, l := range s.members.list() {
+		if l.instance == instance {
+			m = l
+		}
+	}
+	if m.addr == "" {
+		return false // not in the registry: nothing to ask
+	}
 	for try := 0; try < 3; try++ {
-		if s.peerGone(instance) {
+		if s.peerGone(m) {
 			return true
 		}
 		select {
@@ -214,20 +223,10 @@ func (s *Service) peerGoneAfterTries(instance string) bool {
 	return false
 }
 
-// peerGone reports whether the proxy instance is certainly not running:
-// its address refuses or resets connections, or what listens there does
-// not know its token. Anything less certain (no answer in time, not
-// in the registry) is not gone.
-func (s *Service) peerGone(instance string) bool {
-	var m member
-	for _, l := range s.members.list() {
-		if l.instance == instance {
-			m = l
-		}
-	}
-	if m.addr == "" {
-		return false
-	}
+// peerGone reports whether the proxy m is certainly not running: its
+// address refuses or resets connections, or what listens there does not
+// know its token. Anything less certain (no answer in time) is not gone.
+func (s *Service) peerGone(m member) bool {
 	nc, err := net.DialTimeout("tcp", m.addr, s.cfg.Timeout)
 	if err != nil {
 		return errors.Is(err, syscall.ECONNREFUSED)

@@ -43,10 +43,7 @@ func TestPeerGoneOnlyWhenCertain(t *testing.T) {
 		{"memcached or a new proxy", answering("ERROR\r\n"), true},
 		{"nothing listening", closedAddr, true},
 	} {
-		s.members.mu.Lock()
-		s.members.live = []member{{instance: "peer", addr: tc.addr, token: "t"}}
-		s.members.mu.Unlock()
-		if got := s.peerGone("peer"); got != tc.gone {
+		if got := s.peerGone(member{instance: "peer", addr: tc.addr, token: "t"}); got != tc.gone {
 			t.Errorf("%s: gone %v, want %v", tc.what, got, tc.gone)
 		}
 	}
