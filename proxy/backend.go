@@ -232,8 +232,8 @@ func (p *pipeline) head() *call {
 	return p.calls[0]
 }
 
-// pop removes the answered oldest call and moves the deadline on.
-func (p *pipeline) pop() {
+// pop removes the answered oldest call and moves the deadline on from now.
+func (p *pipeline) pop(now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.calls[0] = nil
@@ -243,7 +243,7 @@ func (p *pipeline) pop() {
 		// the ones before it, so its clock starts again now: a long run
 		// of large replies ahead of it is not taken for a slow server,
 		// and a hung server is still noticed within one timeout.
-		p.nc.SetReadDeadline(time.Now().Add(p.calls[0].timeout))
+		p.nc.SetReadDeadline(now.Add(p.calls[0].timeout))
 	} else {
 		p.nc.SetReadDeadline(time.Time{})
 	}
@@ -268,8 +268,11 @@ func (p *pipeline) fail(err error) {
 	}
 }
 
+// maxBatch bounds the bytes the writer gathers into one write.
+const maxBatch = 256 << 10
+
 func (sc *serverConn) write(p *pipeline) error {
-	bw := bufio.NewWriterSize(p.nc, 16<<10)
+	var batch []byte
 	for {
 		var c *call
 		select {
@@ -280,23 +283,24 @@ func (sc *serverConn) write(p *pipeline) error {
 			return errServerClosed
 		}
 		// Write this call and whatever else is queued, then flush once.
+		// Each call's bytes are copied into the batch before it joins the
+		// pipeline: from then on it may be answered (or failed) and reused
+		// at any moment, even while a write of its bytes would still run.
 		deadline := c.deadline()
+		batch = batch[:0]
 		for n := 0; c != nil; n++ {
+			batch = append(batch, c.out...)
+			if c.shape == shapeQuiet {
+				batch = append(batch, noop...)
+			}
 			if !p.push(c) {
 				sc.b.errors.Add(1)
 				sc.b.failed()
 				c.finish(errServerDown)
 				return errServerDown
 			}
-			// Once its bytes are out, c may be answered and reused at any
-			// moment: read what is needed of it first.
-			quiet := c.shape == shapeQuiet
-			bw.Write(c.out)
-			if quiet {
-				bw.Write(noop)
-			}
 			c = nil
-			if n < 1024 {
+			if n < 1024 && len(batch) < maxBatch {
 				select {
 				case c = <-sc.queue:
 				default:
@@ -304,8 +308,11 @@ func (sc *serverConn) write(p *pipeline) error {
 			}
 		}
 		p.nc.SetWriteDeadline(deadline)
-		if err := bw.Flush(); err != nil {
+		if _, err := p.nc.Write(batch); err != nil {
 			return sc.classify(err)
+		}
+		if cap(batch) > maxBatch {
+			batch = nil // do not pin what one large value needed
 		}
 	}
 }
@@ -328,9 +335,10 @@ func (sc *serverConn) read(p *pipeline) {
 			p.fail(sc.classify(err))
 			return
 		}
-		p.pop()
+		now := time.Now()
+		p.pop(now)
 		sc.b.answered()
-		sc.b.observe(time.Since(c.queuedAt))
+		sc.b.observe(now.Sub(c.queuedAt))
 		c.finish(nil)
 	}
 }

@@ -27,6 +27,7 @@ type call struct {
 	reply    []byte        // the server's reply, without the MN of a quiet call
 	err      error         // set instead of reply when the server could not answer
 	done     chan struct{}
+	group    *multiGet // set for a part of a multi-key get: finishing counts there
 }
 
 var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
@@ -35,6 +36,7 @@ func newCall(shape replyShape, timeout time.Duration) *call {
 	c := callPool.Get().(*call)
 	c.shape, c.timeout = shape, timeout
 	c.out, c.reply, c.err = c.out[:0], c.reply[:0], nil
+	c.group = nil
 	return c
 }
 
@@ -43,6 +45,10 @@ func (c *call) deadline() time.Time { return c.queuedAt.Add(c.timeout) }
 
 func (c *call) finish(err error) {
 	c.err = err
+	if c.group != nil {
+		c.group.finished()
+		return
+	}
 	c.done <- struct{}{}
 }
 

@@ -24,6 +24,8 @@ func proxyCommand() *cli.Command {
 			&cli.DurationFlag{Name: "duration", Value: 4 * time.Second, Usage: "length of each memcaslap run"},
 			&cli.StringFlag{Name: "proxy-bin", Value: "bin/memcachedlock", Usage: "the proxy binary"},
 			&cli.IntFlag{Name: "rate", Value: 5000, Usage: "requests/s for the latency view"},
+			&cli.StringFlag{Name: "baseline-bin", Usage: "another build of the proxy, run as a fourth target in the same rounds (to compare two versions)"},
+			&cli.StringSliceFlag{Name: "cases", Value: cli.NewStringSlice("64", "512", "multiget", "latency"), Usage: "which cases to run: 64, 512, multiget, latency"},
 		},
 		Action: runProxyBench,
 	}
@@ -45,19 +47,43 @@ func runProxyBench(cc *cli.Context) error {
 	fmt.Printf("(CPU µs/req: the CPU time nutcracker and the proxy spent per request, which the machine's drift disturbs less than TPS)\n\n")
 
 	benches := []proxyCase{
-		{"64 conns, 2 servers", 2, []string{"-T", "2", "-c", "64"}},
-		{"512 conns, 2 servers", 2, []string{"-T", "2", "-c", "512"}},
-		{"100-key gets, 4 servers", 4, []string{"-T", "2", "-c", "16", "-d", "100"}},
+		{"64", "64 conns, 2 servers", 2, []string{"-T", "2", "-c", "64"}},
+		{"512", "512 conns, 2 servers", 2, []string{"-T", "2", "-c", "512"}},
+		{"multiget", "100-key gets, 4 servers", 4, []string{"-T", "2", "-c", "16", "-d", "100"}},
 	}
-	fmt.Printf("| %-24s | %10s | %10s | %10s | %12s | %16s | %22s |\n", "case (TPS)", "direct", "nutcracker", "proxy", "proxy/direct", "proxy/nutcracker", "CPU µs/req nc : proxy")
-	fmt.Printf("|%s|%s|%s|%s|%s|%s|%s|\n", dashes(26), dashes(12), dashes(12), dashes(12), dashes(14), dashes(18), dashes(24))
+	cases := cc.StringSlice("cases")
+	for _, name := range cases {
+		if name != "latency" && !slices.ContainsFunc(benches, func(b proxyCase) bool { return b.key == name }) {
+			return fmt.Errorf("unknown case %q: want 64, 512, multiget or latency", name)
+		}
+	}
+	baseline := cc.String("baseline-bin")
+	fmt.Printf("| %-24s | %10s | %10s | %10s | %12s | %16s | %22s |", "case (TPS)", "direct", "nutcracker", "proxy", "proxy/direct", "proxy/nutcracker", "CPU µs/req nc : proxy")
+	if baseline != "" {
+		fmt.Printf(" %10s | %14s | %12s |", "baseline", "proxy/baseline", "CPU baseline")
+	}
+	fmt.Printf("\n|%s|%s|%s|%s|%s|%s|%s|", dashes(26), dashes(12), dashes(12), dashes(12), dashes(14), dashes(18), dashes(24))
+	if baseline != "" {
+		fmt.Printf("%s|%s|%s|", dashes(12), dashes(16), dashes(14))
+	}
+	fmt.Println()
 	for _, b := range benches {
-		m, cpu, err := b.measure(memcaslap, cc.String("proxy-bin"), rounds, d)
+		if !slices.Contains(cases, b.key) {
+			continue
+		}
+		m, cpu, err := b.measure(memcaslap, cc.String("proxy-bin"), baseline, rounds, d)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("| %-24s | %10.0f | %10.0f | %10.0f | %12.2f | %16.2f | %10.1f : %-9.1f |\n", b.name, m[0], m[1], m[2], m[2]/m[0], m[2]/m[1],
+		fmt.Printf("| %-24s | %10.0f | %10.0f | %10.0f | %12.2f | %16.2f | %10.1f : %-9.1f |", b.name, m[0], m[1], m[2], m[2]/m[0], m[2]/m[1],
 			cpu[1], cpu[2])
+		if baseline != "" {
+			fmt.Printf(" %10.0f | %14.2f | %12.1f |", m[3], m[2]/m[3], cpu[3])
+		}
+		fmt.Println()
+	}
+	if !slices.Contains(cases, "latency") {
+		return nil
 	}
 	return latencyView(cc)
 }
@@ -65,15 +91,17 @@ func runProxyBench(cc *cli.Context) error {
 // proxyCase is one row of the proxy benchmark: memcaslap's arguments
 // against a number of memcached servers.
 type proxyCase struct {
+	key     string // its name for --cases
 	name    string
 	servers int
 	args    []string
 }
 
 // measure runs the case against the servers directly, through nutcracker
-// and through the proxy, in turn for rounds rounds, and returns the median
-// TPS of each, and the CPU µs per request nutcracker and the proxy spent.
-func (b proxyCase) measure(memcaslap, proxyBin string, rounds int, d time.Duration) (tps, cpuPerReq [3]float64, err error) {
+// and through the proxy (and through a baseline build of the proxy, if
+// given), in turn for rounds rounds, and returns the median TPS of each,
+// and the CPU µs per request nutcracker and the proxies spent.
+func (b proxyCase) measure(memcaslap, proxyBin, baselineBin string, rounds int, d time.Duration) (tps, cpuPerReq [4]float64, err error) {
 	var ps procs
 	defer ps.stop()
 	servers, err := ps.memcached(b.servers, 1)
@@ -92,7 +120,15 @@ func (b proxyCase) measure(memcaslap, proxyBin string, rounds int, d time.Durati
 	pxPid := ps[len(ps)-1].Process.Pid
 	targets := []target{{"direct", servers}, {"nutcracker", []string{nc}}, {"proxy", []string{px}}}
 	pids := []int{0, ncPid, pxPid}
-	var runs, cpu [3][]float64
+	if baselineBin != "" {
+		bl, err := ps.proxy(baselineBin, servers)
+		if err != nil {
+			return tps, cpuPerReq, err
+		}
+		targets = append(targets, target{"baseline", []string{bl}})
+		pids = append(pids, ps[len(ps)-1].Process.Pid)
+	}
+	var runs, cpu [4][]float64
 	for r := 0; r < rounds; r++ {
 		for i, t := range targets {
 			t0, _ := cpuTicks(pids[i])
