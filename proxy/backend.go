@@ -29,6 +29,7 @@ type backend struct {
 	up        atomic.Bool
 	failures  atomic.Int64 // calls failed in a row, for ejection
 	ejections atomic.Uint64
+	lost      atomic.Uint64 // connections that ended: idle ones elsewhere may be dead too
 
 	latency    prometheus.Observer // request durations; nil without a registry
 	latencySum atomic.Int64        // nanoseconds, over answeredN requests
@@ -125,6 +126,7 @@ func (sc *serverConn) run(dialled func()) {
 			sc.b.setUp(true, nil)
 			start := time.Now()
 			err = sc.serve(nc)
+			sc.b.lost.Add(1)
 			sc.b.logger.Debug("server connection closed", "server", sc.b.addr, "local", nc.LocalAddr().String(), "err", err)
 			if errors.Is(err, errServerClosed) {
 				sc.failQueued(errServerClosed)

@@ -27,9 +27,10 @@ type lockConn struct {
 
 // lockSocket is one connection of a lockConn.
 type lockSocket struct {
-	nc  net.Conn
-	br  *bufio.Reader
-	out []byte
+	nc   net.Conn
+	br   *bufio.Reader
+	out  []byte
+	lost uint64 // the backend's lost count when it went idle
 }
 
 // lockConnsDirect is how many exchanges with one lock server run on
@@ -70,6 +71,7 @@ func (lc *lockConn) Exchange(ctx context.Context, batch, reply []byte) ([]byte, 
 	}
 	if err != nil {
 		lc.drop(ls)
+		lc.b.lost.Add(1) // the idle ones are suspect too
 		lc.b.failed()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil, errServerTimeout
@@ -85,10 +87,19 @@ func (lc *lockConn) Exchange(ctx context.Context, batch, reply []byte) ([]byte, 
 // get returns an idle direct connection, dials one when fewer than
 // lockConnsDirect are open, and returns none when all are busy.
 func (lc *lockConn) get() (*lockSocket, error) {
-	select {
-	case ls := <-lc.idle:
-		return ls, nil
-	default:
+	for {
+		select {
+		case ls := <-lc.idle:
+			if ls.lost == lc.b.lost.Load() {
+				return ls, nil
+			}
+			// A connection to the server ended since this one was used:
+			// the server may have restarted, and this one be dead too.
+			lc.drop(ls)
+			continue
+		default:
+		}
+		break
 	}
 	select {
 	case lc.slots <- struct{}{}:
@@ -122,7 +133,10 @@ func (lc *lockConn) pipelined(ctx context.Context, batch, reply []byte) ([]byte,
 	return reply, err
 }
 
-func (lc *lockConn) put(ls *lockSocket) { lc.idle <- ls }
+func (lc *lockConn) put(ls *lockSocket) {
+	ls.lost = lc.b.lost.Load()
+	lc.idle <- ls
+}
 
 func (lc *lockConn) drop(ls *lockSocket) {
 	ls.nc.Close()
