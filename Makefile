@@ -76,7 +76,7 @@ clean:
 ## bench-locks: W=8 workers contend for one lock (hold 1ms, think 5ms) through the proxy, beside 50ms polling
 bench-locks: build deps
 	$(GO) build -o bin/memcachedlock-bench ./cmd/memcachedlock-bench
-	bin/memcachedlock-bench locks --workers 8 --hold 1ms --think 5ms --duration 4s
+	bin/memcachedlock-bench locks --workers 8 --hold 1ms --think 5ms --duration 3s --rounds 3
 
 ## bench-zodb: 6 ZEO client processes write one hot catalog-like object (one client alone, no lock, 50ms polling, zlock via one and via two proxies), then index into a real ZCatalog with and without patch_catalog
 bench-zodb: build deps venv
