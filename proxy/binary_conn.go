@@ -36,7 +36,7 @@ func (c *clientConn) serveBinary() {
 			}
 			return
 		}
-		c.s.commands.Add(1)
+		c.env.counters.commands.Add(1)
 		if !c.handleBinary(&r) {
 			return
 		}
@@ -56,7 +56,7 @@ func (c *clientConn) handleBinary(r *binRequest) bool {
 		c.send(readyReply(binError(r, statusUnknown, "")))
 		return true
 	}
-	c.s.metrics.commands[cmd].Inc()
+	c.env.metrics.commands[cmd].Inc()
 	switch r.opcode {
 	case opNoop:
 		c.send(readyReply(binPacket(nil, r, statusOK, 0, nil, nil, nil)))
@@ -83,13 +83,13 @@ func (c *clientConn) binKeyed(r *binRequest) bool {
 		c.send(readyReply(binError(r, status, text)))
 		return true
 	}
-	if p := c.s.prefix; len(p) > 0 && bytes.HasPrefix(r.key, p) {
+	if p := c.env.prefix; len(p) > 0 && bytes.HasPrefix(r.key, p) {
 		return refuse(statusInvalid, "key is reserved for locks")
 	}
-	if r.valueLen > c.s.cfg.MaxItemSize {
+	if r.valueLen > c.env.maxItemSize {
 		return c.binTooLarge(r)
 	}
-	call := newCall(shapeSingle, c.s.cfg.Timeout)
+	call := newCall(shapeSingle, c.env.timeout)
 	out, ok := appendMeta(call.out, r)
 	call.out = out
 	if !ok {
@@ -105,7 +105,7 @@ func (c *clientConn) binKeyed(r *binRequest) bool {
 		}
 		call.out = append(call.out, crlf...)
 	}
-	c.s.routes.topo.Load().pick(r.key).send(c.pin, call)
+	c.env.routes.topo.Load().pick(r.key).send(c.pin, call)
 	c.send(newBinReply(r, call))
 	return true
 }
@@ -188,11 +188,11 @@ func appendExtras(out []byte, r *binRequest) []byte {
 func (c *clientConn) binTooLarge(r *binRequest) bool {
 	var del *call
 	if r.opcode == opSet || r.opcode == opSetQ {
-		del = newCall(shapeQuiet, c.s.cfg.Timeout)
+		del = newCall(shapeQuiet, c.env.timeout)
 		var ok bool
 		if del.out, ok = appendMeta(del.out, &binRequest{opcode: opDelete, key: r.key}); ok {
 			del.out = append(del.out[:len(del.out)-2], " q\r\n"...)
-			c.s.routes.topo.Load().pick(r.key).send(c.pin, del)
+			c.env.routes.topo.Load().pick(r.key).send(c.pin, del)
 		} else {
 			del.release()
 			del = nil

@@ -13,8 +13,8 @@ import (
 func (c *clientConn) handle(line []byte) bool {
 	r := &c.req
 	if refused := parse(line, r); refused != nil {
-		if c.s.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
-			c.s.cfg.Logger.Debug("command refused", "client", c.nc.RemoteAddr().String(), "err", refused.String())
+		if c.env.logger.Enabled(context.Background(), slog.LevelDebug) {
+			c.env.logger.Debug("command refused", "client", c.nc.RemoteAddr().String(), "err", refused.String())
 		}
 		if refused == refuseHTTP {
 			return false
@@ -26,8 +26,8 @@ func (c *clientConn) handle(line []byte) bool {
 		}
 		return true
 	}
-	c.s.metrics.commands[r.cmd].Inc()
-	if r.touchesReserved(c.s.prefix) {
+	c.env.metrics.commands[r.cmd].Inc()
+	if r.touchesReserved(c.env.prefix) {
 		if r.dataLen >= 0 && !c.skipData(r.dataLen) {
 			return false
 		}
@@ -41,7 +41,7 @@ func (c *clientConn) handle(line []byte) bool {
 		return c.store(line)
 	case cmdIncr, cmdDecr, cmdTouch, cmdDelete, cmdMetaGet, cmdMetaDelete, cmdMetaArithmetic, cmdMetaDebug:
 		call := c.newCall(line)
-		c.s.routes.topo.Load().pick(r.key).send(c.pin, call)
+		c.env.routes.topo.Load().pick(r.key).send(c.pin, call)
 		c.send(call)
 	case cmdMetaNoop:
 		c.send(replyMN)
@@ -74,7 +74,7 @@ func (c *clientConn) newCall(line []byte) *call {
 	if c.req.noreply {
 		shape = shapeQuiet
 	}
-	call := newCall(shape, c.s.cfg.Timeout)
+	call := newCall(shape, c.env.timeout)
 	call.out = append(append(call.out, line...), crlf...)
 	return call
 }
@@ -83,10 +83,10 @@ func (c *clientConn) newCall(line []byte) *call {
 func (c *clientConn) store(line []byte) bool {
 	r := &c.req
 	n := r.dataLen
-	if n > c.s.cfg.MaxItemSize {
+	if n > c.env.maxItemSize {
 		return c.refuseTooLarge()
 	}
-	b := c.s.routes.topo.Load().pick(r.key) // before the data overwrites the line
+	b := c.env.routes.topo.Load().pick(r.key) // before the data overwrites the line
 	call := c.newCall(line)
 	start := len(call.out)
 	call.out = append(call.out, make([]byte, n+2)...)
@@ -111,13 +111,13 @@ func (c *clientConn) refuseTooLarge() bool {
 	r := &c.req
 	var del *call
 	if r.cmd == cmdSet || r.cmd == cmdMetaSet {
-		del = newCall(shapeQuiet, c.s.cfg.Timeout)
+		del = newCall(shapeQuiet, c.env.timeout)
 		del.out = append(append(append(del.out, "md "...), r.tokens[1]...), " q"...)
 		if r.cmd == cmdMetaSet && !bytes.Equal(r.key, r.tokens[1]) {
 			del.out = append(del.out, " b"...)
 		}
 		del.out = append(del.out, crlf...)
-		c.s.routes.topo.Load().pick(r.key).send(c.pin, del)
+		c.env.routes.topo.Load().pick(r.key).send(c.pin, del)
 	}
 	quiet := r.noreply && r.cmd != cmdMetaSet // meta q never hides an error
 	if !c.skipData(r.dataLen) {

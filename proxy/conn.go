@@ -32,7 +32,7 @@ const clientBufferSize = 4 << 10
 // clientConn is one client connection: a reader that parses and dispatches
 // commands, and a writer that puts the replies back in order.
 type clientConn struct {
-	s        *Server
+	env      *connEnv
 	nc       net.Conn
 	cr       *connReader
 	br       *bufio.Reader
@@ -59,8 +59,8 @@ type clientConn struct {
 	deadline time.Time
 }
 
-func newClientConn(s *Server, nc net.Conn) *clientConn {
-	c := &clientConn{s: s, nc: nc, pin: s.nextPin.Add(1), replies: make(chan reply, maxPipeline)}
+func newClientConn(env *connEnv, nc net.Conn, pin uint64) *clientConn {
+	c := &clientConn{env: env, nc: nc, pin: pin, replies: make(chan reply, maxPipeline)}
 	c.cr = &connReader{nc: nc}
 	c.br = bufio.NewReaderSize(c.cr, clientBufferSize)
 	c.bw = bufio.NewWriterSize(nc, clientBufferSize)
@@ -78,7 +78,7 @@ func (c *clientConn) stopReading() {
 }
 
 func (c *clientConn) serve() {
-	defer c.s.untrack(c)
+	defer c.env.untrack(c)
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
@@ -86,7 +86,7 @@ func (c *clientConn) serve() {
 	}()
 	defer func() {
 		if p := recover(); p != nil {
-			c.s.cfg.Logger.Error("panic serving client; closing its connection",
+			c.env.logger.Error("panic serving client; closing its connection",
 				"client", c.nc.RemoteAddr(), "panic", p, "stack", string(debug.Stack()))
 		}
 		close(c.replies)
@@ -94,7 +94,7 @@ func (c *clientConn) serve() {
 		c.close()
 		c.cancel()
 		if c.session != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), c.s.cfg.Timeout)
+			ctx, cancel := context.WithTimeout(context.Background(), c.env.timeout)
 			c.session.Close(ctx)
 			cancel()
 		}
@@ -112,11 +112,11 @@ func (c *clientConn) serve() {
 			}
 			return
 		}
-		if first && c.s.locks.IsPeerHello(line) {
+		if first && c.env.locks.IsPeerHello(line) {
 			c.servePeer()
 			return
 		}
-		c.s.commands.Add(1)
+		c.env.counters.commands.Add(1)
 		if !c.handle(line) {
 			return
 		}

@@ -25,10 +25,10 @@ func (c *clientConn) fanout(line []byte) reply {
 	case r.cmd == cmdStats && len(r.tokens) > 1:
 		f.group = string(r.tokens[1])
 	case r.cmd == cmdStats:
-		f.own = c.s.stats
+		f.own = c.env.stats
 	}
-	for _, b := range c.s.routes.topo.Load().cache {
-		call := newCall(shape, c.s.cfg.Timeout)
+	for _, b := range c.env.routes.topo.Load().cache {
+		call := newCall(shape, c.env.timeout)
 		call.out = append(append(call.out, line...), crlf...)
 		b.send(c.pin, call)
 		f.calls = append(f.calls, call)

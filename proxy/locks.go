@@ -17,14 +17,13 @@ import (
 // reader: later commands from the same client wait for the lock too, which
 // is what a client that pipelines "lock" and then its writes means.
 func (c *clientConn) lockCommand() {
-	cfg := &c.s.cfg
-	r, refused := parseLock(c.req.cmd, c.req.tokens[1:], lockLimits{ttlMax: cfg.LockTTLMax, waitMax: cfg.LockWaitMax})
+	r, refused := parseLock(c.req.cmd, c.req.tokens[1:], c.env.lockLimits)
 	if refused != nil {
 		c.send(readyReply(refused))
 		return
 	}
 	if r.cmd == cmdLock || r.cmd == cmdRLock {
-		req := lockext.Request{Name: r.name, TTL: cfg.LockTTL, Wait: cfg.LockWait, Owner: r.owner, Reentrant: r.cmd == cmdRLock}
+		req := lockext.Request{Name: r.name, TTL: c.env.lockTTL, Wait: c.env.lockWait, Owner: r.owner, Reentrant: r.cmd == cmdRLock}
 		if r.ttl > 0 {
 			req.TTL = r.ttl
 		}
@@ -79,12 +78,12 @@ func (c *clientConn) lock(req lockext.Request) {
 	start := time.Now()
 	g, err := c.lockSession().Lock(ctx, req)
 	if waited := time.Since(start); waited > longLockWait {
-		c.s.cfg.Logger.Debug("long lock wait", "lock", req.Name, "waited", waited, "granted", err == nil, "client", c.nc.RemoteAddr().String())
+		c.env.logger.Debug("long lock wait", "lock", req.Name, "waited", waited, "granted", err == nil, "client", c.nc.RemoteAddr().String())
 	}
 	if errors.Is(err, context.Canceled) && c.stopping.Load() {
 		err = lockext.ErrClosed // the wait ended because the proxy is stopping
 	}
-	c.s.metrics.lockWaited(start, waitOutcome(err))
+	c.env.metrics.lockWaited(start, waitOutcome(err))
 	if err == nil {
 		c.sendGrant(grantReply{fence: g.Fence, ttl: g.TTL, count: g.Count, name: req.Name})
 	} else {
@@ -116,7 +115,7 @@ func (c *clientConn) servePeer() {
 		line, err := c.readLine()
 		return bytes.Clone(line), err
 	}
-	c.s.locks.ServePeer(c.ctx, next, func(b []byte) { c.output(readyReply(b), true) })
+	c.env.locks.ServePeer(c.ctx, next, func(b []byte) { c.output(readyReply(b), true) })
 }
 
 // replyUnlocked is the reply to the unlock of a last level.
@@ -141,7 +140,7 @@ const longLockWait = time.Second
 
 func (c *clientConn) lockSession() *lockservice.Session {
 	if c.session == nil {
-		c.session = c.s.locks.NewSession()
+		c.session = c.env.locks.NewSession()
 	}
 	return c.session
 }
@@ -205,7 +204,7 @@ func (c *clientConn) sendGrant(g grantReply) {
 }
 
 func (c *clientConn) releaseGrant(g *grantReply) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*c.s.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*c.env.timeout)
 	defer cancel()
 	c.lockSession().Unlock(ctx, g.name, g.fence)
 }

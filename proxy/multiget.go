@@ -13,7 +13,7 @@ import (
 // its keys, and the answers are merged back into the client's key order.
 func (c *clientConn) retrieve(line []byte) {
 	r := &c.req
-	t := c.s.routes.topo.Load()
+	t := c.env.routes.topo.Load()
 	if len(r.keys) == 0 { // "gat <exptime>" alone: memcached judges it
 		c.retrieveFrom(t.cache[0], line)
 		return
@@ -34,7 +34,7 @@ func (c *clientConn) retrieve(line []byte) {
 
 // retrieveFrom sends the client's line as it is to one server.
 func (c *clientConn) retrieveFrom(b *backend, line []byte) {
-	call := newCall(shapeUntilEnd, c.s.cfg.Timeout)
+	call := newCall(shapeUntilEnd, c.env.timeout)
 	call.out = append(append(call.out, line...), crlf...)
 	b.send(c.pin, call)
 	c.send(call)
@@ -43,7 +43,7 @@ func (c *clientConn) retrieveFrom(b *backend, line []byte) {
 // splitGet sends each server a line with its keys, c.picks saying whose.
 func (c *clientConn) splitGet(t *topology) *multiGet {
 	r := &c.req
-	m := newMultiGet(len(t.cache), &c.s.getMisses)
+	m := newMultiGet(len(t.cache), &c.env.counters.getMisses)
 	m.server = append(m.server, c.picks...)
 	// The verb and exptime, as the client sent them, start every server line.
 	head := r.tokens[:len(r.tokens)-len(r.keys)]
@@ -52,7 +52,7 @@ func (c *clientConn) splitGet(t *topology) *multiGet {
 		p := c.picks[i]
 		sc := m.calls[p]
 		if sc == nil {
-			sc = newCall(shapeUntilEnd, c.s.cfg.Timeout)
+			sc = newCall(shapeUntilEnd, c.env.timeout)
 			sc.group = m
 			parts++
 			for j, t := range head {

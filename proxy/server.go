@@ -20,11 +20,11 @@ var Version = "0.1.0"
 // the parts they use. Create it with New and start it with Serve.
 type Server struct {
 	cfg     Config
-	prefix  []byte
 	routes  *routing
 	locks   *lockservice.Service
 	metrics *metrics
 	stats   *proxyStats
+	env     *connEnv // what each client connection is given
 	counters
 	nextPin   atomic.Uint64
 	lockConns []*lockConn   // the lock service's connections to the lock servers
@@ -55,7 +55,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg: cfg, prefix: []byte(cfg.LockPrefix),
+		cfg:       cfg,
 		metrics:   newMetrics(),
 		quit:      make(chan struct{}),
 		listeners: make(map[net.Listener]struct{}),
@@ -77,6 +77,14 @@ func New(cfg Config) (*Server, error) {
 	s.locks = locks
 	s.stats = &proxyStats{started: time.Now(), counters: &s.counters, routes: s.routes, locks: locks}
 	s.metrics.readOnScrape(&s.counters, s.routes, locks)
+	s.env = &connEnv{
+		timeout: cfg.Timeout, maxItemSize: cfg.MaxItemSize, prefix: []byte(cfg.LockPrefix),
+		lockTTL: cfg.LockTTL, lockWait: cfg.LockWait,
+		lockLimits: lockLimits{ttlMax: cfg.LockTTLMax, waitMax: cfg.LockWaitMax},
+		logger:     cfg.Logger,
+		routes:     s.routes, locks: locks, metrics: s.metrics, stats: s.stats, counters: &s.counters,
+		untrack: s.untrack,
+	}
 	if err := s.Reload(cfg.Servers, cfg.Distribution, cfg.Hash); err != nil {
 		return nil, err
 	}
@@ -159,7 +167,7 @@ func (s *Server) track(nc net.Conn) bool {
 		nc.Write(replyTooManyConn)
 		return false
 	}
-	c := newClientConn(s, nc)
+	c := newClientConn(s.env, nc, s.nextPin.Add(1))
 	if s.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
 		s.cfg.Logger.Debug("client connected", "client", nc.RemoteAddr().String())
 	}

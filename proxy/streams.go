@@ -28,8 +28,8 @@ type dump struct {
 }
 
 func (c *clientConn) dump(line []byte) reply {
-	d := &dump{line: append(append([]byte(nil), line...), crlf...), timeout: c.s.cfg.Timeout}
-	for _, b := range c.s.routes.topo.Load().cache {
+	d := &dump{line: append(append([]byte(nil), line...), crlf...), timeout: c.env.timeout}
+	for _, b := range c.env.routes.topo.Load().cache {
 		d.servers = append(d.servers, b.addr)
 	}
 	return d
@@ -120,8 +120,8 @@ func (c *clientConn) watchLogs(line []byte) bool {
 func (c *clientConn) openLogStream(line []byte) (*logStream, reply) {
 	ls := &logStream{ctx: c.ctx, client: c.nc}
 	out := append(append([]byte(nil), line...), crlf...)
-	timeout := c.s.cfg.Timeout
-	for _, b := range c.s.routes.topo.Load().cache {
+	timeout := c.env.timeout
+	for _, b := range c.env.routes.topo.Load().cache {
 		nc, err := net.DialTimeout("tcp", b.addr, timeout)
 		if err != nil {
 			ls.close()
