@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"runtime/debug"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -37,7 +36,6 @@ type clientConn struct {
 	cr       *connReader
 	br       *bufio.Reader
 	pin      uint64 // picks the server connections this client's commands use
-	replies  chan reply
 	req      request
 	picks    []int // scratch for multi-key routing
 	session  *lockservice.Session
@@ -49,21 +47,14 @@ type clientConn struct {
 	long     []byte // scratch for retrieval lines longer than the read buffer
 	sawEOF   bool   // the client closed its side
 
-	queued atomic.Int64 // replies sent to the writer and not yet written
-	wmu    sync.Mutex   // guards what follows: the writer's side
-	bw     *bufio.Writer
-	broken bool          // a write failed: replies are dropped from now on
-	unsent []*grantReply // grants written since the last flush
-	grant  grantReply    // the LOCKED line written at once (sendGrant)
-	// deadline is the write deadline last set on the socket.
-	deadline time.Time
+	replyWriter // the writer's side (writer.go)
 }
 
 func newClientConn(env *connEnv, nc net.Conn, pin uint64) *clientConn {
-	c := &clientConn{env: env, nc: nc, pin: pin, replies: make(chan reply, maxPipeline)}
+	c := &clientConn{env: env, nc: nc, pin: pin}
 	c.cr = &connReader{nc: nc}
 	c.br = bufio.NewReaderSize(c.cr, clientBufferSize)
-	c.bw = bufio.NewWriterSize(nc, clientBufferSize)
+	c.replyWriter.init(nc, c.releaseGrant, c.stopReading)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.watch = c.startWatching
 	return c
@@ -123,22 +114,6 @@ func (c *clientConn) serve() {
 	}
 }
 
-func (c *clientConn) send(r reply) {
-	c.queued.Add(1)
-	c.replies <- r
-}
-
-// sendNow writes r at once from the reader when nothing is waiting to be
-// written before it, saving the hand-off to the writer: lock replies take
-// this path, since a grant's latency is a lock's throughput.
-func (c *clientConn) sendNow(r reply) {
-	if c.queued.Load() != 0 {
-		c.send(r)
-		return
-	}
-	c.output(r, true)
-}
-
 // close ends the connection. When the client may still be sending (the
 // proxy gave up on its stream), the proxy stops writing and drains a little
 // first: closing a socket with unread input resets it, and a reset can
@@ -151,63 +126,6 @@ func (c *clientConn) close() {
 	}
 	c.nc.Close()
 }
-
-// writeLoop writes replies in order, flushing only when no further reply is
-// already waiting, so pipelined replies share a write.
-func (c *clientConn) writeLoop() {
-	for r := range c.replies {
-		c.output(r, len(c.replies) == 0)
-		c.queued.Add(-1)
-	}
-	c.wmu.Lock()
-	if !c.broken {
-		c.bw.Flush()
-	}
-	c.wmu.Unlock()
-}
-
-// output writes one reply, and flushes when asked. A grant whose reply
-// cannot be delivered is released again.
-func (c *clientConn) output(r reply, flush bool) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	g, isGrant := r.(*grantReply)
-	if c.broken {
-		discard(r)
-		if isGrant {
-			c.releaseGrant(g)
-		}
-		return
-	}
-	r.write(c.bw)
-	if isGrant {
-		c.unsent = append(c.unsent, g)
-	}
-	if !flush {
-		return
-	}
-	// Refresh the deadline only now and then: setting it costs a timer
-	// update, and per flush that shows in profiles.
-	if now := time.Now(); c.deadline.Sub(now) < writeTimeout/2 {
-		c.deadline = now.Add(writeTimeout)
-		c.nc.SetWriteDeadline(c.deadline)
-	}
-	if err := c.bw.Flush(); err != nil {
-		c.broken = true
-		c.stopReading()
-		for _, g := range c.unsent {
-			c.releaseGrant(g)
-		}
-	}
-	c.unsent = c.unsent[:0]
-}
-
-// writeTimeout is how long a client may leave its replies unread before
-// the proxy gives up on it; until then it simply stops reading its commands.
-const writeTimeout = 30 * time.Second
-
-// discard waits for a reply nobody will read, so its resources are freed.
-func discard(r reply) { r.write(bufio.NewWriterSize(io.Discard, 16)) }
 
 var errLineTooLong = errors.New("line too long")
 

@@ -189,20 +189,8 @@ func (g *grantReply) write(w *bufio.Writer) {
 	w.Write(append(b, "\r\n"...))
 }
 
-// sendGrant is sendNow for a LOCKED line, written from the connection's
-// own grantReply when it goes out at once (nothing holds on to it after
-// output returns); one queued behind other replies gets its own.
-func (c *clientConn) sendGrant(g grantReply) {
-	if c.queued.Load() != 0 {
-		queued := new(grantReply)
-		*queued = g
-		c.send(queued)
-		return
-	}
-	c.grant = g
-	c.output(&c.grant, true)
-}
-
+// releaseGrant gives back a grant whose LOCKED line could not be delivered,
+// so that nobody holds a lock they do not know of.
 func (c *clientConn) releaseGrant(g *grantReply) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*c.env.timeout)
 	defer cancel()

@@ -192,13 +192,10 @@ func (s *Server) untrack(c *clientConn) {
 
 // closeReason says, for the debug log, why a client's connection ended.
 func closeReason(c *clientConn) string {
-	c.wmu.Lock()
-	broken := c.broken
-	c.wmu.Unlock()
 	switch {
 	case c.sawEOF:
 		return "client closed the connection"
-	case broken:
+	case c.writeFailed():
 		return "replies could not be written (client gone or not reading)"
 	case c.stopping.Load():
 		return "proxy shutting down"
