@@ -118,6 +118,9 @@ func (sc *serverConn) run(dialled func()) {
 	for {
 		nc, err := net.DialTimeout("tcp", sc.b.addr, sc.b.timeout)
 		if dialled != nil {
+			if err != nil {
+				sc.b.setUp(false, err) // down already when New returns, not a moment later
+			}
 			dialled()
 			dialled = nil
 		}
