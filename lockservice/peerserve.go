@@ -32,11 +32,11 @@ func (s *Service) ServePeer(ctx context.Context, next func() ([]byte, error), se
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	running := make(map[string]context.CancelFunc)
-	held := make(connGrants) // connection locks granted over this link, not released over it
+	held := newConnGrants() // connection locks granted over this link, not released over it
 	defer func() {
 		cancel()
 		wg.Wait()
-		if len(held) > 0 {
+		if len(held.grants) > 0 {
 			go s.releaseIfGone(held)
 		}
 	}()
@@ -68,7 +68,9 @@ func (s *Service) ServePeer(ctx context.Context, next func() ([]byte, error), se
 			out := s.servePeerRequest(rctx, op, args, func() { send([]byte(tag + " W\r\n")) })
 			mu.Lock()
 			delete(running, tag)
-			held.note(op, args, out)
+			if g, ok := held.note(op, args, out); ok {
+				held.know(g, s.members.list())
+			}
 			mu.Unlock()
 			stop()
 			send([]byte(tag + " " + out + "\r\n"))
@@ -132,26 +134,56 @@ func (s *Service) servePeerRequest(ctx context.Context, op string, args []string
 }
 
 // connGrants are the connection locks a peer's sessions hold through this
-// proxy: by name, the fence and the session.
-type connGrants map[string]connGrant
+// proxy, by name, and the proxies those sessions belong to as the
+// registry named them when they were granted (a proxy that hung before
+// it died may have left the registry by the time its link breaks).
+type connGrants struct {
+	grants  map[string]connGrant
+	proxies map[string]member // by instance
+}
 
 type connGrant struct {
 	fence uint64
 	conn  string // "<instance>:<session>"
 }
 
-// note records what a request's reply changed: a connection lock granted,
-// or one released to its last level.
-func (h connGrants) note(op string, args []string, out string) {
+func newConnGrants() *connGrants {
+	return &connGrants{grants: make(map[string]connGrant), proxies: make(map[string]member)}
+}
+
+func (g connGrant) instance() string {
+	instance, _, _ := strings.Cut(g.conn, ":")
+	return instance
+}
+
+// note records what a request's reply changed: a connection lock granted
+// (returned), or one released to its last level.
+func (h *connGrants) note(op string, args []string, out string) (connGrant, bool) {
 	f := strings.Fields(out)
 	switch {
 	case op == "L" && len(args) == 6 && args[4] == "c" && len(f) >= 2 && f[0] == "LOCKED":
 		if fence, err := strconv.ParseUint(f[1], 10, 64); err == nil {
-			h[args[0]] = connGrant{fence: fence, conn: args[5]}
+			g := connGrant{fence: fence, conn: args[5]}
+			h.grants[args[0]] = g
+			return g, true
 		}
 	case op == "U" && len(args) == 2 && out == "UNLOCKED 0":
-		if g, ok := h[args[0]]; ok && strconv.FormatUint(g.fence, 10) == args[1] {
-			delete(h, args[0])
+		if g, ok := h.grants[args[0]]; ok && strconv.FormatUint(g.fence, 10) == args[1] {
+			delete(h.grants, args[0])
+		}
+	}
+	return connGrant{}, false
+}
+
+// know remembers the registry's entry for g's proxy, once.
+func (h *connGrants) know(g connGrant, registry []member) {
+	instance := g.instance()
+	if _, ok := h.proxies[instance]; ok {
+		return
+	}
+	for _, m := range registry {
+		if m.instance == instance {
+			h.proxies[instance] = m
 		}
 	}
 }
@@ -161,12 +193,12 @@ func (h connGrants) note(op string, args []string, out string) {
 // with it, and so did their locks. A proxy that may still run (it answers,
 // or cannot be reached to tell) keeps them: its clients may hold them, and
 // their ttl ends them otherwise.
-func (s *Service) releaseIfGone(held connGrants) {
+func (s *Service) releaseIfGone(held *connGrants) {
 	gone := make(map[string]bool)
-	for name, g := range held {
-		instance, _, _ := strings.Cut(g.conn, ":")
+	for name, g := range held.grants {
+		instance := g.instance()
 		if _, seen := gone[instance]; !seen {
-			gone[instance] = s.peerGoneAfterTries(instance)
+			gone[instance] = s.peerGoneAfterTries(held.proxies[instance])
 		}
 		if !gone[instance] {
 			continue
@@ -200,15 +232,9 @@ func (s *Service) releaseGone(name string, fence uint64) error {
 // peerGoneAfterTries asks peerGone a few times, a timeout apart: a busy
 // machine may leave a dying proxy's address neither refusing nor
 // answering for a moment.
-func (s *Service) peerGoneAfterTries(instance string) bool {
-	var m member
-	for _, l := range s.members.list() {
-		if l.instance == instance {
-			m = l
-		}
-	}
+func (s *Service) peerGoneAfterTries(m member) bool {
 	if m.addr == "" {
-		return false // not in the registry: nothing to ask
+		return false // not in the registry when granted: nothing to ask
 	}
 	for try := 0; try < 3; try++ {
 		if s.peerGone(m) {

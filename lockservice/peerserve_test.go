@@ -2,8 +2,12 @@ package lockservice
 
 import (
 	"bufio"
+	"context"
+	"fmt"
 	"net"
 	"testing"
+
+	"github.com/memcachedlock/memcachedlock/lockext"
 )
 
 // A peer is taken for gone only when that is certain: its address refuses
@@ -46,5 +50,29 @@ func TestPeerGoneOnlyWhenCertain(t *testing.T) {
 		if got := s.peerGone(member{instance: "peer", addr: tc.addr, token: "t"}); got != tc.gone {
 			t.Errorf("%s: gone %v, want %v", tc.what, got, tc.gone)
 		}
+	}
+}
+
+// A proxy that hung before it died may have left the registry by the time
+// its link breaks: the home still knows it from when it granted the lock,
+// finds it gone, and releases its connection lock.
+func TestDeadPeerOutOfTheRegistryIsStillReleased(t *testing.T) {
+	s := newTestService(t, fakes("a:1"), 1, 5, "a:1")
+	g, err := s.manager.LockConn(context.Background(), lockext.Request{Name: "k", TTL: 5}, "deadpeer:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := closed.Addr().String()
+	closed.Close()
+	held := newConnGrants()
+	got, ok := held.note("L", []string{"k", "5", "0", "x", "c", "deadpeer:1"}, fmt.Sprintf("LOCKED %d 5 1 deadpeer:1", g.Fence))
+	if !ok {
+		t.Fatal("grant not noted")
+	}
+	held.know(got, []member{{instance: "deadpeer", addr: addr, token: "t"}})
+	s.releaseIfGone(held) // the registry of s has never heard of it
+	if _, err := tryLock(s, "k", "next"); err != nil {
+		t.Fatalf("lock after the dead peer's grant was released: %v", err)
 	}
 }
