@@ -220,13 +220,21 @@ func (s *Service) releaseGone(name string, fence uint64) error {
 		if err == nil || errors.Is(err, lockext.ErrNotFound) || errors.Is(err, lockext.ErrNotOwner) {
 			return err // released, or no longer that grant
 		}
-		select {
-		case <-s.quit:
+		if !s.pause(s.cfg.Timeout) {
 			return err
-		case <-time.After(s.cfg.Timeout):
 		}
 	}
 	return err
+}
+
+// pause waits d; false when the service closes first.
+func (s *Service) pause(d time.Duration) bool {
+	select {
+	case <-s.quit:
+		return false
+	case <-time.After(d):
+		return true
+	}
 }
 
 // peerGoneAfterTries asks peerGone a few times, a timeout apart: a busy
@@ -240,10 +248,8 @@ func (s *Service) peerGoneAfterTries(m member) bool {
 		if s.peerGone(m) {
 			return true
 		}
-		select {
-		case <-s.quit:
+		if !s.pause(s.cfg.Timeout) {
 			return false
-		case <-time.After(s.cfg.Timeout):
 		}
 	}
 	return false

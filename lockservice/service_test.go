@@ -15,23 +15,37 @@ import (
 	"github.com/memcachedlock/memcachedlock/ring"
 )
 
-// newTestService runs a service over fake lock servers named a:1, b:1, ...
-func newTestService(t *testing.T, fakes map[string]*fakeMC, replicas, maxTTL int, names ...string) *Service {
+// testConfig is a service's configuration over fake lock servers named
+// a:1, b:1, ...; tests change what they are about.
+func testConfig(t *testing.T, replicas, maxTTL int, names ...string) Config {
 	t.Helper()
 	servers, err := ring.ParseServers(names)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{
+	return Config{
 		Servers: servers, Distribution: ring.Ketama, Hash: "md5", Replicas: replicas,
 		Prefix: "__memcachedlock:", MaxTTL: maxTTL, MaxWait: time.Minute, Poll: 10 * time.Millisecond,
 		Timeout: 200 * time.Millisecond, Fresh: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, func(addr string) Conn { return fakes[addr] })
+	}
+}
+
+// startService runs a service with cfg over the fakes, closed at the end
+// of the test.
+func startService(t *testing.T, fakes map[string]*fakeMC, cfg Config) *Service {
+	t.Helper()
+	s, err := New(cfg, func(addr string) Conn { return fakes[addr] })
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
 	return s
+}
+
+// newTestService runs a service over fresh fake lock servers.
+func newTestService(t *testing.T, fakes map[string]*fakeMC, replicas, maxTTL int, names ...string) *Service {
+	t.Helper()
+	return startService(t, fakes, testConfig(t, replicas, maxTTL, names...))
 }
 
 func fakes(names ...string) map[string]*fakeMC {
@@ -175,16 +189,9 @@ func TestLayoutDiffers(t *testing.T) {
 // deadline is shorter than that wait.
 func TestNewServerAdoptedWithShortDeadlines(t *testing.T) {
 	f := fakes("a:1")
-	servers, _ := ring.ParseServers([]string{"a:1"})
-	s, err := New(Config{
-		Servers: servers, Distribution: ring.Ketama, Hash: "md5", Replicas: 1,
-		Prefix: "__memcachedlock:", MaxTTL: 300, MaxWait: time.Minute, Poll: 10 * time.Millisecond,
-		Timeout: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, func(addr string) Conn { return f[addr] })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	cfg := testConfig(t, 1, 300, "a:1")
+	cfg.Timeout, cfg.Fresh = 50*time.Millisecond, false
+	s := startService(t, f, cfg)
 	for i := 0; ; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		_, err := s.NewSession().Lock(ctx, lockext.Request{Name: "k", TTL: 1, Owner: "o"})
@@ -217,16 +224,9 @@ func TestLossAnnouncedToLaterProxy(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(100 * time.Millisecond) // the announcement is written by then
-	servers, _ := ring.ParseServers([]string{"a:1"})
-	later, err := New(Config{
-		Servers: servers, Distribution: ring.Ketama, Hash: "md5", Replicas: 1,
-		Prefix: "__memcachedlock:", MaxTTL: 300, MaxWait: time.Minute, Poll: 10 * time.Millisecond,
-		Timeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, func(addr string) Conn { return f[addr] })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer later.Close()
+	cfg := testConfig(t, 1, 300, "a:1")
+	cfg.Timeout, cfg.Fresh = time.Second, false
+	later := startService(t, f, cfg)
 	if g, err := tryLock(later, "k", "two"); !errors.Is(err, ErrRecovering) {
 		t.Fatalf("a proxy started after the loss: %+v %v, want recovering", g, err)
 	}
@@ -237,16 +237,9 @@ func TestLossAnnouncedToLaterProxy(t *testing.T) {
 // marker.
 func TestNewClusterOfSeveralServers(t *testing.T) {
 	f := fakes("a:1", "b:1", "c:1")
-	servers, _ := ring.ParseServers([]string{"a:1", "b:1", "c:1"})
-	s, err := New(Config{
-		Servers: servers, Distribution: ring.Ketama, Hash: "md5", Replicas: 1,
-		Prefix: "__memcachedlock:", MaxTTL: 300, MaxWait: time.Minute, Poll: 10 * time.Millisecond,
-		Timeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, func(addr string) Conn { return f[addr] })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	cfg := testConfig(t, 1, 300, "a:1", "b:1", "c:1")
+	cfg.Timeout, cfg.Fresh = time.Second, false
+	s := startService(t, f, cfg)
 	for i := 0; i < 30; i++ {
 		if _, err := tryLock(s, fmt.Sprintf("k%d", i), "o"); err != nil {
 			t.Fatalf("lock %d in a new cluster: %v", i, err)
@@ -294,12 +287,9 @@ func TestNoMajorityIsUnavailableForEveryCommand(t *testing.T) {
 func TestStateFileRemembersAcrossAFullRestart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "lockstate")
 	f := fakes("a:1")
-	cfg := func() Config {
-		return Config{Servers: []ring.Server{{Addr: "a:1", Weight: 1}}, Distribution: ring.Ketama, Hash: "md5",
-			Prefix: "__memcachedlock:", MaxTTL: 30, MaxWait: time.Minute, Poll: 10 * time.Millisecond,
-			Timeout: 200 * time.Millisecond, Fresh: true, StateFile: path, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	}
-	first, err := New(cfg(), func(string) Conn { return f["a:1"] })
+	cfg := testConfig(t, 1, 30, "a:1")
+	cfg.StateFile = path
+	first, err := New(cfg, func(string) Conn { return f["a:1"] })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +305,7 @@ func TestStateFileRemembersAcrossAFullRestart(t *testing.T) {
 	first.Close()
 	f["a:1"].flush() // memcached restarted empty, marker and all
 
-	second, err := New(cfg(), func(string) Conn { return f["a:1"] })
+	second, err := New(cfg, func(string) Conn { return f["a:1"] })
 	if err != nil {
 		t.Fatal(err)
 	}
