@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/urfave/cli/v2"
 
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
 	"github.com/memcachedlock/memcachedlock/lockclient"
 )
 
@@ -34,6 +36,7 @@ func locksCommand() *cli.Command {
 			&cli.IntSliceFlag{Name: "replicas", Value: cli.NewIntSlice(1, 3), Usage: "--lock-replicas values to run"},
 			&cli.IntFlag{Name: "rounds", Value: 1, Usage: "runs of each case, alternating; the table shows the median by grants/s"},
 			&cli.BoolFlag{Name: "polling", Value: true, Usage: "run the polling baseline too"},
+			&cli.BoolFlag{Name: "ceiling", Value: true, Usage: "run an in-memory lock server too: the busiest any lock with a process between its clients gets here"},
 		},
 		Action: runLocks,
 	}
@@ -108,6 +111,13 @@ func runLocks(cc *cli.Context) error {
 		}
 		results = append(results, polling)
 	}
+	if cc.Bool("ceiling") {
+		r, err := ceilingRun(w, hold, think, d, cache[0])
+		if err != nil {
+			return err
+		}
+		results = append(results, r)
+	}
 	printLockTable(results, hold)
 	if rtt, err := roundTrip(cache[0]); err == nil {
 		// A handoff needs at least the releaser's unlock to reach a proxy,
@@ -167,7 +177,8 @@ func roundTrip(addr string) (time.Duration, error) {
 }
 
 // printRatios compares each case of bin with one proxy and one replica of
-// the same binary, and the polling baseline (the last result) with that.
+// the same binary, and the baselines after the cases (polling, the
+// ceiling) with that.
 func printRatios(cases []lockCase, results []lockResult, bin string, named bool) {
 	find := func(n, replicas int) *lockResult {
 		for i, c := range cases {
@@ -192,9 +203,35 @@ func printRatios(cases []lockCase, results []lockResult, bin string, named bool)
 		label = bin + ": "
 	}
 	fmt.Printf("\n%sgrants/s / (1 proxy, 1 replica): %s\n", label, strings.Join(parts, ", "))
-	if len(results) > len(cases) {
-		fmt.Printf("%smemcachedlock (1 proxy) / polling grants/s: %.2fx\n", label, one.rate()/results[len(results)-1].rate())
+	for _, base := range results[len(cases):] {
+		fmt.Printf("%s1 proxy / %s: %.2fx\n", label, base.name, one.rate()/base.rate())
 	}
+}
+
+// ceilingRun runs the workers against the in-memory lock server.
+func ceilingRun(w int, hold, think, d time.Duration, cache string) (lockResult, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return lockResult{}, err
+	}
+	port, err := testmc.FreePort()
+	if err != nil {
+		return lockResult{}, err
+	}
+	var ps procs
+	defer ps.stop()
+	addr, err := ps.ceiling(self, port)
+	if err != nil {
+		return lockResult{}, err
+	}
+	pids := []int{ps[0].Process.Pid}
+	before := ticksOf(pids)
+	r, err := lockRun("ceiling: in memory, 1 process", w, hold, think, d, cache, func(int) (locker, error) {
+		c, err := lockclient.Dial(context.Background(), addr)
+		return &proxyLocker{c: c}, err
+	})
+	r.cpuTicks = ticksOf(pids) - before
+	return r, err
 }
 
 // proxiedRun starts fresh lock servers and n proxies in front of them,

@@ -16,7 +16,7 @@ func main() {
 	app := &cli.App{
 		Name:     "memcachedlock-bench",
 		Usage:    "benchmarks of memcachedlock beside direct memcached and twemproxy",
-		Commands: []*cli.Command{locksCommand(), proxyCommand(), idleCommand()},
+		Commands: []*cli.Command{locksCommand(), proxyCommand(), idleCommand(), ceilingCommand()},
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "memcachedlock-bench:", err)
