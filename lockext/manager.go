@@ -50,6 +50,9 @@ type Grant struct {
 // Stats are the Manager's counters.
 type Stats struct {
 	Grants, Waits, Timeouts, Handoffs, Waiters uint64
+	// EarlyHandoffs are the handoffs made to a reserved successor before
+	// memcached was written.
+	EarlyHandoffs uint64
 }
 
 // Manager grants locks whose state lives in a Store.
@@ -63,7 +66,7 @@ type Manager struct {
 	closed    bool
 	sessions  atomic.Uint64
 
-	grants, waits, timeouts, handoffs atomic.Uint64
+	grants, waits, timeouts, handoffs, early atomic.Uint64
 	waiters                           atomic.Int64
 }
 
@@ -76,8 +79,12 @@ type keyState struct {
 	first   [1]*waiter    // queue's first array: a lone waiter costs no slice
 	seen    uint64        // highest fence seen on this name, so ours go above it
 	handing int           // releases handing the lock on; while any is, the head must not try
-	trying  bool          // the head is trying; a release waits for it to finish
-	tried   chan struct{} // closed when the head's try ends; made by a release that waits for it
+	trying  bool          // the head is trying or reserving, or a handoff confirming; a release waits for it to finish
+	tried   chan struct{} // closed when that write ends; made by a release that waits for it
+	// reserved is the successor this process last wrote into the record
+	// of the grant it holds: while held.rec.next is the same and that
+	// waiter is the head, a release hands over before writing.
+	reserved *successor
 }
 
 // holding is a grant made by this process, with the version it left in
@@ -109,6 +116,35 @@ type waiter struct {
 	req   Request       // a copy: the waiter is the one allocation a wait needs
 	wake  chan struct{} // a signal: something changed, look again
 	grant *Grant        // set under the mutex by a handoff
+	fence uint64        // the fence of its reservation as successor, if it has one
+}
+
+// successorOf makes w the successor of the grant this process holds,
+// with a fence of its own; m.mu must be held.
+func (m *Manager) successorOf(st *keyState, w *waiter) *successor {
+	w.fence = m.nextFence(st)
+	return &successor{fence: w.fence, mode: mode(&w.req), kind: w.req.kind, ttl: w.req.TTL, owner: w.req.owner}
+}
+
+// abandoned reports whether s is a successor this process reserved for a
+// waiter that is no longer here; m.mu must be held.
+func (st *keyState) abandoned(s *successor) bool {
+	if st.reserved == nil || *st.reserved != *s {
+		return false
+	}
+	for _, w := range st.queue {
+		if w.fence == s.fence {
+			return false
+		}
+	}
+	return true
+}
+
+// isReserved reports whether the grant this process holds names w as its
+// successor, in the version this process wrote; m.mu must be held.
+func (st *keyState) isReserved(w *waiter) bool {
+	h, r := st.held, st.reserved
+	return h != nil && r != nil && h.rec.next != nil && *h.rec.next == *r && r.fence == w.fence
 }
 
 // New returns a Manager over store.
@@ -122,7 +158,7 @@ func New(store Store, cfg Config) *Manager {
 // Stats returns the counters.
 func (m *Manager) Stats() Stats {
 	return Stats{Grants: m.grants.Load(), Waits: m.waits.Load(), Timeouts: m.timeouts.Load(),
-		Handoffs: m.handoffs.Load(), Waiters: uint64(max(m.waiters.Load(), 0))}
+		Handoffs: m.handoffs.Load(), Waiters: uint64(max(m.waiters.Load(), 0)), EarlyHandoffs: m.early.Load()}
 }
 
 // Close makes every wait end with ErrClosed and refuses new ones.
@@ -169,7 +205,7 @@ func (m *Manager) state(name string) *keyState {
 
 // forget drops a state nobody holds or waits for; m.mu must be held.
 func (m *Manager) forget(st *keyState) {
-	if st.held == nil && len(st.queue) == 0 && st.handing == 0 {
+	if st.held == nil && len(st.queue) == 0 && st.handing == 0 && !st.trying {
 		delete(m.keys, st.key.Name)
 	}
 }
@@ -254,20 +290,19 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 			m.mu.Unlock()
 			return Grant{}, ErrClosed
 		}
-		try, sleep, ttl := m.turn(st, w)
+		try, reserve, sleep, ttl := m.turn(st, w)
 		if ttl >= 0 {
 			holderTTL = ttl
 		}
 		m.mu.Unlock()
 
+		if reserve {
+			m.reserve(ctx, st, w)
+		}
 		if try {
 			g, ttl, err := m.attempt(ctx, st, req)
 			m.mu.Lock()
-			st.trying = false
-			if st.tried != nil {
-				close(st.tried)
-				st.tried = nil
-			}
+			m.endTry(st)
 			if err == nil || !errors.Is(err, ErrNotLocked) {
 				m.leave(st, w)
 				m.mu.Unlock()
@@ -317,20 +352,63 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 // (at the poll interval) in case the grant was released, shortened or
 // expired through another process: what we remember is a hint. A request
 // that tries once always looks.
-func (m *Manager) turn(st *keyState, w *waiter) (try bool, sleep time.Duration, ttl int) {
-	try = st.queue[0] == w && st.handing == 0
+//
+// A head that waits for a grant this process holds first has itself
+// written into that grant's record as its successor (reserve), unless it
+// is already: then the release can hand over before it writes.
+func (m *Manager) turn(st *keyState, w *waiter) (try, reserve bool, sleep time.Duration, ttl int) {
+	try = st.queue[0] == w && st.handing == 0 && !st.trying
 	sleep, ttl = time.Duration(math.MaxInt64), -1
 	if h := st.held; h != nil && try && w.req.Wait > 0 {
 		until := time.Until(h.expires)
 		ttl = max(int(until.Seconds()+0.5), 0)
 		if until > 0 && !h.checkDue(m.cfg.Poll) {
 			try, sleep = false, min(until, m.cfg.Poll)
+			reserve = !st.isReserved(w) && (h.rec.next == nil || h.rec.next == st.reserved)
 		}
 	}
-	if try {
+	if try || reserve {
 		st.trying = true
 	}
-	return try, sleep, ttl
+	return try, reserve, sleep, ttl
+}
+
+// reserve writes w, the head, into the record of the grant this process
+// holds as its successor. A record that changed meanwhile drops the hint:
+// the head then looks in memcached on its next turn.
+func (m *Manager) reserve(ctx context.Context, st *keyState, w *waiter) {
+	m.mu.Lock()
+	h := st.held
+	if h == nil || !h.live() { // changed by an extend or refresh meanwhile
+		m.endTry(st)
+		m.mu.Unlock()
+		return
+	}
+	rec := h.rec
+	rec.next = m.successorOf(st, w)
+	holdTTL := max(int(math.Ceil(time.Until(h.expires).Seconds())), 1)
+	m.mu.Unlock()
+	ver, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), rec.itemTTL(holdTTL), h.ver)
+	m.mu.Lock()
+	switch {
+	case err == nil && st.held == h:
+		h.rec, h.ver, st.reserved = rec, ver, rec.next
+	case err == nil:
+		st.held, st.reserved = nil, rec.next
+	case errors.Is(err, ErrStoreExists), errors.Is(err, ErrStoreMiss):
+		st.held = nil
+	}
+	m.mu.Unlock()
+	m.afterWrite(ctx, st, 0) // w may have left meanwhile
+}
+
+// endTry ends a write that releases wait for; m.mu must be held.
+func (m *Manager) endTry(st *keyState) {
+	st.trying = false
+	if st.tried != nil {
+		close(st.tried)
+		st.tried = nil
+	}
 }
 
 // giveUp ends a wait that ran out or was cancelled, unless a handoff won
@@ -339,7 +417,17 @@ func (m *Manager) giveUp(ctx context.Context, st *keyState, w *waiter, holderTTL
 	m.mu.Lock()
 	granted := w.grant
 	m.leave(st, w)
+	// A successor of ours that leaves the queue empty is written out of
+	// the holder's record (see afterWrite), unless a write is on its way
+	// that will see to it.
+	unreserve := granted == nil && st.reserved != nil && st.reserved.fence == w.fence && !st.trying
+	if unreserve {
+		st.trying = true
+	}
 	m.mu.Unlock()
+	if unreserve {
+		m.afterWrite(context.WithoutCancel(ctx), st, 0)
+	}
 	if granted != nil {
 		return *granted, nil
 	}
@@ -379,11 +467,11 @@ func (m *Manager) leave(st *keyState, w *waiter) {
 func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Grant, int, error) {
 	for tries := 0; tries < 8; tries++ {
 		m.mu.Lock()
-		rec := record{fence: m.nextFence(st), mode: mode(req), count: 1, kind: req.kind, owner: req.owner}
+		mine := record{fence: m.nextFence(st), mode: mode(req), count: 1, kind: req.kind, owner: req.owner}
 		m.mu.Unlock()
-		ver, err := m.store.Add(ctx, st.key, rec.encode(), req.TTL)
+		ver, err := m.store.Add(ctx, st.key, mine.encode(), req.TTL)
 		if err == nil {
-			return m.granted(st, rec, ver, req.TTL), 0, nil
+			return m.granted(st, mine, ver, req.TTL), 0, nil
 		}
 		if !errors.Is(err, ErrStoreExists) {
 			return Grant{}, 0, unavailable(err)
@@ -395,20 +483,38 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 		if err != nil {
 			return Grant{}, 0, unavailable(err)
 		}
-		cur, err := decodeRecord(it.Value)
+		rec, err := decodeRecord(it.Value)
 		if err != nil {
 			return Grant{}, 0, err
 		}
+		cur, ttl := rec.inForce(it.TTL)
 		m.mu.Lock()
-		st.seen = max(st.seen, cur.fence)
+		st.seen = max(st.seen, rec.fence)
+		if rec.next != nil {
+			st.seen = max(st.seen, rec.next.fence)
+		}
 		if h := st.held; h != nil && h.rec.fence != cur.fence {
 			st.held = nil // released or taken over through another process
 		}
+		abandoned := rec.next != nil && cur.fence == rec.next.fence && st.abandoned(rec.next)
 		m.mu.Unlock()
-		if !cur.sameHolder(req) {
-			return Grant{}, it.TTL, ErrNotLocked
+		if abandoned {
+			// A successor of ours that left, still named after its grant
+			// ran out (the write taking it out failed): the lock is free.
+			ver, err := m.store.CompareAndSwap(ctx, st.key, mine.encode(), req.TTL, it.Version)
+			if err == nil {
+				return m.granted(st, mine, ver, req.TTL), 0, nil
+			}
+			if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
+				continue
+			}
+			return Grant{}, 0, unavailable(err)
 		}
-		// Ours already, taken through another process or before a lost reply.
+		if !cur.sameHolder(req) {
+			return Grant{}, ttl, ErrNotLocked
+		}
+		// Ours already: taken through another process or before a lost
+		// reply, or reserved for us by a grant whose time is up.
 		g, err := m.renew(ctx, st, req, cur, it.Version)
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
 			continue
@@ -449,7 +555,7 @@ func (m *Manager) renew(ctx context.Context, st *keyState, req *Request, cur rec
 	if req.Reentrant {
 		cur.count++
 	}
-	newVer, err := m.store.CompareAndSwap(ctx, st.key, cur.encode(), req.TTL, ver)
+	newVer, err := m.store.CompareAndSwap(ctx, st.key, cur.encode(), cur.itemTTL(req.TTL), ver)
 	if err != nil {
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
 			return Grant{}, err

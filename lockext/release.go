@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"time"
 )
@@ -28,18 +29,19 @@ func (m *Manager) release(ctx context.Context, name string, fence uint64, all bo
 	return m.withGrant(ctx, name, fence, func(st *keyState, cur current) (int, error) {
 		if cur.rec.count > 1 && !all {
 			cur.rec.count--
-			ver, err := m.store.CompareAndSwap(ctx, st.key, cur.rec.encode(), cur.ttl, cur.ver)
+			ver, err := m.store.CompareAndSwap(ctx, st.key, cur.rec.encode(), cur.rec.itemTTL(cur.ttl), cur.ver)
 			if err == nil {
 				m.granted(st, cur.rec, ver, cur.ttl)
 			}
 			return cur.rec.count, err
 		}
-		return 0, m.handOn(ctx, st, cur.ver)
+		return 0, m.handOn(ctx, st, cur)
 	})
 }
 
-// current is a grant as withGrant found it: its record, the version it
-// has in memcached and its remaining seconds.
+// current is a grant as withGrant found it: its record (with the
+// successor it names, if any), the version it has in memcached and its
+// remaining seconds.
 type current struct {
 	rec record
 	ver Version
@@ -78,12 +80,13 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 			if err != nil {
 				return 0, err
 			}
+			rec, ttl := rec.inForce(it.TTL)
 			if rec.fence != fence {
 				m.dropHeld(st, fence)
 				return 0, ErrNotOwner
 			}
 			// Written back, the grant keeps its own end.
-			cur = current{rec: rec, ver: it.Version, ttl: max(it.TTL, 1)}
+			cur = current{rec: rec, ver: it.Version, ttl: max(ttl, 1)}
 		}
 		n, err := change(st, cur)
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
@@ -98,9 +101,10 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 	return 0, ErrNotOwner
 }
 
-// handOn frees the lock whose current version is ver: straight to the head
-// waiter here when there is one, else by deleting the item.
-func (m *Manager) handOn(ctx context.Context, st *keyState, ver Version) error {
+// handOn frees the grant cur: to the successor its record names, else
+// straight to the head waiter here when there is one, else by deleting
+// the item.
+func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 	// A count, not a flag: the new holder may release (and hand on again)
 	// before this release has finished.
 	m.mu.Lock()
@@ -115,10 +119,11 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, ver Version) error {
 	for {
 		m.mu.Lock()
 		if st.trying {
-			// The head is looking in memcached by itself: let it finish,
-			// then hand over. Writing meanwhile would have the two changes
-			// meet on the replicas in different orders, and a name whose
-			// replicas disagree needs all of them to decide.
+			// A write of this process is on its way (the head looking by
+			// itself or reserving, or a handoff's confirmation): let it
+			// finish, then hand over. Writing meanwhile would have the two
+			// changes meet on the replicas in different orders, and a name
+			// whose replicas disagree needs all of them to decide.
 			if st.tried == nil {
 				st.tried = make(chan struct{})
 			}
@@ -131,24 +136,49 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, ver Version) error {
 			}
 			continue
 		}
+		if h := st.held; h != nil && h.rec.fence == cur.rec.fence {
+			cur.rec, cur.ver = h.rec, h.ver // that write may have been to this grant
+		}
 		st.held = nil
-		if len(st.queue) == 0 {
-			// Nobody to hand to: free the lock.
+		next := cur.rec.next
+		ours := next != nil && st.reserved != nil && *st.reserved == *next
+		if next != nil && !ours {
+			// Another process reserved the lock for one of its waiters:
+			// the release is that waiter's grant, which its process finds
+			// when it looks.
 			m.mu.Unlock()
-			return m.store.CompareAndDelete(ctx, st.key, ver)
+			_, err := m.store.CompareAndSwap(ctx, st.key, next.holder().encode(), next.ttl, cur.ver)
+			return err
+		}
+		if len(st.queue) == 0 {
+			// Nobody to hand to (a successor of ours has left): free the lock.
+			m.mu.Unlock()
+			err := m.store.CompareAndDelete(ctx, st.key, cur.ver)
+			if err == nil {
+				m.mu.Lock()
+				st.reserved = nil
+				m.mu.Unlock()
+			}
+			return err
 		}
 		w := st.queue[0]
+		if next != nil && w.fence == next.fence && m.kept(st.key, cur.ver) {
+			m.handOver(ctx, st, w, next, cur.ver)
+			return nil
+		}
 		req := &w.req
 		rec := record{fence: m.nextFence(st), mode: mode(req), count: 1, kind: req.kind, owner: req.owner}
+		rec.next = m.nextSuccessor(st, 1)
 		m.mu.Unlock()
 
-		newVer, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), req.TTL, ver)
+		newVer, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), rec.itemTTL(req.TTL), cur.ver)
 		if err != nil {
 			return err
 		}
-		ver = newVer
+		cur.rec, cur.ver = rec, newVer
 		g := m.granted(st, rec, newVer, req.TTL)
 		m.mu.Lock()
+		st.reserved = rec.next
 		if len(st.queue) > 0 && st.queue[0] == w {
 			// The waiter is still there: the grant is its. Had it left in the
 			// meantime, the loop passes the grant on to the next one.
@@ -163,6 +193,132 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, ver Version) error {
 			// goroutine just woken here and now instead of after them.
 			runtime.Gosched()
 			return nil
+		}
+		m.mu.Unlock()
+	}
+}
+
+// kept reports whether the store surely still holds v; see Keeper.
+func (m *Manager) kept(k Key, v Version) bool {
+	keeper, ok := m.store.(Keeper)
+	return !ok || keeper.Kept(k, v)
+}
+
+// nextSuccessor is the successor to name in a record written now: the
+// waiter that will be the head once the first skip have the lock, if it
+// waits at all; m.mu must be held.
+func (m *Manager) nextSuccessor(st *keyState, skip int) *successor {
+	if len(st.queue) <= skip || st.queue[skip].req.Wait <= 0 {
+		return nil
+	}
+	return m.successorOf(st, st.queue[skip])
+}
+
+// handOver gives the lock to w, the successor that the released grant's
+// record names, before memcached hears of it: the item lives long enough
+// to cover w's grant already (see successor). It then writes w in as the
+// holder, with the next head as w's successor; w's own release waits for
+// that write. m.mu is held on entry and released.
+func (m *Manager) handOver(ctx context.Context, st *keyState, w *waiter, next *successor, reservation Version) {
+	rec := next.holder()
+	now := time.Now()
+	h := &holding{rec: rec, ver: reservation, expires: now.Add(time.Duration(next.ttl) * time.Second), checked: now}
+	st.held = h
+	w.grant = &Grant{Name: st.key.Name, Fence: rec.fence, TTL: next.ttl, Count: 1, Owner: rec.owner}
+	st.queue = st.queue[1:]
+	signal(w.wake)
+	rec.next = m.nextSuccessor(st, 0)
+	st.trying = true
+	m.mu.Unlock()
+	m.grants.Add(1)
+	m.handoffs.Add(1)
+	m.early.Add(1)
+	runtime.Gosched() // the new holder's reply first, as above
+	m.confirm(context.WithoutCancel(ctx), st, h, rec, next.ttl)
+	m.afterWrite(ctx, st, 1)
+}
+
+// confirm writes the grant h, made ahead of memcached, in place of the
+// record that reserved it. Should the record have changed meanwhile, it
+// looks why: a changed holder's record still naming h's successor is
+// written again; h's grant already there (another process handed the
+// release on) is taken as it is.
+func (m *Manager) confirm(ctx context.Context, st *keyState, h *holding, rec record, ttl int) {
+	ver := h.ver
+	for tries := 0; tries < 8; tries++ {
+		newVer, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), rec.itemTTL(ttl), ver)
+		if err == nil {
+			m.mu.Lock()
+			if st.held == h {
+				h.rec, h.ver, st.reserved = rec, newVer, rec.next
+			}
+			m.mu.Unlock()
+			break
+		}
+		if !errors.Is(err, ErrStoreExists) && !errors.Is(err, ErrStoreMiss) {
+			break // the reservation still covers h: its release writes over it
+		}
+		it, err := m.store.Get(ctx, st.key)
+		if err != nil {
+			break
+		}
+		there, err := decodeRecord(it.Value)
+		if err != nil {
+			break
+		}
+		if there.next != nil && there.next.fence == h.rec.fence {
+			ver = it.Version
+			continue
+		}
+		m.mu.Lock()
+		if st.held == h {
+			if there.fence == h.rec.fence {
+				h.rec, h.ver = there, it.Version
+			} else {
+				st.held = nil // h has been released through another process since
+			}
+		}
+		m.mu.Unlock()
+		break
+	}
+}
+
+// afterWrite ends a write that releases wait for; handing counts the
+// caller's own release, if it is one. If the successor this process
+// reserved has left and nobody waits here any more, it first writes that
+// successor out of the record, so that the lock is free when its grant
+// ends rather than a successor's ttl later. (A release waiting meanwhile
+// frees the lock itself; a head waiting meanwhile reserves itself.)
+func (m *Manager) afterWrite(ctx context.Context, st *keyState, handing int) {
+	for {
+		m.mu.Lock()
+		h, r := st.held, st.reserved
+		if h == nil || r == nil || h.rec.next == nil || *h.rec.next != *r || len(st.queue) > 0 || st.handing > handing {
+			m.endTry(st)
+			m.wakeHead(st) // it does not try or reserve while a write is on its way
+			m.mu.Unlock()
+			return
+		}
+		rec := h.rec
+		rec.next = nil
+		holdTTL := max(int(math.Ceil(time.Until(h.expires).Seconds())), 1)
+		m.mu.Unlock()
+		ver, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), holdTTL, h.ver)
+		m.mu.Lock()
+		switch {
+		case err == nil && st.held == h:
+			h.rec, h.ver, st.reserved = rec, ver, nil
+		case err == nil:
+			st.reserved = nil
+		default:
+			// Kept in st.reserved, the successor is still known for ours:
+			// a release through here frees the lock instead of handing it
+			// to a waiter that left, and once the grant has run out,
+			// attempt takes it over.
+			m.endTry(st)
+			m.wakeHead(st)
+			m.mu.Unlock()
+			return
 		}
 		m.mu.Unlock()
 	}
@@ -190,7 +346,7 @@ func (m *Manager) Extend(ctx context.Context, name string, fence uint64, ttl int
 		return 0, fmt.Errorf("%w: ttl must be 1 to %d", ErrBadRequest, m.cfg.MaxTTL)
 	}
 	return m.withGrant(ctx, name, fence, func(st *keyState, cur current) (int, error) {
-		ver, err := m.store.CompareAndSwap(ctx, st.key, cur.rec.encode(), ttl, cur.ver)
+		ver, err := m.store.CompareAndSwap(ctx, st.key, cur.rec.encode(), cur.rec.itemTTL(ttl), cur.ver)
 		if err != nil {
 			return 0, err
 		}
@@ -222,6 +378,7 @@ func (m *Manager) Info(ctx context.Context, name string) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
+	rec, ttl := rec.inForce(it.TTL)
 	m.mu.Lock()
 	waiters := 0
 	if st := m.keys[name]; st != nil {
@@ -232,5 +389,5 @@ func (m *Manager) Info(ctx context.Context, name string) (Info, error) {
 	if rec.kind == kindConn {
 		owner = "conn:" + owner
 	}
-	return Info{Grant: Grant{Name: name, Fence: rec.fence, TTL: it.TTL, Count: rec.count, Owner: owner}, Waiters: waiters}, nil
+	return Info{Grant: Grant{Name: name, Fence: rec.fence, TTL: ttl, Count: rec.count, Owner: owner}, Waiters: waiters}, nil
 }

@@ -53,6 +53,11 @@ type replica struct {
 	// server lost its state rather than being new.
 	remembered time.Time
 
+	// confirmed is when (unix ns) a read of the marker last found the one
+	// trusted: the server had lost nothing up to then. Reads are timed
+	// from before they were sent.
+	confirmed atomic.Int64
+
 	mu        sync.Mutex
 	fresh     bool   // trust a server without a marker: it was just started for us
 	known     string // the marker value trusted; "" until adopted
@@ -256,11 +261,27 @@ func (r *replica) watch(ctx context.Context) {
 	if known == "" {
 		return
 	}
+	sent := time.Now()
 	m, err := r.readMarker(ctx)
 	if err != nil {
 		return
 	}
-	r.check(known, m, -1)
+	if r.check(known, m, -1) == nil {
+		r.confirmed.Store(sent.UnixNano())
+	}
+}
+
+// keptSince reports whether the server had lost nothing up to the given
+// time: it is trusted, and its marker was found as trusted after then. A
+// loss after that look is seen by the next one (or, for an eviction, by
+// the next add, which any grant of a lock found free is), and the
+// recovery that follows, a second longer than any grant, covers what was
+// decided in between.
+func (r *replica) keptSince(t time.Time) bool {
+	r.mu.Lock()
+	ok := r.known != "" && !time.Now().Before(r.until) && r.differs == ""
+	r.mu.Unlock()
+	return ok && r.confirmed.Load() >= t.UnixNano()
 }
 
 // trust adopts a marker value read from the server: a ready marker is
@@ -529,6 +550,7 @@ func (r *replica) writeOnce(ctx context.Context, trusted, item string, value []b
 	}
 	// The batch's buffer takes the replies: nothing read from them is kept
 	// once this returns.
+	sent := time.Now()
 	reply, err := r.conn.Exchange(ctx, batch, batch[len(batch):])
 	*bp = batch
 	if err != nil {
@@ -566,6 +588,7 @@ func (r *replica) writeOnce(ctx context.Context, trusted, item string, value []b
 		}
 		return 0, ErrRecovering
 	}
+	r.confirmed.Store(sent.UnixNano())
 	return uint64(newCAS), nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/memcachedlock/memcachedlock/lockext"
 	"github.com/memcachedlock/memcachedlock/ring"
@@ -41,6 +42,30 @@ func (v *version) casAt(i int) uint64 {
 }
 
 func (s *store) majority() int { return s.n/2 + 1 }
+
+// Kept reports whether v is surely still on a majority of the name's
+// lock servers: on as many that took it and have surely lost nothing
+// since a moment ago (see replica.keptSince). Any other write needs a
+// majority too, so it meets one of them; and one that lost v before that
+// moment is recovering still, since v's grant ends before its recovery.
+func (s *store) Kept(k lockext.Key, v lockext.Version) bool {
+	ver, _ := v.(*version)
+	if ver == nil || s.differ() != nil {
+		return false
+	}
+	since := time.Now().Add(-keptWindow)
+	n := 0
+	for i, r := range s.of(k.Name) {
+		if ver.casAt(i) != 0 && r.keptSince(since) {
+			n++
+		}
+	}
+	return n >= s.majority()
+}
+
+// keptWindow is how recent a look at a lock server's marker Kept wants:
+// well inside the second by which a recovery outlasts every grant.
+const keptWindow = 500 * time.Millisecond
 
 // of returns the replicas that hold a name.
 func (s *store) of(name string) []*replica {

@@ -79,6 +79,7 @@ func (m *metrics) readOnScrape(count *counters, routes *routing, locks *lockserv
 		gauge("memcachedlock_lock_waiters", "Lock commands waiting in this proxy.", func() float64 { return float64(locks.Stats().Waiters) }),
 		counter("memcachedlock_lock_grants_total", "Locks granted.", func() float64 { return float64(locks.Stats().Grants) }),
 		counter("memcachedlock_lock_handoffs_total", "Locks handed straight from a releasing holder to a waiter.", func() float64 { return float64(locks.Stats().Handoffs) }),
+		counter("memcachedlock_lock_handoffs_early_total", "Handoffs to a waiter reserved as the successor, made before memcached was written.", func() float64 { return float64(locks.Stats().EarlyHandoffs) }),
 		counter("memcachedlock_lock_timeouts_total", "Lock waits that ran out.", func() float64 { return float64(locks.Stats().Timeouts) }),
 		counter("memcachedlock_lock_forwarded_total", "Lock commands forwarded to the name's home proxy.", func() float64 { return float64(locks.Stats().ForwardedOut) }),
 		counter("memcachedlock_lock_forwarded_in_total", "Lock commands served here for other proxies, as the name's home.", func() float64 { return float64(locks.Stats().ForwardedIn) }),

@@ -88,6 +88,7 @@ func (p *proxyStats) write(w *bufio.Writer) {
 	stat("lock_waits", ls.Waits)
 	stat("lock_timeouts", ls.Timeouts)
 	stat("lock_handoffs", ls.Handoffs)
+	stat("lock_handoffs_early", ls.EarlyHandoffs)
 	stat("lock_waiters", ls.Waiters)
 	stat("lock_forwarded", ls.ForwardedOut)
 	stat("lock_forwarded_in", ls.ForwardedIn)

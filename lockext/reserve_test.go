@@ -1,0 +1,206 @@
+package lockext
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+// record reads the lock item of name as the store holds it now.
+func (s *memStore) record(t *testing.T, name string) (record, bool) {
+	t.Helper()
+	it, err := s.Get(context.Background(), Key{Name: name, Item: itemKey("L:", name)})
+	if errors.Is(err, ErrStoreMiss) {
+		return record{}, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := decodeRecord(it.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec, true
+}
+
+// queueReserved has a holder take name on m and a waiter queue behind it,
+// and returns once the waiter is written in as the successor.
+func queueReserved(t *testing.T, m *Manager, store *memStore, name string, holdTTL int, wait time.Duration) (holder Grant, waited chan error) {
+	t.Helper()
+	g, err := m.Lock(context.Background(), req(name, holdTTL, 0, "holder"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waited = make(chan error, 1)
+	go func() {
+		_, err := m.Lock(context.Background(), req(name, 30, wait, "waiter"))
+		waited <- err
+	}()
+	waitFor(t, func() bool {
+		rec, ok := store.record(t, name)
+		return ok && rec.next != nil && rec.next.owner == "waiter"
+	})
+	return g, waited
+}
+
+// The head waiter behind a grant of this process is written in as its
+// successor while the grant runs, and the release hands over before it
+// writes; the record then names the new holder.
+func TestEarlyHandoff(t *testing.T) {
+	store := newMemStore()
+	m := testManager(store)
+	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
+	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	if n := m.Stats().EarlyHandoffs; n != 1 {
+		t.Fatalf("%d early handoffs, want 1", n)
+	}
+	waitFor(t, func() bool {
+		rec, ok := store.record(t, "k")
+		return ok && rec.owner == "waiter" && rec.next == nil
+	})
+}
+
+// A store that cannot vouch for what it holds gets no early handoffs.
+func TestNoEarlyHandoffWithoutKeeper(t *testing.T) {
+	store := newMemStore()
+	m := testManager(doubtingStore{store})
+	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
+	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	if st := m.Stats(); st.EarlyHandoffs != 0 || st.Handoffs != 1 {
+		t.Fatalf("%+v: want one handoff, written before it was made", st)
+	}
+}
+
+// doubtingStore is a Keeper that never vouches: a lock server that may
+// have restarted since it was last seen.
+type doubtingStore struct{ *memStore }
+
+func (doubtingStore) Kept(Key, Version) bool { return false }
+
+// A successor that leaves the queue is written out of the record: the
+// holder's release then frees the lock for anybody, at once.
+func TestReservedWaiterLeaves(t *testing.T) {
+	store := newMemStore()
+	m := testManager(store)
+	g, waited := queueReserved(t, m, store, "k", 10, 100*time.Millisecond)
+	if err := <-waited; !errors.Is(err, ErrNotLocked) {
+		t.Fatalf("waiter: %v", err)
+	}
+	waitFor(t, func() bool { rec, ok := store.record(t, "k"); return ok && rec.next == nil })
+	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	other := testManager(store)
+	if _, err := other.Lock(context.Background(), req("k", 10, 0, "next")); err != nil {
+		t.Fatalf("after the release, through another process: %v", err)
+	}
+}
+
+// A successor that left while the lock server was down stays named in the
+// record; once the holder's grant has run out the lock is still free to
+// this process, which knows the successor has gone, not held for the
+// successor's ttl.
+func TestAbandonedReservationAfterTheGrantRunsOut(t *testing.T) {
+	store := newMemStore()
+	m := testManager(store)
+	_, waited := queueReserved(t, m, store, "k", 1, time.Minute)
+	store.setDown(true)
+	m.Close() // the waiter leaves; writing it out of the record fails
+	<-waited
+	store.setDown(false)
+	if rec, _ := store.record(t, "k"); rec.next == nil {
+		t.Fatal("the successor was written out although the store was down")
+	}
+	m.mu.Lock()
+	m.closed = false
+	m.mu.Unlock()
+	time.Sleep(2100 * time.Millisecond) // the holder's second, and memcached's rounding
+	if _, err := m.Lock(context.Background(), req("k", 10, 0, "next")); err != nil {
+		t.Fatalf("after the holder's grant ran out: %v", err)
+	}
+}
+
+// The holder released through another process: that one hands the lock
+// to the successor the record names, whose own process then finds it;
+// nobody else gets it meanwhile.
+func TestReleaseElsewhereGoesToTheSuccessor(t *testing.T) {
+	store := newMemStore()
+	m := testManager(store)
+	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
+	other := testManager(store)
+	if _, err := other.Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Lock(context.Background(), req("k", 10, 0, "intruder")); !errors.Is(err, ErrNotLocked) {
+		t.Fatalf("intruder: %v", err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := store.record(t, "k"); rec.owner != "waiter" {
+		t.Fatalf("record names %q", rec.owner)
+	}
+}
+
+// A holder that releases twice, through its own process (an early
+// handoff) and then through another, is told the second time that its
+// grant is gone, and the successor keeps the lock.
+func TestDoubleReleaseAfterEarlyHandoff(t *testing.T) {
+	store := newMemStore()
+	m := testManager(store)
+	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
+	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	other := testManager(store)
+	if _, err := other.Unlock(context.Background(), "k", g.Fence); !errors.Is(err, ErrNotOwner) {
+		t.Fatalf("second release: %v", err)
+	}
+	if _, err := other.Lock(context.Background(), req("k", 10, 0, "intruder")); !errors.Is(err, ErrNotLocked) {
+		t.Fatalf("intruder: %v", err)
+	}
+}
+
+// Records with a successor survive encoding, and inForce names the
+// successor only once the holder's time is surely up.
+func TestRecordWithSuccessor(t *testing.T) {
+	r := record{fence: 10, mode: modeExclusive, count: 1, kind: kindConn, owner: "a:1",
+		next: &successor{fence: 11, mode: modeReentrant, kind: kindOwner, ttl: 30, owner: "b"}}
+	b := r.encode()
+	if !bytes.Equal(b, []byte("10 x 1 c a:1\n11 r o 30 b")) {
+		t.Fatalf("%q", b)
+	}
+	got, err := decodeRecord(b)
+	if err != nil || got.fence != 10 || got.next == nil || *got.next != *r.next {
+		t.Fatalf("%+v %v", got, err)
+	}
+	for _, c := range []struct{ ttl, fence, left int }{{35, 10, 5}, {30, 10, 0}, {29, 11, 29}, {-1, 10, -1}} {
+		in, left := got.inForce(c.ttl)
+		if in.fence != uint64(c.fence) || left != c.left {
+			t.Errorf("item ttl %d: fence %d with %d s, want %d with %d", c.ttl, in.fence, left, c.fence, c.left)
+		}
+	}
+	if r.itemTTL(5) != 35 {
+		t.Error(r.itemTTL(5))
+	}
+	for _, bad := range []string{"10 x 1 c a\n9 x c 30 b", "10 x 1 c a\n11 x c 0 b", "10 x 1 c a\n11 x c 30"} {
+		if _, err := decodeRecord([]byte(bad)); err == nil {
+			t.Errorf("%q decoded", bad)
+		}
+	}
+}
