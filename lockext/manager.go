@@ -67,7 +67,7 @@ type Manager struct {
 	sessions  atomic.Uint64
 
 	grants, waits, timeouts, handoffs, early atomic.Uint64
-	waiters                           atomic.Int64
+	waiters                                  atomic.Int64
 }
 
 // keyState is what this process knows of one lock name: the grant it made,
