@@ -36,6 +36,7 @@ func locksCommand() *cli.Command {
 			&cli.IntSliceFlag{Name: "replicas", Value: cli.NewIntSlice(1, 3), Usage: "--lock-replicas values to run"},
 			&cli.IntFlag{Name: "rounds", Value: 1, Usage: "runs of each case, alternating; the table shows the median by grants/s"},
 			&cli.BoolFlag{Name: "polling", Value: true, Usage: "run the polling baseline too"},
+			&cli.IntFlag{Name: "gomaxprocs", Usage: "GOMAXPROCS of the proxies and the ceiling server; 0 leaves Go's default (every core). Four proxies on one small machine stand for four hosts: 1 keeps their runtimes from contending for every core"},
 			&cli.BoolFlag{Name: "ceiling", Value: true, Usage: "run an in-memory lock server too: the busiest any lock with a process between its clients gets here"},
 		},
 		Action: runLocks,
@@ -70,12 +71,19 @@ func runLocks(cc *cli.Context) error {
 		return err
 	}
 	w, hold, think, d := cc.Int("workers"), cc.Duration("hold"), cc.Duration("think"), cc.Duration("duration")
+	if n := cc.Int("gomaxprocs"); n > 0 {
+		os.Setenv("GOMAXPROCS", strconv.Itoa(n)) // read by the processes started from here on, not by this one
+	}
 	bins := []string{cc.String("proxy-bin")}
 	if b := cc.String("compare-bin"); b != "" {
 		bins = append(bins, b)
 	}
+	procs := "Go's default"
+	if n := cc.Int("gomaxprocs"); n > 0 {
+		procs = strconv.Itoa(n)
+	}
 	fmt.Printf("lock benchmark: W=%d workers, hold %s, think %s, %s per run, %d round(s); workers spread over the proxies; "+
-		"lock servers: memcached -M, fresh for each case\n\n", w, hold, think, d, cc.Int("rounds"))
+		"lock servers: memcached -M, fresh for each case; proxies' GOMAXPROCS: %s\n\n", w, hold, think, d, cc.Int("rounds"), procs)
 	var cases []lockCase
 	for _, replicas := range cc.IntSlice("replicas") {
 		for _, n := range cc.IntSlice("proxies") {
