@@ -81,10 +81,6 @@ type keyState struct {
 	handing int           // releases handing the lock on; while any is, the head must not try
 	trying  bool          // the head is trying or reserving, or a handoff confirming; a release waits for it to finish
 	tried   chan struct{} // closed when that write ends; made by a release that waits for it
-	// reserved is the successor this process last wrote into the record
-	// of the grant it holds: while held.rec.next is the same and that
-	// waiter is the head, a release hands over before writing.
-	reserved *successor
 }
 
 // holding is a grant made by this process, with the version it left in
@@ -123,13 +119,17 @@ type waiter struct {
 // with a fence of its own; m.mu must be held.
 func (m *Manager) successorOf(st *keyState, w *waiter) *successor {
 	w.fence = m.nextFence(st)
-	return &successor{fence: w.fence, mode: mode(&w.req), kind: w.req.kind, ttl: w.req.TTL, owner: w.req.owner}
+	return &successor{fence: w.fence, mode: mode(&w.req), kind: w.req.kind, ttl: w.req.TTL, by: m.cfg.Instance, owner: w.req.owner}
 }
+
+// ours reports whether this process reserved s. It alone may grant s
+// before writing, and it alone knows whether s still waits.
+func (m *Manager) ours(s *successor) bool { return s != nil && s.by == m.cfg.Instance }
 
 // abandoned reports whether s is a successor this process reserved for a
 // waiter that is no longer here; m.mu must be held.
-func (st *keyState) abandoned(s *successor) bool {
-	if st.reserved == nil || *st.reserved != *s {
+func (m *Manager) abandoned(st *keyState, s *successor) bool {
+	if !m.ours(s) {
 		return false
 	}
 	for _, w := range st.queue {
@@ -140,11 +140,11 @@ func (st *keyState) abandoned(s *successor) bool {
 	return true
 }
 
-// isReserved reports whether the grant this process holds names w as its
-// successor, in the version this process wrote; m.mu must be held.
-func (st *keyState) isReserved(w *waiter) bool {
-	h, r := st.held, st.reserved
-	return h != nil && r != nil && h.rec.next != nil && *h.rec.next == *r && r.fence == w.fence
+// reservedFor reports whether the grant this process holds names w as its
+// successor in the version this process last wrote; m.mu must be held.
+func (m *Manager) reservedFor(st *keyState, w *waiter) bool {
+	h := st.held
+	return h != nil && m.ours(h.rec.next) && h.rec.next.fence == w.fence
 }
 
 // New returns a Manager over store.
@@ -364,7 +364,7 @@ func (m *Manager) turn(st *keyState, w *waiter) (try, reserve bool, sleep time.D
 		ttl = max(int(until.Seconds()+0.5), 0)
 		if until > 0 && !h.checkDue(m.cfg.Poll) {
 			try, sleep = false, min(until, m.cfg.Poll)
-			reserve = !st.isReserved(w) && (h.rec.next == nil || h.rec.next == st.reserved)
+			reserve = !m.reservedFor(st, w) && (h.rec.next == nil || m.ours(h.rec.next))
 		}
 	}
 	if try || reserve {
@@ -392,10 +392,8 @@ func (m *Manager) reserve(ctx context.Context, st *keyState, w *waiter) {
 	m.mu.Lock()
 	switch {
 	case err == nil && st.held == h:
-		h.rec, h.ver, st.reserved = rec, ver, rec.next
-	case err == nil:
-		st.held, st.reserved = nil, rec.next
-	case errors.Is(err, ErrStoreExists), errors.Is(err, ErrStoreMiss):
+		h.rec, h.ver = rec, ver
+	case err == nil, errors.Is(err, ErrStoreExists), errors.Is(err, ErrStoreMiss):
 		st.held = nil
 	}
 	m.mu.Unlock()
@@ -420,7 +418,7 @@ func (m *Manager) giveUp(ctx context.Context, st *keyState, w *waiter, holderTTL
 	// A successor of ours that leaves the queue empty is written out of
 	// the holder's record (see afterWrite), unless a write is on its way
 	// that will see to it.
-	unreserve := granted == nil && st.reserved != nil && st.reserved.fence == w.fence && !st.trying
+	unreserve := granted == nil && st.held != nil && m.ours(st.held.rec.next) && st.held.rec.next.fence == w.fence && !st.trying
 	if unreserve {
 		st.trying = true
 	}
@@ -496,7 +494,7 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 		if h := st.held; h != nil && h.rec.fence != cur.fence {
 			st.held = nil // released or taken over through another process
 		}
-		abandoned := rec.next != nil && cur.fence == rec.next.fence && st.abandoned(rec.next)
+		abandoned := rec.next != nil && cur.fence == rec.next.fence && m.abandoned(st, rec.next)
 		m.mu.Unlock()
 		if abandoned {
 			// A successor of ours that left, still named after its grant

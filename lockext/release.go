@@ -141,8 +141,7 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 		}
 		st.held = nil
 		next := cur.rec.next
-		ours := next != nil && st.reserved != nil && *st.reserved == *next
-		if next != nil && !ours {
+		if next != nil && !m.ours(next) {
 			// Another process reserved the lock for one of its waiters:
 			// the release is that waiter's grant, which its process finds
 			// when it looks.
@@ -153,13 +152,7 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 		if len(st.queue) == 0 {
 			// Nobody to hand to (a successor of ours has left): free the lock.
 			m.mu.Unlock()
-			err := m.store.CompareAndDelete(ctx, st.key, cur.ver)
-			if err == nil {
-				m.mu.Lock()
-				st.reserved = nil
-				m.mu.Unlock()
-			}
-			return err
+			return m.store.CompareAndDelete(ctx, st.key, cur.ver)
 		}
 		w := st.queue[0]
 		if next != nil && w.fence == next.fence && m.kept(st.key, cur.ver) {
@@ -178,7 +171,6 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 		cur.rec, cur.ver = rec, newVer
 		g := m.granted(st, rec, newVer, req.TTL)
 		m.mu.Lock()
-		st.reserved = rec.next
 		if len(st.queue) > 0 && st.queue[0] == w {
 			// The waiter is still there: the grant is its. Had it left in the
 			// meantime, the loop passes the grant on to the next one.
@@ -250,7 +242,7 @@ func (m *Manager) confirm(ctx context.Context, st *keyState, h *holding, rec rec
 		if err == nil {
 			m.mu.Lock()
 			if st.held == h {
-				h.rec, h.ver, st.reserved = rec, newVer, rec.next
+				h.rec, h.ver = rec, newVer
 			}
 			m.mu.Unlock()
 			break
@@ -288,12 +280,15 @@ func (m *Manager) confirm(ctx context.Context, st *keyState, h *holding, rec rec
 // reserved has left and nobody waits here any more, it first writes that
 // successor out of the record, so that the lock is free when its grant
 // ends rather than a successor's ttl later. (A release waiting meanwhile
-// frees the lock itself; a head waiting meanwhile reserves itself.)
+// frees the lock itself; a head waiting meanwhile reserves itself. Should
+// the write fail, the successor, named by this process, is still known
+// for one that left: a release through here frees the lock, and once the
+// grant has run out attempt takes it over.)
 func (m *Manager) afterWrite(ctx context.Context, st *keyState, handing int) {
 	for {
 		m.mu.Lock()
-		h, r := st.held, st.reserved
-		if h == nil || r == nil || h.rec.next == nil || *h.rec.next != *r || len(st.queue) > 0 || st.handing > handing {
+		h := st.held
+		if h == nil || !m.abandoned(st, h.rec.next) || len(st.queue) > 0 || st.handing > handing {
 			m.endTry(st)
 			m.wakeHead(st) // it does not try or reserve while a write is on its way
 			m.mu.Unlock()
@@ -305,20 +300,13 @@ func (m *Manager) afterWrite(ctx context.Context, st *keyState, handing int) {
 		m.mu.Unlock()
 		ver, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), holdTTL, h.ver)
 		m.mu.Lock()
-		switch {
-		case err == nil && st.held == h:
-			h.rec, h.ver, st.reserved = rec, ver, nil
-		case err == nil:
-			st.reserved = nil
-		default:
-			// Kept in st.reserved, the successor is still known for ours:
-			// a release through here frees the lock instead of handing it
-			// to a waiter that left, and once the grant has run out,
-			// attempt takes it over.
+		if err != nil {
 			m.endTry(st)
-			m.wakeHead(st)
 			m.mu.Unlock()
 			return
+		}
+		if st.held == h {
+			h.rec, h.ver = rec, ver
 		}
 		m.mu.Unlock()
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -180,9 +181,9 @@ func TestDoubleReleaseAfterEarlyHandoff(t *testing.T) {
 // successor only once the holder's time is surely up.
 func TestRecordWithSuccessor(t *testing.T) {
 	r := record{fence: 10, mode: modeExclusive, count: 1, kind: kindConn, owner: "a:1",
-		next: &successor{fence: 11, mode: modeReentrant, kind: kindOwner, ttl: 30, owner: "b"}}
+		next: &successor{fence: 11, mode: modeReentrant, kind: kindOwner, ttl: 30, by: "p1", owner: "b"}}
 	b := r.encode()
-	if !bytes.Equal(b, []byte("10 x 1 c a:1\n11 r o 30 b")) {
+	if !bytes.Equal(b, []byte("10 x 1 c a:1\n11 r o 30 p1 b")) {
 		t.Fatalf("%q", b)
 	}
 	got, err := decodeRecord(b)
@@ -198,9 +199,51 @@ func TestRecordWithSuccessor(t *testing.T) {
 	if r.itemTTL(5) != 35 {
 		t.Error(r.itemTTL(5))
 	}
-	for _, bad := range []string{"10 x 1 c a\n9 x c 30 b", "10 x 1 c a\n11 x c 0 b", "10 x 1 c a\n11 x c 30"} {
+	for _, bad := range []string{"10 x 1 c a\n9 x c 30 p1 b", "10 x 1 c a\n11 x c 0 p1 b", "10 x 1 c a\n11 x c 30 p1", "10 x 1 c a\n11 x c 30  b"} {
 		if _, err := decodeRecord([]byte(bad)); err == nil {
 			t.Errorf("%q decoded", bad)
 		}
 	}
+}
+
+// The write that reserves a successor lands but its reply is lost, and
+// the successor leaves: the record names a successor this process does not
+// remember writing. It is still known for this process's (by), so the
+// holder's release frees the lock rather than handing it to nobody.
+func TestReservationWithLostReply(t *testing.T) {
+	store := newMemStore()
+	lossy := &lossyStore{memStore: store}
+	m := testManager(lossy)
+	g, err := m.Lock(context.Background(), req("k", 10, 0, "holder"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lossy.loseNextSwap.Store(true)
+	if _, err := m.Lock(context.Background(), req("k", 30, 100*time.Millisecond, "waiter")); !errors.Is(err, ErrNotLocked) {
+		t.Fatalf("waiter: %v", err)
+	}
+	if rec, _ := store.record(t, "k"); rec.next == nil || rec.next.owner != "waiter" {
+		t.Fatalf("the reservation did not land: %+v", rec)
+	}
+	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testManager(store).Lock(context.Background(), req("k", 10, 0, "next")); err != nil {
+		t.Fatalf("after the release: %v", err)
+	}
+}
+
+// lossyStore applies one compare-and-swap, when armed, and reports it
+// failed: a reply lost on the way back.
+type lossyStore struct {
+	*memStore
+	loseNextSwap atomic.Bool
+}
+
+func (s *lossyStore) CompareAndSwap(ctx context.Context, k Key, value []byte, ttl int, v Version) (Version, error) {
+	ver, err := s.memStore.CompareAndSwap(ctx, k, value, ttl, v)
+	if err == nil && s.loseNextSwap.CompareAndSwap(true, false) {
+		return nil, errDown
+	}
+	return ver, err
 }

@@ -83,7 +83,7 @@ func Fence(value []byte) (uint64, bool) {
 
 // record is the lock item's value: "<fence> <mode> <count> <kind> <owner>",
 // and, when a waiter is reserved to hold the lock next, a second line
-// "<fence> <mode> <kind> <ttl> <owner>" naming it (see successor).
+// "<fence> <mode> <kind> <ttl> <by> <owner>" naming it (see successor).
 type record struct {
 	fence uint64
 	mode  byte
@@ -100,12 +100,13 @@ type record struct {
 // plus the successor's ttl, which covers a grant made before the write
 // that confirms it. Whoever releases the grant must therefore hand the
 // lock to the successor, never simply free it, unless it is the process
-// that reserved the successor and knows that waiter has gone.
+// that reserved the successor (by) and knows that waiter has gone.
 type successor struct {
 	fence uint64
 	mode  byte
 	kind  byte
 	ttl   int
+	by    string // the Manager's Instance that reserved it
 	owner string
 }
 
@@ -125,7 +126,7 @@ func (r record) encode() []byte {
 		b = strconv.AppendUint(append(b, '\n'), n.fence, 10)
 		b = append(b, ' ', n.mode, ' ', n.kind, ' ')
 		b = strconv.AppendInt(b, int64(n.ttl), 10)
-		b = append(append(b, ' '), n.owner...)
+		b = append(append(append(append(b, ' '), n.by...), ' '), n.owner...)
 	}
 	return b
 }
@@ -144,8 +145,8 @@ func decodeRecord(b []byte) (record, error) {
 	}
 	r := record{fence: fence, mode: f[1][0], count: count, kind: f[3][0], owner: f[4]}
 	if reserved {
-		n := strings.SplitN(rest, " ", 5)
-		if len(n) != 5 || len(n[1]) != 1 || len(n[2]) != 1 {
+		n := strings.SplitN(rest, " ", 6)
+		if len(n) != 6 || len(n[1]) != 1 || len(n[2]) != 1 || n[4] == "" {
 			return record{}, bad
 		}
 		fence, err1 := strconv.ParseUint(n[0], 10, 64)
@@ -153,7 +154,7 @@ func decodeRecord(b []byte) (record, error) {
 		if err1 != nil || err2 != nil || ttl < 1 || fence <= r.fence {
 			return record{}, bad
 		}
-		r.next = &successor{fence: fence, mode: n[1][0], kind: n[2][0], ttl: ttl, owner: n[4]}
+		r.next = &successor{fence: fence, mode: n[1][0], kind: n[2][0], ttl: ttl, by: n[4], owner: n[5]}
 	}
 	return r, nil
 }
