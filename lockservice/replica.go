@@ -245,7 +245,12 @@ const markerWatch = 100 * time.Millisecond
 
 // readMarker reads the server's marker item as it is now.
 func (r *replica) readMarker(ctx context.Context) (metaReply, error) {
-	reply, err := r.conn.Exchange(ctx, []byte("mg "+r.marker+" v c\r\n"), nil)
+	return r.meta(ctx, []byte("mg "+r.marker+" v c\r\n"))
+}
+
+// meta sends one meta command and reads its reply.
+func (r *replica) meta(ctx context.Context, cmd []byte) (metaReply, error) {
+	reply, err := r.conn.Exchange(ctx, cmd, nil)
 	if err != nil {
 		return metaReply{}, err
 	}
@@ -411,12 +416,7 @@ func (r *replica) writeMarker(ctx context.Context, prev uint64) error {
 }
 
 func (r *replica) storeMarker(ctx context.Context, value, mode string) (metaReply, error) {
-	reply, err := r.conn.Exchange(ctx, fmt.Appendf(nil, "ms %s %d %s c\r\n%s\r\n", r.marker, len(value), mode, value), nil)
-	if err != nil {
-		return metaReply{}, err
-	}
-	rs := replies{reply}
-	return rs.meta()
+	return r.meta(ctx, fmt.Appendf(nil, "ms %s %d %s c\r\n%s\r\n", r.marker, len(value), mode, value))
 }
 
 // endRecovery writes a new marker once the recovery time is over.
