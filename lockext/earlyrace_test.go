@@ -1,0 +1,102 @@
+package lockext
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// gatedStore is a memStore whose first compare-and-swap of a value that
+// gate picks blocks, once done, until open is closed: a write that has
+// reached memcached and whose reply is still on its way.
+type gatedStore struct {
+	*memStore
+	gate    func(value []byte) bool
+	reached chan struct{}
+	open    chan struct{}
+	fired   atomic.Bool
+}
+
+func (s *gatedStore) CompareAndSwap(ctx context.Context, k Key, value []byte, ttl int, v Version) (Version, error) {
+	ver, err := s.memStore.CompareAndSwap(ctx, k, value, ttl, v)
+	if err == nil && s.gate(value) && !s.fired.Swap(true) {
+		close(s.reached)
+		<-s.open
+	}
+	return ver, err
+}
+
+// The new holder of an early handoff extends its grant while the write
+// confirming the handoff, which names the next waiter as its successor,
+// is on its way. That waiter then leaves: the successor must still be
+// known for this process's own, so that the holder's release frees the
+// lock instead of handing it to a waiter that is gone.
+func TestExtendDuringConfirmThenSuccessorLeaves(t *testing.T) {
+	store := newMemStore()
+	gs := &gatedStore{memStore: store, reached: make(chan struct{}), open: make(chan struct{}),
+		gate: func(v []byte) bool { return bytes.Contains(v, []byte(" leaver")) && bytes.Contains(v, []byte(" waiter\n")) }}
+	m := testManager(gs)
+	g, waited := queueReservedGrant(t, m, store, "k")
+	leaverCtx, leave := context.WithCancel(context.Background())
+	left := make(chan error, 1)
+	go func() {
+		_, err := m.Lock(leaverCtx, req("k", 30, time.Minute, "leaver"))
+		left <- err
+	}()
+	waitFor(t, func() bool { return m.Stats().Waiters == 2 })
+
+	released := make(chan error, 1)
+	go func() {
+		_, err := m.Unlock(context.Background(), "k", g.Fence)
+		released <- err
+	}()
+	next := <-waited
+	if next.err != nil {
+		t.Fatal(next.err)
+	}
+	<-gs.reached // the confirmation is in the store, its reply not yet back
+	if _, err := m.Extend(context.Background(), "k", next.g.Fence, 20); err != nil {
+		t.Fatalf("extend by the new holder: %v", err)
+	}
+	close(gs.open)
+	if err := <-released; err != nil {
+		t.Fatal(err)
+	}
+	leave()
+	if err := <-left; !errors.Is(err, context.Canceled) {
+		t.Fatalf("leaver: %v", err)
+	}
+	if _, err := m.Unlock(context.Background(), "k", next.g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	if rec, ok := store.record(t, "k"); ok {
+		t.Fatalf("lock not free after its holder's release: held by %q", rec.owner)
+	}
+}
+
+type lockResult struct {
+	g   Grant
+	err error
+}
+
+// queueReservedGrant is queueReserved returning the waiter's grant.
+func queueReservedGrant(t *testing.T, m *Manager, store *memStore, name string) (holder Grant, waited chan lockResult) {
+	t.Helper()
+	g, err := m.Lock(context.Background(), req(name, 10, 0, "holder"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waited = make(chan lockResult, 1)
+	go func() {
+		g, err := m.Lock(context.Background(), req(name, 30, time.Minute, "waiter"))
+		waited <- lockResult{g, err}
+	}()
+	waitFor(t, func() bool {
+		rec, ok := store.record(t, name)
+		return ok && rec.next != nil && rec.next.owner == "waiter"
+	})
+	return g, waited
+}
