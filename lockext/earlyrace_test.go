@@ -37,7 +37,9 @@ func (s *gatedStore) CompareAndSwap(ctx context.Context, k Key, value []byte, tt
 func TestExtendDuringConfirmThenSuccessorLeaves(t *testing.T) {
 	store := newMemStore()
 	gs := &gatedStore{memStore: store, reached: make(chan struct{}), open: make(chan struct{}),
-		gate: func(v []byte) bool { return bytes.Contains(v, []byte(" leaver")) && bytes.Contains(v, []byte(" waiter\n")) }}
+		gate: func(v []byte) bool {
+			return bytes.Contains(v, []byte(" leaver")) && bytes.Contains(v, []byte(" waiter\n"))
+		}}
 	m := testManager(gs)
 	g, waited := queueReservedGrant(t, m, store, "k")
 	leaverCtx, leave := context.WithCancel(context.Background())
