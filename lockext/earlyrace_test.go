@@ -102,3 +102,37 @@ func queueReservedGrant(t *testing.T, m *Manager, store *memStore, name string) 
 	})
 	return g, waited
 }
+
+// The confirmation of an early handoff fails (the lock server is down, or
+// the proxy dies before writing it), so the record still names the old
+// holder with the new one as its successor. The new holder, reaching
+// another process, is still the holder there: its fence, known only to
+// the grantee, says the handoff happened. Its extend and unlock work, and
+// the unlock frees the lock.
+func TestSuccessorHoldsElsewhereBeforeConfirmation(t *testing.T) {
+	store := newMemStore()
+	m := testManager(store)
+	g, waited := queueReservedGrant(t, m, store, "k")
+	store.setDown(true)
+	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	next := <-waited
+	if next.err != nil {
+		t.Fatal(next.err)
+	}
+	store.setDown(false)
+	if rec, _ := store.record(t, "k"); rec.owner != "holder" || rec.next == nil || rec.next.fence != next.g.Fence {
+		t.Fatalf("the confirmation was written although the store was down: %+v", rec)
+	}
+	other := testManager(store)
+	if _, err := other.Extend(context.Background(), "k", next.g.Fence, 20); err != nil {
+		t.Fatalf("extend through another process: %v", err)
+	}
+	if _, err := other.Unlock(context.Background(), "k", next.g.Fence); err != nil {
+		t.Fatalf("unlock through another process: %v", err)
+	}
+	if _, err := other.Lock(context.Background(), req("k", 10, 0, "later")); err != nil {
+		t.Fatalf("after the unlock: %v", err)
+	}
+}

@@ -80,11 +80,21 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 			if err != nil {
 				return 0, err
 			}
-			rec, ttl := rec.inForce(it.TTL)
-			if rec.fence != fence {
+			held, ttl := rec.inForce(it.TTL)
+			if n := rec.next; n != nil && n.fence == fence && held.fence != fence {
+				// The successor was handed the lock ahead of the write
+				// that names it the holder (see handOver), and that write
+				// has not come: only the grantee knows its fence.
+				held, ttl = n.holder(), n.ttl
+				if it.TTL >= 0 {
+					ttl = min(it.TTL, n.ttl)
+				}
+			}
+			if held.fence != fence {
 				m.dropHeld(st, fence)
 				return 0, ErrNotOwner
 			}
+			rec = held
 			// Written back, the grant keeps its own end.
 			cur = current{rec: rec, ver: it.Version, ttl: max(ttl, 1)}
 		}
