@@ -174,3 +174,35 @@ func TestLockFault12bEarlyHandoffServerPausedNextLeaves(t *testing.T) {
 		t.Fatalf("lock after the successor's unlock (the leaver's reservation holds it?): %q; item %q", got, lockItem(t, c[0].Addr, "k"))
 	}
 }
+
+// 13. The lock server restarts empty between the reservation and the
+// release. A release before the proxy has seen the loss may still hand
+// over early (the store vouched for the reservation a moment ago); then
+// nobody gets the lock until that grant has run out, through the proxy
+// that handed over, another one that knew the server, or one started after
+// the restart. Compare 2b, a flush.
+func TestLockFault13EarlyHandoffServerRestarted(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, 1)
+	pa, _ := startProxy(t, faultConfig(c.servers(t)))
+	pb, _ := startProxy(t, faultConfig(c.servers(t)))
+	warm(t, pa, pb)
+	holderSent := time.Now()
+	holder, fence, waiter := earlyQueue(t, c, pa)
+	until := holderSent.Add(faultTTL * time.Second)
+
+	c[0].Restart(t)
+	released := time.Now()
+	got := holder.RoundTrip("unlock k " + fence)
+	t.Logf("holder's unlock after the restart: %q", got)
+	if got := waiter.Line(); strings.HasPrefix(got, "LOCKED ") {
+		until = released.Add(faultTTL * time.Second)
+		t.Logf("early handoff across the restart: %q", got)
+		if n := statValue(t, pa, "proxy_lock_handoffs_early"); n != "1" {
+			t.Fatalf("proxy_lock_handoffs_early %s, want 1", n)
+		}
+	}
+	pn, _ := startProxyStrict(t, faultConfig(c.servers(t)))
+	neverGranted(t, "k", until, pa, pb, pn)
+	waitLocked(t, testmc.Dial(t, pb), "lock k 1 0 later")
+}
