@@ -136,3 +136,24 @@ func TestSuccessorHoldsElsewhereBeforeConfirmation(t *testing.T) {
 		t.Fatalf("after the unlock: %v", err)
 	}
 }
+
+// A process that closes while a waiter of its is the reserved successor of
+// a grant writes that waiter out of the record: the holder's release
+// through another process then frees the lock rather than handing it to a
+// waiter that is gone.
+func TestCloseWritesOutReservedSuccessor(t *testing.T) {
+	store := newMemStore()
+	m := testManager(store)
+	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
+	m.Close()
+	if err := <-waited; !errors.Is(err, ErrClosed) {
+		t.Fatalf("waiter: %v", err)
+	}
+	other := testManager(store)
+	if _, err := other.Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Lock(context.Background(), req("k", 10, 0, "next")); err != nil {
+		t.Fatalf("after the holder's release through another process: %v", err)
+	}
+}

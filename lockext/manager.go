@@ -286,8 +286,10 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 			return *g, nil
 		}
 		if m.closed {
-			m.leave(st, w)
 			m.mu.Unlock()
+			if g := m.quit(ctx, st, w); g != nil {
+				return *g, nil
+			}
 			return Grant{}, ErrClosed
 		}
 		try, reserve, sleep, ttl := m.turn(st, w)
@@ -412,12 +414,25 @@ func (m *Manager) endTry(st *keyState) {
 // giveUp ends a wait that ran out or was cancelled, unless a handoff won
 // the race: then the grant is kept.
 func (m *Manager) giveUp(ctx context.Context, st *keyState, w *waiter, holderTTL int) (Grant, error) {
+	if granted := m.quit(ctx, st, w); granted != nil {
+		return *granted, nil
+	}
+	if ctx.Err() != nil {
+		return Grant{}, ctx.Err()
+	}
+	m.timeouts.Add(1)
+	return Grant{}, &NotLockedError{HolderTTL: holderTTL}
+}
+
+// quit takes w out of the queue and returns the grant a handoff made it
+// meanwhile, if one did. A successor of ours that leaves the queue empty
+// is written out of the holder's record (see afterWrite), unless a write
+// is on its way that will see to it: other processes would otherwise
+// hand the lock to it, or take it for the holder once the grant ends.
+func (m *Manager) quit(ctx context.Context, st *keyState, w *waiter) *Grant {
 	m.mu.Lock()
 	granted := w.grant
 	m.leave(st, w)
-	// A successor of ours that leaves the queue empty is written out of
-	// the holder's record (see afterWrite), unless a write is on its way
-	// that will see to it.
 	unreserve := granted == nil && st.held != nil && m.ours(st.held.rec.next) && st.held.rec.next.fence == w.fence && !st.trying
 	if unreserve {
 		st.trying = true
@@ -426,14 +441,7 @@ func (m *Manager) giveUp(ctx context.Context, st *keyState, w *waiter, holderTTL
 	if unreserve {
 		m.afterWrite(context.WithoutCancel(ctx), st, 0)
 	}
-	if granted != nil {
-		return *granted, nil
-	}
-	if ctx.Err() != nil {
-		return Grant{}, ctx.Err()
-	}
-	m.timeouts.Add(1)
-	return Grant{}, &NotLockedError{HolderTTL: holderTTL}
+	return granted
 }
 
 // pacer spaces out looks at a lock held by another process: jittered,
