@@ -157,3 +157,64 @@ func TestCloseWritesOutReservedSuccessor(t *testing.T) {
 		t.Fatalf("after the holder's release through another process: %v", err)
 	}
 }
+
+// The new holder of an early handoff takes its reentrant lock again while
+// the write confirming the handoff is on its way: it gets the next level
+// of its own grant, rather than queueing behind the next waiter, which
+// waits for that grant to end.
+func TestReentrantAgainDuringConfirm(t *testing.T) {
+	store := newMemStore()
+	gs := &gatedStore{memStore: store, reached: make(chan struct{}), open: make(chan struct{}),
+		gate: func(v []byte) bool {
+			return bytes.Contains(v, []byte(" other")) && bytes.Contains(v, []byte(" waiter\n"))
+		}}
+	m := testManager(gs)
+	g, err := m.Lock(context.Background(), req("k", 10, 0, "holder"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan lockResult, 1)
+	go func() {
+		r := req("k", 30, time.Minute, "waiter")
+		r.Reentrant = true
+		g, err := m.Lock(context.Background(), r)
+		waited <- lockResult{g, err}
+	}()
+	waitFor(t, func() bool { rec, ok := store.record(t, "k"); return ok && rec.next != nil })
+	otherCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go m.Lock(otherCtx, req("k", 30, time.Minute, "other"))
+	waitFor(t, func() bool { return m.Stats().Waiters == 2 })
+
+	released := make(chan error, 1)
+	go func() {
+		_, err := m.Unlock(context.Background(), "k", g.Fence)
+		released <- err
+	}()
+	next := <-waited
+	if next.err != nil {
+		t.Fatal(next.err)
+	}
+	<-gs.reached
+	again := make(chan lockResult, 1)
+	go func() {
+		r := req("k", 30, 2*time.Second, "waiter")
+		r.Reentrant = true
+		g, err := m.Lock(context.Background(), r)
+		again <- lockResult{g, err}
+	}()
+	// The request has reached the manager: served, queued, or waiting for
+	// the confirmation to end.
+	waitFor(t, func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return len(again) == 1 || m.Stats().Waiters == 2 || m.keys["k"].tried != nil
+	})
+	close(gs.open)
+	if err := <-released; err != nil {
+		t.Fatal(err)
+	}
+	if r := <-again; r.err != nil || r.g.Fence != next.g.Fence || r.g.Count != 2 {
+		t.Fatalf("reentrant lock again by the holder: %+v %v", r.g, r.err)
+	}
+}

@@ -80,7 +80,7 @@ type keyState struct {
 	seen    uint64        // highest fence seen on this name, so ours go above it
 	handing int           // releases handing the lock on; while any is, the head must not try
 	trying  bool          // the head is trying or reserving, or a handoff confirming; a release waits for it to finish
-	tried   chan struct{} // closed when that write ends; made by a release that waits for it
+	tried   chan struct{} // closed when that write ends; made by whoever waits for it (see whenTried)
 }
 
 // holding is a grant made by this process, with the version it left in
@@ -91,6 +91,9 @@ type holding struct {
 	ver     Version
 	expires time.Time
 	checked time.Time // when memcached last confirmed it (a grant, or a look by the head waiter)
+	// releasing is set once a release of the grant has begun: its holder
+	// asking again then queues behind the release, which comes first.
+	releasing bool
 }
 
 // live reports whether the grant's ttl still runs. A version outlives no
@@ -250,7 +253,7 @@ func (m *Manager) lock(ctx context.Context, req *Request) (Grant, error) {
 		return Grant{}, ErrClosed
 	}
 	st := m.state(req.Name)
-	if h := st.held; h != nil && h.rec.sameHolder(req) && st.handing == 0 && h.live() {
+	if h := st.held; h != nil && h.rec.sameHolder(req) && !h.releasing && h.live() {
 		m.mu.Unlock()
 		if g, err, done := m.refresh(ctx, st, req); done {
 			return g, err
@@ -396,10 +399,21 @@ func (m *Manager) reserve(ctx context.Context, st *keyState, w *waiter) {
 	case err == nil && st.held == h:
 		h.rec, h.ver = rec, ver
 	case err == nil, errors.Is(err, ErrStoreExists), errors.Is(err, ErrStoreMiss):
-		st.held = nil
+		if st.held == h { // else an extend wrote meanwhile, and knows better
+			st.held = nil
+		}
 	}
 	m.mu.Unlock()
 	m.afterWrite(ctx, st, 0) // w may have left meanwhile
+}
+
+// whenTried returns a channel closed when the write of this process on
+// its way (st.trying) ends; m.mu must be held.
+func (st *keyState) whenTried() chan struct{} {
+	if st.tried == nil {
+		st.tried = make(chan struct{})
+	}
+	return st.tried
 }
 
 // endTry ends a write that releases wait for; m.mu must be held.
@@ -533,20 +547,41 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 // refresh serves a request from the holder of the local grant: the same
 // grant back, ttl refreshed, one level deeper for rlock. done is false when
 // the local grant turned out stale and the request must queue.
+//
+// It writes only when no other write of this process on the name is on
+// its way: the confirmation of the early handoff that made this very
+// grant, or a waiter's reservation, would otherwise change the version
+// under it, and the holder queue behind a waiter that waits for it.
 func (m *Manager) refresh(ctx context.Context, st *keyState, req *Request) (Grant, error, bool) {
 	m.mu.Lock()
+	for st.trying {
+		tried := st.whenTried()
+		m.mu.Unlock()
+		select {
+		case <-tried:
+		case <-ctx.Done():
+			return Grant{}, ctx.Err(), true
+		}
+		m.mu.Lock()
+	}
 	h := st.held
-	m.mu.Unlock()
-	if h == nil {
+	if h == nil || !h.rec.sameHolder(req) || h.releasing || !h.live() {
+		m.mu.Unlock()
 		return Grant{}, nil, false
 	}
+	st.trying = true
+	m.mu.Unlock()
 	g, err := m.renew(ctx, st, req, h.rec, h.ver)
-	if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
+	stale := errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss)
+	if stale {
 		m.mu.Lock()
 		if st.held == h {
 			st.held = nil
 		}
 		m.mu.Unlock()
+	}
+	m.afterWrite(ctx, st, 0)
+	if stale {
 		return Grant{}, nil, false
 	}
 	return g, err, true

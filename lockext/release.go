@@ -119,6 +119,9 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 	// before this release has finished.
 	m.mu.Lock()
 	st.handing++
+	if h := st.held; h != nil && h.rec.fence == cur.rec.fence {
+		h.releasing = true
+	}
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
@@ -134,10 +137,7 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 			// finish, then hand over. Writing meanwhile would have the two
 			// changes meet on the replicas in different orders, and a name
 			// whose replicas disagree needs all of them to decide.
-			if st.tried == nil {
-				st.tried = make(chan struct{})
-			}
-			tried := st.tried
+			tried := st.whenTried()
 			m.mu.Unlock()
 			select {
 			case <-tried:
