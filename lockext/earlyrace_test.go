@@ -218,3 +218,62 @@ func TestReentrantAgainDuringConfirm(t *testing.T) {
 		t.Fatalf("reentrant lock again by the holder: %+v %v", r.g, r.err)
 	}
 }
+
+// failingStore is a memStore whose first compare-and-swap of a value that
+// fail picks fails as a server that cannot be reached would.
+type failingStore struct {
+	*memStore
+	fail  func(value []byte) bool
+	fired atomic.Bool
+}
+
+func (s *failingStore) CompareAndSwap(ctx context.Context, k Key, value []byte, ttl int, v Version) (Version, error) {
+	if s.fail(value) && !s.fired.Swap(true) {
+		return nil, errDown
+	}
+	return s.memStore.CompareAndSwap(ctx, k, value, ttl, v)
+}
+
+// A holder releases just after its own ttl ran out, while the item, whose
+// whole seconds run a little longer, still names it. An early handoff then
+// would make a grant that the item, written for the holder's seconds plus
+// the successor's, does not cover to its end; should the write confirming
+// it fail, another process could take the lock before that grant ends.
+// The handoff is made early only while the holder's grant runs.
+func TestNoEarlyHandoffAfterTheHoldersTTL(t *testing.T) {
+	store := newMemStore()
+	m := testManager(&failingStore{memStore: store,
+		fail: func(v []byte) bool { return bytes.HasSuffix(bytes.SplitN(v, []byte("\n"), 2)[0], []byte(" waiter")) }})
+	g, err := m.Lock(context.Background(), req("k", 1, 0, "holder"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	granted := time.Now()
+	waited := make(chan lockResult, 1)
+	go func() {
+		g, err := m.Lock(context.Background(), req("k", 2, time.Minute, "waiter"))
+		waited <- lockResult{g, err}
+	}()
+	waitFor(t, func() bool { rec, ok := store.record(t, "k"); return ok && rec.next != nil })
+	time.Sleep(time.Until(granted.Add(1200 * time.Millisecond))) // the holder's second is over; the item says otherwise
+	released := time.Now()
+	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Logf("release: %v", err)
+	}
+	var until time.Time
+	select {
+	case r := <-waited:
+		if r.err == nil {
+			until = released.Add(2 * time.Second)
+			t.Logf("successor granted at the release: %+v", r.g)
+		}
+	case <-time.After(100 * time.Millisecond):
+	}
+	other := testManager(store)
+	for time.Now().Before(until) {
+		if g, err := other.Lock(context.Background(), req("k", 1, 0, "intruder")); err == nil {
+			t.Fatalf("granted through another process %v before the successor's grant ended: %+v", time.Until(until), g)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

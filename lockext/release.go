@@ -146,8 +146,14 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 			}
 			continue
 		}
+		// covered: the item outlives a grant made now to the successor it
+		// names, since it was written to live that successor's ttl past
+		// the end of a grant that still runs. (Past that end, memcached's
+		// whole seconds may still show the item naming the holder.)
+		covered := false
 		if h := st.held; h != nil && h.rec.fence == cur.rec.fence {
 			cur.rec, cur.ver = h.rec, h.ver // that write may have been to this grant
+			covered = h.live()
 		}
 		st.held = nil
 		next := cur.rec.next
@@ -165,7 +171,7 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 			return m.store.CompareAndDelete(ctx, st.key, cur.ver)
 		}
 		w := st.queue[0]
-		if next != nil && w.fence == next.fence && m.kept(st.key, cur.ver) {
+		if next != nil && w.fence == next.fence && covered && m.kept(st.key, cur.ver) {
 			m.handOver(ctx, st, w, next, cur.ver)
 			return nil
 		}
