@@ -277,3 +277,72 @@ func TestNoEarlyHandoffAfterTheHoldersTTL(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The write confirming an early handoff fails, so the record still names
+// the old holder with the new one as its successor. The successor is this
+// process's holder now, not a reservation of a waiter that has gone: a
+// waiter that queues next must not take it over once the old holder's
+// time is up, and the old holder releasing again through this process
+// must not free the lock or hand it on.
+func TestUnconfirmedEarlyHandoffIsNotAbandoned(t *testing.T) {
+	for _, again := range []bool{false, true} {
+		store := newMemStore()
+		m := testManager(store)
+		g, err := m.Lock(context.Background(), req("k", 1, 0, "holder"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		waited := make(chan lockResult, 1)
+		go func() {
+			g, err := m.Lock(context.Background(), req("k", 30, time.Minute, "waiter"))
+			waited <- lockResult{g, err}
+		}()
+		waitFor(t, func() bool { rec, ok := store.record(t, "k"); return ok && rec.next != nil })
+		store.setDown(true)
+		if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
+			t.Fatal(err)
+		}
+		if r := <-waited; r.err != nil {
+			t.Fatal(r.err)
+		}
+		store.setDown(false)
+		if again {
+			// The old holder's second release: the record still names it.
+			m.Unlock(context.Background(), "k", g.Fence)
+		}
+		// Past the poll interval, the next waiter's first turn is a look in
+		// the store, not a reservation.
+		time.Sleep(3 * m.cfg.Poll)
+		_, err = m.Lock(context.Background(), req("k", 10, 2*time.Second, "next"))
+		if !errors.Is(err, ErrNotLocked) {
+			t.Fatalf("released again %v: a waiter queued behind the successor's grant: %v", again, err)
+		}
+	}
+}
+
+// The write confirming an early handoff fails, so the record still names
+// the old holder. The old holder's owner asking for the lock again, through
+// the process that handed over or through another one, is not the holder
+// asking again: the successor holds the lock.
+func TestOldHolderAgainAfterUnconfirmedEarlyHandoff(t *testing.T) {
+	for _, elsewhere := range []bool{false, true} {
+		store := newMemStore()
+		m := testManager(store)
+		g, waited := queueReservedGrant(t, m, store, "k")
+		store.setDown(true)
+		if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
+			t.Fatal(err)
+		}
+		if r := <-waited; r.err != nil {
+			t.Fatal(r.err)
+		}
+		store.setDown(false)
+		through := m
+		if elsewhere {
+			through = testManager(store)
+		}
+		if g, err := through.Lock(context.Background(), req("k", 10, 0, "holder")); !errors.Is(err, ErrNotLocked) {
+			t.Fatalf("elsewhere %v: the old holder asking again: %+v %v", elsewhere, g, err)
+		}
+	}
+}

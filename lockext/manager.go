@@ -129,10 +129,28 @@ func (m *Manager) successorOf(st *keyState, w *waiter) *successor {
 // before writing, and it alone knows whether s still waits.
 func (m *Manager) ours(s *successor) bool { return s != nil && s.by == m.cfg.Instance }
 
+// inForce is rec.inForce(ttl) with what this process knows besides: a
+// successor it handed the lock to ahead of the write that names it the
+// holder (see handOver) holds the lock, whatever the record still says;
+// m.mu must be held.
+func (st *keyState) inForce(rec record, ttl int) (record, int) {
+	cur, left := rec.inForce(ttl)
+	if n := rec.next; n != nil && cur.fence != n.fence {
+		if h := st.held; h != nil && h.rec.fence == n.fence && h.live() {
+			return n.holder(), max(int(time.Until(h.expires).Seconds()+0.999), 1)
+		}
+	}
+	return cur, left
+}
+
 // abandoned reports whether s is a successor this process reserved for a
-// waiter that is no longer here; m.mu must be held.
+// waiter that is no longer here; m.mu must be held. One handed the lock
+// early holds it here (see handOver), whatever the record still says.
 func (m *Manager) abandoned(st *keyState, s *successor) bool {
 	if !m.ours(s) {
+		return false
+	}
+	if h := st.held; h != nil && h.rec.fence == s.fence && h.live() {
 		return false
 	}
 	for _, w := range st.queue {
@@ -507,8 +525,8 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 		if err != nil {
 			return Grant{}, 0, err
 		}
-		cur, ttl := rec.inForce(it.TTL)
 		m.mu.Lock()
+		cur, ttl := st.inForce(rec, it.TTL)
 		st.seen = max(st.seen, rec.fence)
 		if rec.next != nil {
 			st.seen = max(st.seen, rec.next.fence)
@@ -531,6 +549,13 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 			return Grant{}, 0, unavailable(err)
 		}
 		if !cur.sameHolder(req) {
+			return Grant{}, ttl, ErrNotLocked
+		}
+		if rec.next != nil && cur.fence == rec.fence && !m.ours(rec.next) {
+			// The holder asks again while another process has reserved its
+			// successor: that process may have handed the lock over already,
+			// ahead of the write that says so (see handOver), and only it
+			// knows. Renewing here could grant the lock twice.
 			return Grant{}, ttl, ErrNotLocked
 		}
 		// Ours already: taken through another process or before a lost

@@ -80,7 +80,9 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 			if err != nil {
 				return 0, err
 			}
-			held, ttl := rec.inForce(it.TTL)
+			m.mu.Lock()
+			held, ttl := st.inForce(rec, it.TTL)
+			m.mu.Unlock()
 			if n := rec.next; n != nil && n.fence == fence && held.fence != fence {
 				// The successor was handed the lock ahead of the write
 				// that names it the holder (see handOver), and that write
