@@ -340,6 +340,8 @@ func TestOldHolderAgainAfterUnconfirmedEarlyHandoff(t *testing.T) {
 		through := m
 		if elsewhere {
 			through = testManager(store)
+		} else if info, err := m.Info(context.Background(), "k"); err != nil || info.Owner != "waiter" {
+			t.Fatalf("lockinfo through the process that handed over: %+v %v", info, err)
 		}
 		if g, err := through.Lock(context.Background(), req("k", 10, 0, "holder")); !errors.Is(err, ErrNotLocked) {
 			t.Fatalf("elsewhere %v: the old holder asking again: %+v %v", elsewhere, g, err)

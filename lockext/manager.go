@@ -585,6 +585,9 @@ func (m *Manager) refresh(ctx context.Context, st *keyState, req *Request) (Gran
 		select {
 		case <-tried:
 		case <-ctx.Done():
+			m.mu.Lock()
+			m.forget(st)
+			m.mu.Unlock()
 			return Grant{}, ctx.Err(), true
 		}
 		m.mu.Lock()

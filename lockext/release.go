@@ -384,12 +384,13 @@ func (m *Manager) Info(ctx context.Context, name string) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
-	rec, ttl := rec.inForce(it.TTL)
 	m.mu.Lock()
-	waiters := 0
-	if st := m.keys[name]; st != nil {
-		waiters = len(st.queue)
+	st := m.keys[name]
+	if st == nil {
+		st = &keyState{} // nothing known here beyond the record
 	}
+	rec, ttl := st.inForce(rec, it.TTL)
+	waiters := len(st.queue)
 	m.mu.Unlock()
 	owner := rec.owner
 	if rec.kind == kindConn {
