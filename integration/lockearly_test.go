@@ -206,3 +206,47 @@ func TestLockFault13EarlyHandoffServerRestarted(t *testing.T) {
 	neverGranted(t, "k", until, pa, pb, pn)
 	waitLocked(t, testmc.Dial(t, pb), "lock k 1 0 later")
 }
+
+// 14. With three lock replicas, one pauses between the reservation and the
+// release: the other two vouch for the reservation, so the release hands
+// over at once. Nobody else gets the lock while the successor holds it,
+// its unlock through another proxy works once the replica is back, and the
+// lock is free after.
+func TestLockFault14EarlyHandoffReplicaPaused(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, 3)
+	cfg := faultConfig(c.servers(t))
+	cfg.LockReplicas = 3
+	pa, _ := startProxy(t, cfg)
+	pb, _ := startProxy(t, cfg)
+	warm(t, pa, pb)
+	holder, fence, waiter := earlyQueue(t, c, pa)
+
+	c[2].Pause()
+	resumed := false
+	defer func() {
+		if !resumed {
+			c[2].Resume()
+		}
+	}()
+	released := time.Now()
+	if got := holder.RoundTrip("unlock k " + fence); got != "UNLOCKED 0" {
+		t.Fatalf("holder's unlock: %q", got)
+	}
+	got := waiter.Line()
+	if !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatalf("waiter: %q", got)
+	}
+	next := strings.Fields(got)[1]
+	if n := statValue(t, pa, "proxy_lock_handoffs_early"); n != "1" {
+		t.Fatalf("proxy_lock_handoffs_early %s, want 1", n)
+	}
+	neverGranted(t, "k", released.Add(time.Second), pb, pa)
+	c[2].Resume()
+	resumed = true
+	neverGranted(t, "k", released.Add(1500*time.Millisecond), pb, pa)
+	if got := testmc.Dial(t, pb).RoundTrip("unlock k " + next); got != "UNLOCKED 0" {
+		t.Fatalf("successor's unlock through another proxy: %q", got)
+	}
+	waitLocked(t, testmc.Dial(t, pa), "lock k 1 0 later")
+}
