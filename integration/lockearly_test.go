@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/memcachedlock/memcachedlock/internal/testmc"
+	"github.com/memcachedlock/memcachedlock/lockext"
 )
 
 // Fault tests for the early handoff: a waiter queued behind a holder on
@@ -249,4 +250,33 @@ func TestLockFault14EarlyHandoffReplicaPaused(t *testing.T) {
 		t.Fatalf("successor's unlock through another proxy: %q", got)
 	}
 	waitLocked(t, testmc.Dial(t, pa), "lock k 1 0 later")
+}
+
+// 15. The longest grants the configuration allows, a holder's and a
+// reserved successor's together, fit in memcached's relative expiry (30
+// days; beyond it memcached reads a date, long past, and the item is gone
+// at once): the reservation keeps the holder's grant, and its waiter is
+// not given the lock.
+func TestLockEarlyLongestTTLs(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, 1)
+	cfg := faultConfig(c.servers(t))
+	cfg.LockTTLMax = lockext.MaxTTL
+	pa, _ := startProxy(t, cfg)
+	pb, _ := startProxy(t, cfg)
+	warm(t, pa, pb)
+	longest := strconv.Itoa(lockext.MaxTTL)
+	holder := testmc.Dial(t, pa)
+	if got := holder.RoundTrip("lock k " + longest + " 0 holder"); !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatal(got)
+	}
+	waiter := testmc.Dial(t, pa)
+	waiter.Send("lock k " + longest + " 600 waiter\r\n")
+	waitReserved(t, c[0].Addr, "k", "waiter")
+	if got := waiter.Line(); !strings.HasPrefix(got, "NOT_LOCKED ") {
+		t.Fatalf("waiter behind a holder of %s s: %q", longest, got)
+	}
+	if got := testmc.Dial(t, pb).RoundTrip("lock k 10 0 intruder"); !strings.HasPrefix(got, "NOT_LOCKED ") {
+		t.Fatalf("intruder: %q", got)
+	}
 }
