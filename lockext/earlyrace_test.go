@@ -348,3 +348,36 @@ func TestOldHolderAgainAfterUnconfirmedEarlyHandoff(t *testing.T) {
 		}
 	}
 }
+
+// The holder asks again for its lock (same owner) while its waiter's
+// reservation is on its way: it gets its grant back, refreshed, rather
+// than losing the compare-and-swap to the reservation and queueing behind
+// the waiter, which waits for that very grant.
+func TestHolderAgainDuringReservation(t *testing.T) {
+	store := newMemStore()
+	gs := &gatedStore{memStore: store, reached: make(chan struct{}), open: make(chan struct{}),
+		gate: func(v []byte) bool { return bytes.HasSuffix(v, []byte(" waiter")) && bytes.Contains(v, []byte("\n")) }}
+	m := testManager(gs)
+	g, err := m.Lock(context.Background(), req("k", 10, 0, "holder"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiterCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go m.Lock(waiterCtx, req("k", 30, time.Minute, "waiter"))
+	<-gs.reached // the reservation is in the store, its reply not yet back
+	again := make(chan lockResult, 1)
+	go func() {
+		g, err := m.Lock(context.Background(), req("k", 10, 0, "holder"))
+		again <- lockResult{g, err}
+	}()
+	waitFor(t, func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return len(again) == 1 || m.keys["k"].tried != nil
+	})
+	close(gs.open)
+	if r := <-again; r.err != nil || r.g.Fence != g.Fence {
+		t.Fatalf("the holder asking again: %+v %v", r.g, r.err)
+	}
+}
