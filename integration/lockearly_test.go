@@ -39,8 +39,11 @@ func lockItem(t *testing.T, mc, name string) string {
 	if len(f) == 1 && f[0] == "EN" {
 		return ""
 	}
-	n, err := strconv.Atoi(f[len(f)-1])
-	if len(f) < 2 || f[0] != "VA" || err != nil {
+	if len(f) < 2 || f[0] != "VA" {
+		t.Fatalf("mg %s: %q", name, head)
+	}
+	n, err := strconv.Atoi(f[1])
+	if err != nil {
 		t.Fatalf("mg %s: %q", name, head)
 	}
 	value := make([]byte, n+2)
