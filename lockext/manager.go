@@ -80,7 +80,7 @@ type keyState struct {
 	seen    uint64        // highest fence seen on this name, so ours go above it
 	handing int           // releases handing the lock on; while any is, the head must not try
 	trying  bool          // the head is trying or reserving, or a handoff confirming; a release waits for it to finish
-	tried   chan struct{} // closed when that write ends; made by a release that waits for it
+	tried   chan struct{} // closed when that write ends; made by whoever waits for it (see whenTried)
 }
 
 // holding is a grant made by this process, with the version it left in
@@ -91,6 +91,9 @@ type holding struct {
 	ver     Version
 	expires time.Time
 	checked time.Time // when memcached last confirmed it (a grant, or a look by the head waiter)
+	// releasing is set once a release of the grant has begun: its holder
+	// asking again then queues behind the release, which comes first.
+	releasing bool
 }
 
 // live reports whether the grant's ttl still runs. A version outlives no
@@ -126,10 +129,28 @@ func (m *Manager) successorOf(st *keyState, w *waiter) *successor {
 // before writing, and it alone knows whether s still waits.
 func (m *Manager) ours(s *successor) bool { return s != nil && s.by == m.cfg.Instance }
 
+// inForce is rec.inForce(ttl) with what this process knows besides: a
+// successor it handed the lock to ahead of the write that names it the
+// holder (see handOver) holds the lock, whatever the record still says;
+// m.mu must be held.
+func (st *keyState) inForce(rec record, ttl int) (record, int) {
+	cur, left := rec.inForce(ttl)
+	if n := rec.next; n != nil && cur.fence != n.fence {
+		if h := st.held; h != nil && h.rec.fence == n.fence && h.live() {
+			return n.holder(), max(int(time.Until(h.expires).Seconds()+0.999), 1)
+		}
+	}
+	return cur, left
+}
+
 // abandoned reports whether s is a successor this process reserved for a
-// waiter that is no longer here; m.mu must be held.
+// waiter that is no longer here; m.mu must be held. One handed the lock
+// early holds it here (see handOver), whatever the record still says.
 func (m *Manager) abandoned(st *keyState, s *successor) bool {
 	if !m.ours(s) {
+		return false
+	}
+	if h := st.held; h != nil && h.rec.fence == s.fence && h.live() {
 		return false
 	}
 	for _, w := range st.queue {
@@ -250,7 +271,7 @@ func (m *Manager) lock(ctx context.Context, req *Request) (Grant, error) {
 		return Grant{}, ErrClosed
 	}
 	st := m.state(req.Name)
-	if h := st.held; h != nil && h.rec.sameHolder(req) && st.handing == 0 && h.live() {
+	if h := st.held; h != nil && h.rec.sameHolder(req) && !h.releasing && h.live() {
 		m.mu.Unlock()
 		if g, err, done := m.refresh(ctx, st, req); done {
 			return g, err
@@ -286,8 +307,10 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 			return *g, nil
 		}
 		if m.closed {
-			m.leave(st, w)
 			m.mu.Unlock()
+			if g := m.quit(ctx, st, w); g != nil {
+				return *g, nil
+			}
 			return Grant{}, ErrClosed
 		}
 		try, reserve, sleep, ttl := m.turn(st, w)
@@ -394,10 +417,21 @@ func (m *Manager) reserve(ctx context.Context, st *keyState, w *waiter) {
 	case err == nil && st.held == h:
 		h.rec, h.ver = rec, ver
 	case err == nil, errors.Is(err, ErrStoreExists), errors.Is(err, ErrStoreMiss):
-		st.held = nil
+		if st.held == h { // else an extend wrote meanwhile, and knows better
+			st.held = nil
+		}
 	}
 	m.mu.Unlock()
 	m.afterWrite(ctx, st, 0) // w may have left meanwhile
+}
+
+// whenTried returns a channel closed when the write of this process on
+// its way (st.trying) ends; m.mu must be held.
+func (st *keyState) whenTried() chan struct{} {
+	if st.tried == nil {
+		st.tried = make(chan struct{})
+	}
+	return st.tried
 }
 
 // endTry ends a write that releases wait for; m.mu must be held.
@@ -412,12 +446,25 @@ func (m *Manager) endTry(st *keyState) {
 // giveUp ends a wait that ran out or was cancelled, unless a handoff won
 // the race: then the grant is kept.
 func (m *Manager) giveUp(ctx context.Context, st *keyState, w *waiter, holderTTL int) (Grant, error) {
+	if granted := m.quit(ctx, st, w); granted != nil {
+		return *granted, nil
+	}
+	if ctx.Err() != nil {
+		return Grant{}, ctx.Err()
+	}
+	m.timeouts.Add(1)
+	return Grant{}, &NotLockedError{HolderTTL: holderTTL}
+}
+
+// quit takes w out of the queue and returns the grant a handoff made it
+// meanwhile, if one did. A successor of ours that leaves the queue empty
+// is written out of the holder's record (see afterWrite), unless a write
+// is on its way that will see to it: other processes would otherwise
+// hand the lock to it, or take it for the holder once the grant ends.
+func (m *Manager) quit(ctx context.Context, st *keyState, w *waiter) *Grant {
 	m.mu.Lock()
 	granted := w.grant
 	m.leave(st, w)
-	// A successor of ours that leaves the queue empty is written out of
-	// the holder's record (see afterWrite), unless a write is on its way
-	// that will see to it.
 	unreserve := granted == nil && st.held != nil && m.ours(st.held.rec.next) && st.held.rec.next.fence == w.fence && !st.trying
 	if unreserve {
 		st.trying = true
@@ -426,14 +473,7 @@ func (m *Manager) giveUp(ctx context.Context, st *keyState, w *waiter, holderTTL
 	if unreserve {
 		m.afterWrite(context.WithoutCancel(ctx), st, 0)
 	}
-	if granted != nil {
-		return *granted, nil
-	}
-	if ctx.Err() != nil {
-		return Grant{}, ctx.Err()
-	}
-	m.timeouts.Add(1)
-	return Grant{}, &NotLockedError{HolderTTL: holderTTL}
+	return granted
 }
 
 // pacer spaces out looks at a lock held by another process: jittered,
@@ -485,8 +525,8 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 		if err != nil {
 			return Grant{}, 0, err
 		}
-		cur, ttl := rec.inForce(it.TTL)
 		m.mu.Lock()
+		cur, ttl := st.inForce(rec, it.TTL)
 		st.seen = max(st.seen, rec.fence)
 		if rec.next != nil {
 			st.seen = max(st.seen, rec.next.fence)
@@ -511,6 +551,13 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 		if !cur.sameHolder(req) {
 			return Grant{}, ttl, ErrNotLocked
 		}
+		if rec.next != nil && cur.fence == rec.fence && !m.ours(rec.next) {
+			// The holder asks again while another process has reserved its
+			// successor: that process may have handed the lock over already,
+			// ahead of the write that says so (see handOver), and only it
+			// knows. Renewing here could grant the lock twice.
+			return Grant{}, ttl, ErrNotLocked
+		}
 		// Ours already: taken through another process or before a lost
 		// reply, or reserved for us by a grant whose time is up.
 		g, err := m.renew(ctx, st, req, cur, it.Version)
@@ -525,20 +572,44 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 // refresh serves a request from the holder of the local grant: the same
 // grant back, ttl refreshed, one level deeper for rlock. done is false when
 // the local grant turned out stale and the request must queue.
+//
+// It writes only when no other write of this process on the name is on
+// its way: the confirmation of the early handoff that made this very
+// grant, or a waiter's reservation, would otherwise change the version
+// under it, and the holder queue behind a waiter that waits for it.
 func (m *Manager) refresh(ctx context.Context, st *keyState, req *Request) (Grant, error, bool) {
 	m.mu.Lock()
+	for st.trying {
+		tried := st.whenTried()
+		m.mu.Unlock()
+		select {
+		case <-tried:
+		case <-ctx.Done():
+			m.mu.Lock()
+			m.forget(st)
+			m.mu.Unlock()
+			return Grant{}, ctx.Err(), true
+		}
+		m.mu.Lock()
+	}
 	h := st.held
-	m.mu.Unlock()
-	if h == nil {
+	if h == nil || !h.rec.sameHolder(req) || h.releasing || !h.live() {
+		m.mu.Unlock()
 		return Grant{}, nil, false
 	}
+	st.trying = true
+	m.mu.Unlock()
 	g, err := m.renew(ctx, st, req, h.rec, h.ver)
-	if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
+	stale := errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss)
+	if stale {
 		m.mu.Lock()
 		if st.held == h {
 			st.held = nil
 		}
 		m.mu.Unlock()
+	}
+	m.afterWrite(ctx, st, 0)
+	if stale {
 		return Grant{}, nil, false
 	}
 	return g, err, true

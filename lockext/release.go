@@ -80,11 +80,23 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 			if err != nil {
 				return 0, err
 			}
-			rec, ttl := rec.inForce(it.TTL)
-			if rec.fence != fence {
+			m.mu.Lock()
+			held, ttl := st.inForce(rec, it.TTL)
+			m.mu.Unlock()
+			if n := rec.next; n != nil && n.fence == fence && held.fence != fence {
+				// The successor was handed the lock ahead of the write
+				// that names it the holder (see handOver), and that write
+				// has not come: only the grantee knows its fence.
+				held, ttl = n.holder(), n.ttl
+				if it.TTL >= 0 {
+					ttl = min(it.TTL, n.ttl)
+				}
+			}
+			if held.fence != fence {
 				m.dropHeld(st, fence)
 				return 0, ErrNotOwner
 			}
+			rec = held
 			// Written back, the grant keeps its own end.
 			cur = current{rec: rec, ver: it.Version, ttl: max(ttl, 1)}
 		}
@@ -109,6 +121,9 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 	// before this release has finished.
 	m.mu.Lock()
 	st.handing++
+	if h := st.held; h != nil && h.rec.fence == cur.rec.fence {
+		h.releasing = true
+	}
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
@@ -124,10 +139,7 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 			// finish, then hand over. Writing meanwhile would have the two
 			// changes meet on the replicas in different orders, and a name
 			// whose replicas disagree needs all of them to decide.
-			if st.tried == nil {
-				st.tried = make(chan struct{})
-			}
-			tried := st.tried
+			tried := st.whenTried()
 			m.mu.Unlock()
 			select {
 			case <-tried:
@@ -136,8 +148,14 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 			}
 			continue
 		}
+		// covered: the item outlives a grant made now to the successor it
+		// names, since it was written to live that successor's ttl past
+		// the end of a grant that still runs. (Past that end, memcached's
+		// whole seconds may still show the item naming the holder.)
+		covered := false
 		if h := st.held; h != nil && h.rec.fence == cur.rec.fence {
 			cur.rec, cur.ver = h.rec, h.ver // that write may have been to this grant
+			covered = h.live()
 		}
 		st.held = nil
 		next := cur.rec.next
@@ -155,7 +173,7 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 			return m.store.CompareAndDelete(ctx, st.key, cur.ver)
 		}
 		w := st.queue[0]
-		if next != nil && w.fence == next.fence && m.kept(st.key, cur.ver) {
+		if next != nil && w.fence == next.fence && covered && m.kept(st.key, cur.ver) {
 			m.handOver(ctx, st, w, next, cur.ver)
 			return nil
 		}
@@ -366,12 +384,13 @@ func (m *Manager) Info(ctx context.Context, name string) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
-	rec, ttl := rec.inForce(it.TTL)
 	m.mu.Lock()
-	waiters := 0
-	if st := m.keys[name]; st != nil {
-		waiters = len(st.queue)
+	st := m.keys[name]
+	if st == nil {
+		st = &keyState{} // nothing known here beyond the record
 	}
+	rec, ttl := st.inForce(rec, it.TTL)
+	waiters := len(st.queue)
 	m.mu.Unlock()
 	owner := rec.owner
 	if rec.kind == kindConn {

@@ -176,6 +176,12 @@ func (r record) inForce(ttl int) (record, int) {
 	return r, ttl - r.next.ttl
 }
 
+// MaxTTL is the longest grant, in seconds, whose lock item memcached can
+// keep: a record that names a successor lives for the holder's seconds
+// plus the successor's (and the store may add one for memcached's clock),
+// and memcached takes an expiry beyond 30 days for a date, long past.
+const MaxTTL = (30*24*3600 - 2) / 2
+
 // itemTTL is how long the item must live for its holder to keep holdTTL
 // seconds: longer by the successor's ttl when one is reserved.
 func (r record) itemTTL(holdTTL int) int {

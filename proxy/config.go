@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/go-multierror"
 
+	"github.com/memcachedlock/memcachedlock/lockext"
 	"github.com/memcachedlock/memcachedlock/ring"
 )
 
@@ -137,8 +138,8 @@ func (c *Config) Validate() error {
 	if !validName([]byte(c.LockPrefix)) || len(c.LockPrefix) > 64 {
 		bad("lock prefix %q must be a memcached key of at most 64 bytes", c.LockPrefix)
 	}
-	if c.LockTTLMax < 1 {
-		bad("lock ttl max must be at least 1 second")
+	if c.LockTTLMax < 1 || c.LockTTLMax > lockext.MaxTTL {
+		bad("lock ttl max %d must be 1 to %d seconds (15 days): a holder's and its successor's ttl together must fit in memcached's 30 days", c.LockTTLMax, lockext.MaxTTL)
 	}
 	if c.LockTTL < 1 || c.LockTTL > c.LockTTLMax {
 		bad("lock ttl %d must be 1 to lock ttl max (%d)", c.LockTTL, c.LockTTLMax)

@@ -162,6 +162,7 @@ func TestCheck(t *testing.T) {
 		{"server is the listen address", []string{"--servers", "127.0.0.1:11311", "--listen", "127.0.0.1:11311"},
 			"server 127.0.0.1:11311 is the proxy's own listen address"},
 		{"ttl over the maximum", []string{"--lock-ttl", "2h"}, "lock ttl 7200 must be 1 to lock ttl max ("},
+		{"ttl max beyond memcached's 30 days for two grants", []string{"--lock-ttl-max", "1296000"}, "lock ttl max 1296000 must be 1 to 1295999 seconds"},
 		{"ttl not whole seconds", []string{"--lock-ttl", "1500ms"}, "--lock-ttl 1.5s: must be whole seconds"},
 		{"log format", []string{"--log-format", "xml"}, `--log-format "xml": want text or json`},
 	} {
