@@ -68,7 +68,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "advertise", EnvVars: env("ADVERTISE"), Usage: "`host:port` other proxies reach this one at to forward lock commands (its client port); default --listen unless that is a wildcard"},
 			&cli.StringFlag{Name: "lock-prefix", Value: proxy.DefaultLockPrefix, EnvVars: env("LOCK_PREFIX"), Usage: "reserved key prefix for lock state"},
 			secFlag("lock-ttl", proxy.DefaultLockTTL*time.Second, "LOCK_TTL", "default lock lifetime, whole seconds"),
-			secFlag("lock-ttl-max", proxy.DefaultLockTTLMax*time.Second, "LOCK_TTL_MAX", "longest lock lifetime, whole seconds; also how long a lock server that lost its state is not written to"),
+			secFlag("lock-ttl-max", proxy.DefaultLockTTLMax*time.Second, "LOCK_TTL_MAX", "longest lock lifetime, whole seconds, at most 15 days; also how long a lock server that lost its state is not written to"),
 			msFlag("lock-wait", proxy.DefaultLockWait, "LOCK_WAIT", "default wait for a lock"),
 			msFlag("lock-wait-max", proxy.DefaultLockWaitMax, "LOCK_WAIT_MAX", "longest wait for a lock"),
 			msFlag("lock-poll", proxy.DefaultLockPoll, "LOCK_POLL", "longest pause between looks at a lock held through another proxy"),
