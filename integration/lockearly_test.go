@@ -283,3 +283,63 @@ func TestLockEarlyLongestTTLs(t *testing.T) {
 		t.Fatalf("intruder: %q", got)
 	}
 }
+
+// 16. The name's home, a proxy process of its own, is killed between an
+// early handoff to a waiter forwarded from another proxy and the write
+// that confirms it (the lock server is paused, so that write hangs). The
+// item still names the successor: nobody is granted the lock while the
+// successor's grant runs, its unlock through the surviving proxy works,
+// and the lock is free after it.
+func TestLockFault16HomeKilledBeforeConfirm(t *testing.T) {
+	t.Parallel()
+	bin := buildCLI(t)
+	c := startCluster(t, 1)
+	pb, srv := startProxy(t, faultConfig(c.servers(t)))
+	home := testmc.FreeAddr(t)
+	cmd := startCLIProxy(t, bin, home, "--servers", c.addrs()[0], "--timeout", "300ms",
+		"--lock-ttl", faultTTLStr, "--lock-ttl-max", faultTTLStr)
+	t.Cleanup(func() { cmd.Process.Kill() })
+	waitStat(t, pb, "proxy_lock_proxies", "2")
+	waitStat(t, home, "proxy_lock_proxies", "2")
+	name := ""
+	for i := 0; name == ""; i++ {
+		if n := fmt.Sprintf("k16-%d", i); srv.LockHome(n) == home {
+			name = n
+		}
+	}
+	holder := testmc.Dial(t, home)
+	got := holder.RoundTrip("lock " + name + " " + faultTTLStr + " 0 holder")
+	if !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatal(got)
+	}
+	fence := strings.Fields(got)[1]
+	waiter := testmc.Dial(t, pb) // forwarded to the home
+	waiter.Send("lock " + name + " " + faultTTLStr + " 2500 successor\r\n")
+	waitReserved(t, c[0].Addr, name, "successor")
+
+	c[0].Pause()
+	resumed := false
+	defer func() {
+		if !resumed {
+			c[0].Resume()
+		}
+	}()
+	released := time.Now()
+	holder.Send("unlock " + name + " " + fence + "\r\n")
+	got = waiter.Line()
+	if !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatalf("no early handoff: %q", got)
+	}
+	next := strings.Fields(got)[1]
+	until := released.Add(faultTTL * time.Second) // the successor's grant ends no sooner
+	cmd.Process.Kill()
+	cmd.Wait()
+	c[0].Resume()
+	resumed = true
+
+	neverGranted(t, name, until.Add(-time.Second), pb)
+	if got := waiter.RoundTrip("unlock " + name + " " + next); got != "UNLOCKED 0" {
+		t.Fatalf("successor's unlock through the surviving proxy: %q", got)
+	}
+	waitLocked(t, testmc.Dial(t, pb), "lock "+name+" 1 2000 later")
+}
