@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -69,6 +70,15 @@ func waitReserved(t *testing.T, mc, name, owner string) {
 	}
 }
 
+// pause stops mc (SIGSTOP) until the returned resume is called, or the
+// test ends.
+func pause(t *testing.T, mc *testmc.Memcached) (resume func()) {
+	mc.Pause()
+	resume = sync.OnceFunc(mc.Resume)
+	t.Cleanup(resume)
+	return resume
+}
+
 // earlyQueue has holder take k through pa for faultTTL and waiter queue
 // behind it there, and waits until the waiter is reserved as the
 // holder's successor in memcached.
@@ -97,13 +107,7 @@ func TestLockFault12EarlyHandoffServerPaused(t *testing.T) {
 	warm(t, pa, pb)
 	holder, fence, waiter := earlyQueue(t, c, pa)
 
-	c[0].Pause()
-	resumed := false
-	defer func() {
-		if !resumed {
-			c[0].Resume()
-		}
-	}()
+	resume := pause(t, c[0])
 	released := time.Now()
 	holder.Send("unlock k " + fence + "\r\n")
 	got := waiter.Line()
@@ -116,8 +120,7 @@ func TestLockFault12EarlyHandoffServerPaused(t *testing.T) {
 		t.Fatalf("holder's unlock: %q", got)
 	}
 	neverGranted(t, "k", released.Add(500*time.Millisecond), pa, pb)
-	c[0].Resume()
-	resumed = true
+	resume()
 
 	neverGranted(t, "k", until.Add(-1500*time.Millisecond), pb, pa)
 	if got := waiter.RoundTrip("extend k " + next + " " + faultTTLStr); got != "EXTENDED "+faultTTLStr {
@@ -150,13 +153,7 @@ func TestLockFault12bEarlyHandoffServerPausedNextLeaves(t *testing.T) {
 	leaver.Send("lock k " + faultTTLStr + " 2500 leaver\r\n")
 	waitStat(t, pa, "proxy_lock_waiters", "2")
 
-	c[0].Pause()
-	resumed := false
-	defer func() {
-		if !resumed {
-			c[0].Resume()
-		}
-	}()
+	resume := pause(t, c[0])
 	holder.Send("unlock k " + fence + "\r\n")
 	got := waiter.Line()
 	if !strings.HasPrefix(got, "LOCKED ") {
@@ -168,8 +165,7 @@ func TestLockFault12bEarlyHandoffServerPausedNextLeaves(t *testing.T) {
 	}
 	leaver.NetConn.Close()
 	waitStat(t, pa, "proxy_lock_waiters", "0")
-	c[0].Resume()
-	resumed = true
+	resume()
 
 	if got := waiter.RoundTrip("unlock k " + next); got != "UNLOCKED 0" {
 		t.Fatalf("successor's unlock after the pause: %q", got)
@@ -226,13 +222,7 @@ func TestLockFault14EarlyHandoffReplicaPaused(t *testing.T) {
 	warm(t, pa, pb)
 	holder, fence, waiter := earlyQueue(t, c, pa)
 
-	c[2].Pause()
-	resumed := false
-	defer func() {
-		if !resumed {
-			c[2].Resume()
-		}
-	}()
+	resume := pause(t, c[2])
 	released := time.Now()
 	if got := holder.RoundTrip("unlock k " + fence); got != "UNLOCKED 0" {
 		t.Fatalf("holder's unlock: %q", got)
@@ -246,8 +236,7 @@ func TestLockFault14EarlyHandoffReplicaPaused(t *testing.T) {
 		t.Fatalf("proxy_lock_handoffs_early %s, want 1", n)
 	}
 	neverGranted(t, "k", released.Add(time.Second), pb, pa)
-	c[2].Resume()
-	resumed = true
+	resume()
 	neverGranted(t, "k", released.Add(1500*time.Millisecond), pb, pa)
 	if got := testmc.Dial(t, pb).RoundTrip("unlock k " + next); got != "UNLOCKED 0" {
 		t.Fatalf("successor's unlock through another proxy: %q", got)
@@ -317,13 +306,7 @@ func TestLockFault16HomeKilledBeforeConfirm(t *testing.T) {
 	waiter.Send("lock " + name + " " + faultTTLStr + " 2500 successor\r\n")
 	waitReserved(t, c[0].Addr, name, "successor")
 
-	c[0].Pause()
-	resumed := false
-	defer func() {
-		if !resumed {
-			c[0].Resume()
-		}
-	}()
+	resume := pause(t, c[0])
 	released := time.Now()
 	holder.Send("unlock " + name + " " + fence + "\r\n")
 	got = waiter.Line()
@@ -334,8 +317,7 @@ func TestLockFault16HomeKilledBeforeConfirm(t *testing.T) {
 	until := released.Add(faultTTL * time.Second) // the successor's grant ends no sooner
 	cmd.Process.Kill()
 	cmd.Wait()
-	c[0].Resume()
-	resumed = true
+	resume()
 
 	neverGranted(t, name, until.Add(-time.Second), pb)
 	if got := waiter.RoundTrip("unlock " + name + " " + next); got != "UNLOCKED 0" {

@@ -381,3 +381,33 @@ func TestHolderAgainDuringReservation(t *testing.T) {
 		t.Fatalf("the holder asking again: %+v %v", r.g, r.err)
 	}
 }
+
+// As above with a second waiter queued behind the successor: the one that
+// leaves last is not the successor, yet it leaves the queue empty with a
+// successor of ours named that has gone, and writes it out. (Only the
+// successor itself used to, and a shutdown, whose waiters all leave at
+// once, left the lock held in a departed waiter's name.)
+func TestCloseWithTwoWaitersWritesOutTheSuccessor(t *testing.T) {
+	store := newMemStore()
+	m := testManager(store)
+	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
+	second := make(chan error, 1)
+	go func() {
+		_, err := m.Lock(context.Background(), req("k", 30, time.Minute, "second"))
+		second <- err
+	}()
+	waitFor(t, func() bool { return m.Stats().Waiters == 2 })
+	m.Close()
+	for _, c := range []chan error{waited, second} {
+		if err := <-c; !errors.Is(err, ErrClosed) {
+			t.Fatalf("waiter: %v", err)
+		}
+	}
+	other := testManager(store)
+	if _, err := other.Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Lock(context.Background(), req("k", 10, 0, "next")); err != nil {
+		t.Fatalf("after the holder's release through another process: %v", err)
+	}
+}

@@ -457,15 +457,17 @@ func (m *Manager) giveUp(ctx context.Context, st *keyState, w *waiter, holderTTL
 }
 
 // quit takes w out of the queue and returns the grant a handoff made it
-// meanwhile, if one did. A successor of ours that leaves the queue empty
-// is written out of the holder's record (see afterWrite), unless a write
-// is on its way that will see to it: other processes would otherwise
-// hand the lock to it, or take it for the holder once the grant ends.
+// meanwhile, if one did. A waiter that leaves the queue empty while the
+// holder's record names a successor of ours that has gone (w, or one that
+// left before w, leaving it no time to reserve itself) writes that
+// successor out (see afterWrite), unless a write is on its way that will
+// see to it: other processes would otherwise hand the lock to it, or take
+// it for the holder once the grant ends.
 func (m *Manager) quit(ctx context.Context, st *keyState, w *waiter) *Grant {
 	m.mu.Lock()
 	granted := w.grant
 	m.leave(st, w)
-	unreserve := granted == nil && st.held != nil && m.ours(st.held.rec.next) && st.held.rec.next.fence == w.fence && !st.trying
+	unreserve := granted == nil && st.held != nil && len(st.queue) == 0 && m.abandoned(st, st.held.rec.next) && !st.trying
 	if unreserve {
 		st.trying = true
 	}
