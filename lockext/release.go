@@ -162,9 +162,13 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 		if next != nil && !m.ours(next) {
 			// Another process reserved the lock for one of its waiters:
 			// the release is that waiter's grant, which its process finds
-			// when it looks.
+			// when it looks, unless the waiter has come here meanwhile (its
+			// home changed).
 			m.mu.Unlock()
-			_, err := m.store.CompareAndSwap(ctx, st.key, next.holder().encode(), next.ttl, cur.ver)
+			ver, err := m.store.CompareAndSwap(ctx, st.key, next.holder().encode(), next.ttl, cur.ver)
+			if err == nil {
+				m.grantHere(st, next, ver)
+			}
 			return err
 		}
 		if len(st.queue) == 0 {
@@ -205,6 +209,27 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 			return nil
 		}
 		m.mu.Unlock()
+	}
+}
+
+// grantHere gives s's grant, just written in as the holder at version v,
+// to a waiter here that asked for it, if one does, as a look of its own
+// in memcached would (attempt: ours already).
+func (m *Manager) grantHere(st *keyState, s *successor, v Version) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, w := range st.queue {
+		if !s.is(&w.req) || s.mode != mode(&w.req) {
+			continue
+		}
+		now := time.Now()
+		st.held = &holding{rec: s.holder(), ver: v, expires: now.Add(time.Duration(s.ttl) * time.Second), checked: now}
+		w.grant = &Grant{Name: st.key.Name, Fence: s.fence, TTL: s.ttl, Count: 1, Owner: s.owner}
+		st.queue = append(st.queue[:i], st.queue[i+1:]...)
+		signal(w.wake)
+		m.grants.Add(1)
+		m.handoffs.Add(1)
+		return
 	}
 }
 

@@ -247,3 +247,36 @@ func (s *lossyStore) CompareAndSwap(ctx context.Context, k Key, value []byte, tt
 	}
 	return ver, err
 }
+
+// The holder is released through another process while the successor its
+// record names has come to wait there too (its home changed): that process
+// writes the successor in as the holder and hands the waiter its grant
+// (a handoff), rather than leaving it to find it at its next look.
+func TestReleaseElsewhereGrantsTheSuccessorWaitingThere(t *testing.T) {
+	store := newMemStore()
+	m := testManager(store)
+	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
+	other := New(store, Config{Prefix: "L:", MaxTTL: 60, MaxWait: time.Minute, Poll: time.Hour})
+	there := make(chan Grant, 1)
+	go func() {
+		g, err := other.Lock(context.Background(), req("k", 30, time.Minute, "waiter"))
+		if err != nil {
+			t.Error(err)
+		}
+		there <- g
+	}()
+	waitFor(t, func() bool { return other.Stats().Waiters == 1 })
+	if _, err := other.Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := store.record(t, "k")
+	if got := <-there; got.Fence != rec.fence || rec.owner != "waiter" {
+		t.Fatalf("granted fence %d; the record names %q with fence %d", got.Fence, rec.owner, rec.fence)
+	}
+	if n := other.Stats().Handoffs; n != 1 {
+		t.Fatalf("%d handoffs through the other process, want 1: the waiter there found its grant by itself", n)
+	}
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+}
