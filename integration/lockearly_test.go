@@ -102,8 +102,8 @@ func earlyQueue(t *testing.T, c cluster, pa string) (holder *testmc.Conn, fence 
 func TestLockFault12EarlyHandoffServerPaused(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 1)
-	pa, _ := startProxy(t, faultConfig(c.servers(t)))
-	pb, _ := startProxy(t, faultConfig(c.servers(t)))
+	pa, _ := startProxy(t, earlyConfig(c.servers(t)))
+	pb, _ := startProxy(t, earlyConfig(c.servers(t)))
 	warm(t, pa, pb)
 	holder, fence, waiter := earlyQueue(t, c, pa)
 
@@ -145,8 +145,8 @@ func TestLockFault12EarlyHandoffServerPaused(t *testing.T) {
 func TestLockFault12bEarlyHandoffServerPausedNextLeaves(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 1)
-	pa, _ := startProxy(t, faultConfig(c.servers(t)))
-	pb, _ := startProxy(t, faultConfig(c.servers(t)))
+	pa, _ := startProxy(t, earlyConfig(c.servers(t)))
+	pb, _ := startProxy(t, earlyConfig(c.servers(t)))
 	warm(t, pa, pb)
 	holder, fence, waiter := earlyQueue(t, c, pa)
 	leaver := testmc.Dial(t, pa)
@@ -184,8 +184,8 @@ func TestLockFault12bEarlyHandoffServerPausedNextLeaves(t *testing.T) {
 func TestLockFault13EarlyHandoffServerRestarted(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 1)
-	pa, _ := startProxy(t, faultConfig(c.servers(t)))
-	pb, _ := startProxy(t, faultConfig(c.servers(t)))
+	pa, _ := startProxy(t, earlyConfig(c.servers(t)))
+	pb, _ := startProxy(t, earlyConfig(c.servers(t)))
 	warm(t, pa, pb)
 	holderSent := time.Now()
 	holder, fence, waiter := earlyQueue(t, c, pa)
@@ -202,7 +202,7 @@ func TestLockFault13EarlyHandoffServerRestarted(t *testing.T) {
 			t.Fatalf("proxy_lock_handoffs_early %s, want 1", n)
 		}
 	}
-	pn, _ := startProxyStrict(t, faultConfig(c.servers(t)))
+	pn, _ := startProxyStrict(t, earlyConfig(c.servers(t)))
 	neverGranted(t, "k", until, pa, pb, pn)
 	waitLocked(t, testmc.Dial(t, pb), "lock k 1 0 later")
 }
@@ -215,7 +215,7 @@ func TestLockFault13EarlyHandoffServerRestarted(t *testing.T) {
 func TestLockFault14EarlyHandoffReplicaPaused(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 3)
-	cfg := faultConfig(c.servers(t))
+	cfg := earlyConfig(c.servers(t))
 	cfg.LockReplicas = 3
 	pa, _ := startProxy(t, cfg)
 	pb, _ := startProxy(t, cfg)
@@ -252,7 +252,7 @@ func TestLockFault14EarlyHandoffReplicaPaused(t *testing.T) {
 func TestLockEarlyLongestTTLs(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 1)
-	cfg := faultConfig(c.servers(t))
+	cfg := earlyConfig(c.servers(t))
 	cfg.LockTTLMax = lockext.MaxTTL
 	pa, _ := startProxy(t, cfg)
 	pb, _ := startProxy(t, cfg)
@@ -283,10 +283,10 @@ func TestLockFault16HomeKilledBeforeConfirm(t *testing.T) {
 	t.Parallel()
 	bin := buildCLI(t)
 	c := startCluster(t, 1)
-	pb, srv := startProxy(t, faultConfig(c.servers(t)))
+	pb, srv := startProxy(t, earlyConfig(c.servers(t)))
 	home := testmc.FreeAddr(t)
 	cmd := startCLIProxy(t, bin, home, "--servers", c.addrs()[0], "--timeout", "300ms",
-		"--lock-ttl", faultTTLStr, "--lock-ttl-max", faultTTLStr)
+		"--lock-ttl", faultTTLStr, "--lock-ttl-max", faultTTLStr, "--lock-early-handoff")
 	t.Cleanup(func() { cmd.Process.Kill() })
 	waitStat(t, pb, "proxy_lock_proxies", "2")
 	waitStat(t, home, "proxy_lock_proxies", "2")

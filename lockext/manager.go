@@ -20,6 +20,10 @@ type Config struct {
 	// Instance names this process in the owners of connection-held locks;
 	// it must differ between processes that share lock servers.
 	Instance string
+	// EarlyHandoff writes the head waiter into the holder's record as its
+	// successor, so that a release hands over before memcached is written
+	// (see successor). Off, every handoff waits for its write.
+	EarlyHandoff bool
 }
 
 // Request asks for a lock.
@@ -387,7 +391,7 @@ func (m *Manager) turn(st *keyState, w *waiter) (try, reserve bool, sleep time.D
 		ttl = max(int(until.Seconds()+0.5), 0)
 		if until > 0 && !h.checkDue(m.cfg.Poll) {
 			try, sleep = false, min(until, m.cfg.Poll)
-			reserve = !m.reservedFor(st, w) && (h.rec.next == nil || m.ours(h.rec.next))
+			reserve = m.cfg.EarlyHandoff && !m.reservedFor(st, w) && (h.rec.next == nil || m.ours(h.rec.next))
 		}
 	}
 	if try || reserve {

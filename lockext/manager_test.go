@@ -10,7 +10,7 @@ import (
 )
 
 func testManager(store Store) *Manager {
-	return New(store, Config{Prefix: "L:", MaxTTL: 60, MaxWait: time.Minute, Poll: 20 * time.Millisecond})
+	return New(store, Config{Prefix: "L:", MaxTTL: 60, MaxWait: time.Minute, Poll: 20 * time.Millisecond, EarlyHandoff: true})
 }
 
 func req(name string, ttl int, wait time.Duration, owner string) Request {

@@ -243,7 +243,7 @@ func (m *Manager) kept(k Key, v Version) bool {
 // waiter that will be the head once the first skip have the lock, if it
 // waits at all; m.mu must be held.
 func (m *Manager) nextSuccessor(st *keyState, skip int) *successor {
-	if len(st.queue) <= skip || st.queue[skip].req.Wait <= 0 {
+	if !m.cfg.EarlyHandoff || len(st.queue) <= skip || st.queue[skip].req.Wait <= 0 {
 		return nil
 	}
 	return m.successorOf(st, st.queue[skip])

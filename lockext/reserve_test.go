@@ -256,7 +256,7 @@ func TestReleaseElsewhereGrantsTheSuccessorWaitingThere(t *testing.T) {
 	store := newMemStore()
 	m := testManager(store)
 	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
-	other := New(store, Config{Prefix: "L:", MaxTTL: 60, MaxWait: time.Minute, Poll: time.Hour})
+	other := New(store, Config{Prefix: "L:", MaxTTL: 60, MaxWait: time.Minute, Poll: time.Hour, EarlyHandoff: true})
 	there := make(chan Grant, 1)
 	go func() {
 		g, err := other.Lock(context.Background(), req("k", 30, time.Minute, "waiter"))

@@ -42,7 +42,9 @@ type Config struct {
 
 	// Instance names this process among the proxies; empty: random.
 	Instance string
-	Logger   *slog.Logger
+	// EarlyHandoff: see lockext.Config.
+	EarlyHandoff bool
+	Logger       *slog.Logger
 }
 
 // Service is the lock service of one proxy.
@@ -105,7 +107,7 @@ func New(cfg Config, dial func(addr string) Conn) (*Service, error) {
 		rep.clash = &s.store.clash
 	}
 	s.manager = lockext.New(s.store, lockext.Config{
-		Prefix: cfg.Prefix, MaxTTL: cfg.MaxTTL, MaxWait: cfg.MaxWait, Poll: cfg.Poll, Instance: cfg.Instance,
+		Prefix: cfg.Prefix, MaxTTL: cfg.MaxTTL, MaxWait: cfg.MaxWait, Poll: cfg.Poll, Instance: cfg.Instance, EarlyHandoff: cfg.EarlyHandoff,
 	})
 	for _, rep := range s.replicas {
 		rep.othersMarked = func(ctx context.Context) bool { return s.othersMarked(ctx, rep) }

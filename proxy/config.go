@@ -49,6 +49,9 @@ type Config struct {
 	LockWait    time.Duration // default wait
 	LockWaitMax time.Duration // longest wait
 	LockPoll    time.Duration // longest pause between looks at a lock held elsewhere
+	// LockEarlyHandoff hands a lock to the next waiter before memcached is
+	// written (see lockext.Config.EarlyHandoff).
+	LockEarlyHandoff bool
 
 	Logger *slog.Logger
 }

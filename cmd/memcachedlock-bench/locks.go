@@ -36,6 +36,7 @@ func locksCommand() *cli.Command {
 			&cli.IntSliceFlag{Name: "replicas", Value: cli.NewIntSlice(1, 3), Usage: "--lock-replicas values to run"},
 			&cli.IntFlag{Name: "rounds", Value: 1, Usage: "runs of each case, alternating; the table shows the median by grants/s"},
 			&cli.BoolFlag{Name: "polling", Value: true, Usage: "run the polling baseline too"},
+			&cli.BoolFlag{Name: "early-handoff", Usage: "run the proxies with --lock-early-handoff"},
 			&cli.IntFlag{Name: "gomaxprocs", Usage: "GOMAXPROCS of the proxies and the ceiling server; 0 leaves Go's default (every core). Four proxies on one small machine stand for four hosts: 1 keeps their runtimes from contending for every core"},
 			&cli.BoolFlag{Name: "ceiling", Value: true, Usage: "run an in-memory lock server too: the busiest any lock with a process between its clients gets here"},
 		},
@@ -83,7 +84,7 @@ func runLocks(cc *cli.Context) error {
 		procs = strconv.Itoa(n)
 	}
 	fmt.Printf("lock benchmark: W=%d workers, hold %s, think %s, %s per run, %d round(s); workers spread over the proxies; "+
-		"lock servers: memcached -M, fresh for each case; proxies' GOMAXPROCS: %s\n\n", w, hold, think, d, cc.Int("rounds"), procs)
+		"lock servers: memcached -M, fresh for each case; proxies' GOMAXPROCS: %s; early handoff: %v\n\n", w, hold, think, d, cc.Int("rounds"), procs, cc.Bool("early-handoff"))
 	var cases []lockCase
 	for _, replicas := range cc.IntSlice("replicas") {
 		for _, n := range cc.IntSlice("proxies") {
@@ -95,7 +96,7 @@ func runLocks(cc *cli.Context) error {
 	runs := make([][]lockResult, len(cases))
 	for round := 0; round < cc.Int("rounds"); round++ {
 		for i, c := range cases {
-			r, err := proxiedRun(c.bin, cache[0], c.proxies, c.replicas, w, hold, think, d)
+			r, err := proxiedRun(c.bin, cache[0], c.proxies, c.replicas, w, hold, think, d, cc.Bool("early-handoff"))
 			if err != nil {
 				return err
 			}
@@ -244,7 +245,7 @@ func ceilingRun(w int, hold, think, d time.Duration, cache string) (lockResult, 
 
 // proxiedRun starts fresh lock servers and n proxies in front of them,
 // spreads the workers over the proxies, and stops it all again.
-func proxiedRun(bin, cache string, n, replicas, w int, hold, think, d time.Duration) (lockResult, error) {
+func proxiedRun(bin, cache string, n, replicas, w int, hold, think, d time.Duration, early bool) (lockResult, error) {
 	var ps procs
 	defer ps.stop()
 	locks, err := ps.memcached(replicas, 1, "-M", "-m", "64")
@@ -254,8 +255,11 @@ func proxiedRun(bin, cache string, n, replicas, w int, hold, think, d time.Durat
 	var addrs []string
 	var pids []int
 	for i := 0; i < n; i++ {
-		addr, err := ps.proxy(bin, []string{cache}, "--lock-servers", strings.Join(locks, ","),
-			"--lock-replicas", strconv.Itoa(replicas), "--lock-fresh-servers")
+		args := []string{"--lock-servers", strings.Join(locks, ","), "--lock-replicas", strconv.Itoa(replicas), "--lock-fresh-servers"}
+		if early {
+			args = append(args, "--lock-early-handoff")
+		}
+		addr, err := ps.proxy(bin, []string{cache}, args...)
 		if err != nil {
 			return lockResult{}, err
 		}
