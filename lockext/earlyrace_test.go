@@ -41,7 +41,7 @@ func TestExtendDuringConfirmThenSuccessorLeaves(t *testing.T) {
 			return bytes.Contains(v, []byte(" leaver")) && bytes.Contains(v, []byte(" waiter\n"))
 		}}
 	m := testManager(gs)
-	g, waited := queueReservedGrant(t, m, store, "k")
+	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
 	leaverCtx, leave := context.WithCancel(context.Background())
 	left := make(chan error, 1)
 	go func() {
@@ -79,30 +79,6 @@ func TestExtendDuringConfirmThenSuccessorLeaves(t *testing.T) {
 	}
 }
 
-type lockResult struct {
-	g   Grant
-	err error
-}
-
-// queueReservedGrant is queueReserved returning the waiter's grant.
-func queueReservedGrant(t *testing.T, m *Manager, store *memStore, name string) (holder Grant, waited chan lockResult) {
-	t.Helper()
-	g, err := m.Lock(context.Background(), req(name, 10, 0, "holder"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	waited = make(chan lockResult, 1)
-	go func() {
-		g, err := m.Lock(context.Background(), req(name, 30, time.Minute, "waiter"))
-		waited <- lockResult{g, err}
-	}()
-	waitFor(t, func() bool {
-		rec, ok := store.record(t, name)
-		return ok && rec.next != nil && rec.next.owner == "waiter"
-	})
-	return g, waited
-}
-
 // The confirmation of an early handoff fails (the lock server is down, or
 // the proxy dies before writing it), so the record still names the old
 // holder with the new one as its successor. The new holder, reaching
@@ -112,7 +88,7 @@ func queueReservedGrant(t *testing.T, m *Manager, store *memStore, name string) 
 func TestSuccessorHoldsElsewhereBeforeConfirmation(t *testing.T) {
 	store := newMemStore()
 	m := testManager(store)
-	g, waited := queueReservedGrant(t, m, store, "k")
+	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
 	store.setDown(true)
 	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
 		t.Fatal(err)
@@ -146,7 +122,7 @@ func TestCloseWritesOutReservedSuccessor(t *testing.T) {
 	m := testManager(store)
 	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
 	m.Close()
-	if err := <-waited; !errors.Is(err, ErrClosed) {
+	if err := (<-waited).err; !errors.Is(err, ErrClosed) {
 		t.Fatalf("waiter: %v", err)
 	}
 	other := testManager(store)
@@ -328,7 +304,7 @@ func TestOldHolderAgainAfterUnconfirmedEarlyHandoff(t *testing.T) {
 	for _, elsewhere := range []bool{false, true} {
 		store := newMemStore()
 		m := testManager(store)
-		g, waited := queueReservedGrant(t, m, store, "k")
+		g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
 		store.setDown(true)
 		if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
 			t.Fatal(err)
@@ -391,15 +367,15 @@ func TestCloseWithTwoWaitersWritesOutTheSuccessor(t *testing.T) {
 	store := newMemStore()
 	m := testManager(store)
 	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
-	second := make(chan error, 1)
+	second := make(chan lockResult, 1)
 	go func() {
-		_, err := m.Lock(context.Background(), req("k", 30, time.Minute, "second"))
-		second <- err
+		g, err := m.Lock(context.Background(), req("k", 30, time.Minute, "second"))
+		second <- lockResult{g, err}
 	}()
 	waitFor(t, func() bool { return m.Stats().Waiters == 2 })
 	m.Close()
-	for _, c := range []chan error{waited, second} {
-		if err := <-c; !errors.Is(err, ErrClosed) {
+	for _, c := range []chan lockResult{waited, second} {
+		if err := (<-c).err; !errors.Is(err, ErrClosed) {
 			t.Fatalf("waiter: %v", err)
 		}
 	}

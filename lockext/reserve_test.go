@@ -26,18 +26,24 @@ func (s *memStore) record(t *testing.T, name string) (record, bool) {
 	return rec, true
 }
 
+// lockResult is how a Lock call in a goroutine ended.
+type lockResult struct {
+	g   Grant
+	err error
+}
+
 // queueReserved has a holder take name on m and a waiter queue behind it,
 // and returns once the waiter is written in as the successor.
-func queueReserved(t *testing.T, m *Manager, store *memStore, name string, holdTTL int, wait time.Duration) (holder Grant, waited chan error) {
+func queueReserved(t *testing.T, m *Manager, store *memStore, name string, holdTTL int, wait time.Duration) (holder Grant, waited chan lockResult) {
 	t.Helper()
 	g, err := m.Lock(context.Background(), req(name, holdTTL, 0, "holder"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	waited = make(chan error, 1)
+	waited = make(chan lockResult, 1)
 	go func() {
-		_, err := m.Lock(context.Background(), req(name, 30, wait, "waiter"))
-		waited <- err
+		g, err := m.Lock(context.Background(), req(name, 30, wait, "waiter"))
+		waited <- lockResult{g, err}
 	}()
 	waitFor(t, func() bool {
 		rec, ok := store.record(t, name)
@@ -56,7 +62,7 @@ func TestEarlyHandoff(t *testing.T) {
 	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-waited; err != nil {
+	if err := (<-waited).err; err != nil {
 		t.Fatal(err)
 	}
 	if n := m.Stats().EarlyHandoffs; n != 1 {
@@ -76,7 +82,7 @@ func TestNoEarlyHandoffWithoutKeeper(t *testing.T) {
 	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-waited; err != nil {
+	if err := (<-waited).err; err != nil {
 		t.Fatal(err)
 	}
 	if st := m.Stats(); st.EarlyHandoffs != 0 || st.Handoffs != 1 {
@@ -96,7 +102,7 @@ func TestReservedWaiterLeaves(t *testing.T) {
 	store := newMemStore()
 	m := testManager(store)
 	g, waited := queueReserved(t, m, store, "k", 10, 100*time.Millisecond)
-	if err := <-waited; !errors.Is(err, ErrNotLocked) {
+	if err := (<-waited).err; !errors.Is(err, ErrNotLocked) {
 		t.Fatalf("waiter: %v", err)
 	}
 	waitFor(t, func() bool { rec, ok := store.record(t, "k"); return ok && rec.next == nil })
@@ -147,7 +153,7 @@ func TestReleaseElsewhereGoesToTheSuccessor(t *testing.T) {
 	if _, err := other.Lock(context.Background(), req("k", 10, 0, "intruder")); !errors.Is(err, ErrNotLocked) {
 		t.Fatalf("intruder: %v", err)
 	}
-	if err := <-waited; err != nil {
+	if err := (<-waited).err; err != nil {
 		t.Fatal(err)
 	}
 	if rec, _ := store.record(t, "k"); rec.owner != "waiter" {
@@ -165,7 +171,7 @@ func TestDoubleReleaseAfterEarlyHandoff(t *testing.T) {
 	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-waited; err != nil {
+	if err := (<-waited).err; err != nil {
 		t.Fatal(err)
 	}
 	other := testManager(store)
@@ -276,7 +282,7 @@ func TestReleaseElsewhereGrantsTheSuccessorWaitingThere(t *testing.T) {
 	if n := other.Stats().Handoffs; n != 1 {
 		t.Fatalf("%d handoffs through the other process, want 1: the waiter there found its grant by itself", n)
 	}
-	if err := <-waited; err != nil {
+	if err := (<-waited).err; err != nil {
 		t.Fatal(err)
 	}
 }
