@@ -79,6 +79,16 @@ func pause(t *testing.T, mc *testmc.Memcached) (resume func()) {
 	return resume
 }
 
+// earlyPair starts one lock server and two proxies in front of it with
+// early handoff on, both having adopted the server.
+func earlyPair(t *testing.T) (c cluster, pa, pb string) {
+	c = startCluster(t, 1)
+	pa, _ = startProxy(t, earlyConfig(c.servers(t)))
+	pb, _ = startProxy(t, earlyConfig(c.servers(t)))
+	warm(t, pa, pb)
+	return c, pa, pb
+}
+
 // earlyQueue has holder take k through pa for faultTTL and waiter queue
 // behind it there, and waits until the waiter is reserved as the
 // holder's successor in memcached.
@@ -101,10 +111,7 @@ func earlyQueue(t *testing.T, c cluster, pa string) (holder *testmc.Conn, fence 
 // else gets the lock meanwhile, and the lock is free after its unlock.
 func TestLockFault12EarlyHandoffServerPaused(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, 1)
-	pa, _ := startProxy(t, earlyConfig(c.servers(t)))
-	pb, _ := startProxy(t, earlyConfig(c.servers(t)))
-	warm(t, pa, pb)
+	c, pa, pb := earlyPair(t)
 	holder, fence, waiter := earlyQueue(t, c, pa)
 
 	resume := pause(t, c[0])
@@ -144,10 +151,7 @@ func TestLockFault12EarlyHandoffServerPaused(t *testing.T) {
 // for the leaver's ttl.
 func TestLockFault12bEarlyHandoffServerPausedNextLeaves(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, 1)
-	pa, _ := startProxy(t, earlyConfig(c.servers(t)))
-	pb, _ := startProxy(t, earlyConfig(c.servers(t)))
-	warm(t, pa, pb)
+	c, pa, pb := earlyPair(t)
 	holder, fence, waiter := earlyQueue(t, c, pa)
 	leaver := testmc.Dial(t, pa)
 	leaver.Send("lock k " + faultTTLStr + " 2500 leaver\r\n")
@@ -183,10 +187,7 @@ func TestLockFault12bEarlyHandoffServerPausedNextLeaves(t *testing.T) {
 // the restart. Compare 2b, a flush.
 func TestLockFault13EarlyHandoffServerRestarted(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, 1)
-	pa, _ := startProxy(t, earlyConfig(c.servers(t)))
-	pb, _ := startProxy(t, earlyConfig(c.servers(t)))
-	warm(t, pa, pb)
+	c, pa, pb := earlyPair(t)
 	holderSent := time.Now()
 	holder, fence, waiter := earlyQueue(t, c, pa)
 	until := holderSent.Add(faultTTL * time.Second)
