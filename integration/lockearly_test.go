@@ -2,9 +2,11 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -325,4 +327,52 @@ func TestLockFault16HomeKilledBeforeConfirm(t *testing.T) {
 		t.Fatalf("successor's unlock through the surviving proxy: %q", got)
 	}
 	waitLocked(t, testmc.Dial(t, pb), "lock "+name+" 1 2000 later")
+}
+
+// 17. The name's home shuts down (a proxy replaced) with two waiters
+// queued behind a lease, the first reserved as its successor. Every waiter
+// leaves at once; whichever leaves last writes the departed successor out
+// of the lock item, so that the holder's release through the other proxy
+// frees the lock rather than handing it to a waiter that has gone.
+func TestLockFault17HomeShutdownWithTwoWaiters(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, 1)
+	pa, srv := startProxy(t, earlyConfig(c.servers(t)))
+	pb, _ := startProxy(t, earlyConfig(c.servers(t)))
+	warm(t, pa, pb)
+	waitStat(t, pa, "proxy_lock_proxies", "2")
+	waitStat(t, pb, "proxy_lock_proxies", "2")
+	name := ""
+	for i := 0; name == ""; i++ {
+		if n := fmt.Sprintf("k17-%d", i); srv.LockHome(n) == pa {
+			name = n
+		}
+	}
+	got := testmc.Dial(t, pa).RoundTrip("lock " + name + " " + faultTTLStr + " 0 holder")
+	if !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatal(got)
+	}
+	fence := strings.Fields(got)[1]
+	var waiters []*testmc.Conn // kept: a connection collected would close, and its wait end
+	for i, w := range []string{"first", "second"} {
+		waiters = append(waiters, testmc.Dial(t, pa))
+		waiters[i].Send("lock " + name + " " + faultTTLStr + " 2500 " + w + "\r\n")
+		waitStat(t, pa, "proxy_lock_waiters", strconv.Itoa(i+1)) // in this order
+	}
+	waitReserved(t, c[0].Addr, name, "first")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	srv.Shutdown(ctx)
+	cancel()
+	if _, next, ok := strings.Cut(lockItem(t, c[0].Addr, name), "\n"); ok {
+		t.Fatalf("after the home's shutdown the lock item still names a successor: %q", next)
+	}
+	other := testmc.Dial(t, pb)
+	if got := other.RoundTrip("unlock " + name + " " + fence); got != "UNLOCKED 0" {
+		t.Fatalf("holder's unlock through the other proxy: %q", got)
+	}
+	if got := other.RoundTrip("lock " + name + " 1 0 next"); !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatalf("lock after the holder's release: %q (held for a waiter that left?)", got)
+	}
+	runtime.KeepAlive(waiters)
 }
