@@ -642,11 +642,37 @@ func (m *Manager) renew(ctx context.Context, st *keyState, req *Request, cur rec
 
 // granted records a grant made by this process.
 func (m *Manager) granted(st *keyState, rec record, ver Version, ttl int) Grant {
-	now := time.Now()
+	h := newHolding(rec, ver, ttl)
 	m.mu.Lock()
-	st.held = &holding{rec: rec, ver: ver, expires: now.Add(time.Duration(ttl) * time.Second), checked: now}
+	st.held = h
 	m.mu.Unlock()
-	return Grant{Name: st.key.Name, Fence: rec.fence, TTL: ttl, Count: rec.count, Owner: rec.owner}
+	return h.grant(st.key.Name, ttl)
+}
+
+// newHolding is a grant of rec for ttl seconds from now, at version ver.
+func newHolding(rec record, ver Version, ttl int) *holding {
+	now := time.Now()
+	return &holding{rec: rec, ver: ver, expires: now.Add(time.Duration(ttl) * time.Second), checked: now}
+}
+
+// grant is what the holder is told.
+func (h *holding) grant(name string, ttl int) Grant {
+	return Grant{Name: name, Fence: h.rec.fence, TTL: ttl, Count: h.rec.count, Owner: h.rec.owner}
+}
+
+// give hands g to the waiter st.queue[i], takes it out of the queue and
+// wakes it; m.mu must be held.
+func (m *Manager) give(st *keyState, i int, g Grant) {
+	w := st.queue[i]
+	w.grant = &g
+	if i == 0 {
+		st.queue = st.queue[1:]
+	} else {
+		st.queue = append(st.queue[:i], st.queue[i+1:]...)
+	}
+	signal(w.wake)
+	m.grants.Add(1)
+	m.handoffs.Add(1)
 }
 
 func mode(req *Request) byte {

@@ -178,7 +178,7 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 		}
 		w := st.queue[0]
 		if next != nil && w.fence == next.fence && covered && m.kept(st.key, cur.ver) {
-			m.handOver(ctx, st, w, next, cur.ver)
+			m.handOver(ctx, st, next, cur.ver)
 			return nil
 		}
 		req := &w.req
@@ -196,12 +196,8 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 		if len(st.queue) > 0 && st.queue[0] == w {
 			// The waiter is still there: the grant is its. Had it left in the
 			// meantime, the loop passes the grant on to the next one.
-			w.grant = &g
-			st.queue = st.queue[1:]
-			signal(w.wake)
+			m.give(st, 0, g)
 			m.mu.Unlock()
-			m.grants.Add(1)
-			m.handoffs.Add(1)
 			// The new holder's reply is the lock's latency; the releaser's
 			// own reply and waking the next head can wait. Yielding runs the
 			// goroutine just woken here and now instead of after them.
@@ -222,13 +218,8 @@ func (m *Manager) grantHere(st *keyState, s *successor, v Version) {
 		if !s.is(&w.req) || s.mode != mode(&w.req) {
 			continue
 		}
-		now := time.Now()
-		st.held = &holding{rec: s.holder(), ver: v, expires: now.Add(time.Duration(s.ttl) * time.Second), checked: now}
-		w.grant = &Grant{Name: st.key.Name, Fence: s.fence, TTL: s.ttl, Count: 1, Owner: s.owner}
-		st.queue = append(st.queue[:i], st.queue[i+1:]...)
-		signal(w.wake)
-		m.grants.Add(1)
-		m.handoffs.Add(1)
+		st.held = newHolding(s.holder(), v, s.ttl)
+		m.give(st, i, st.held.grant(st.key.Name, s.ttl))
 		return
 	}
 }
@@ -249,25 +240,21 @@ func (m *Manager) nextSuccessor(st *keyState, skip int) *successor {
 	return m.successorOf(st, st.queue[skip])
 }
 
-// handOver gives the lock to w, the successor that the released grant's
-// record names, before memcached hears of it: the item lives long enough
-// to cover w's grant already (see successor). It then writes w in as the
-// holder, with the next head as w's successor; w's own release waits for
-// that write. m.mu is held on entry and released.
-func (m *Manager) handOver(ctx context.Context, st *keyState, w *waiter, next *successor, reservation Version) {
+// handOver gives the lock to the head waiter, the successor next that the
+// released grant's record names, before memcached hears of it: the item
+// lives long enough to cover that grant already (see successor). It then
+// writes the successor in as the holder, with the next head as its own
+// successor; the new holder's release waits for that write. m.mu is held
+// on entry and released.
+func (m *Manager) handOver(ctx context.Context, st *keyState, next *successor, reservation Version) {
 	rec := next.holder()
-	now := time.Now()
-	h := &holding{rec: rec, ver: reservation, expires: now.Add(time.Duration(next.ttl) * time.Second), checked: now}
+	h := newHolding(rec, reservation, next.ttl)
 	st.held = h
-	w.grant = &Grant{Name: st.key.Name, Fence: rec.fence, TTL: next.ttl, Count: 1, Owner: rec.owner}
-	st.queue = st.queue[1:]
-	signal(w.wake)
+	m.give(st, 0, h.grant(st.key.Name, next.ttl))
+	m.early.Add(1)
 	rec.next = m.nextSuccessor(st, 0)
 	st.trying = true
 	m.mu.Unlock()
-	m.grants.Add(1)
-	m.handoffs.Add(1)
-	m.early.Add(1)
 	runtime.Gosched() // the new holder's reply first, as above
 	m.confirm(context.WithoutCancel(ctx), st, h, rec, next.ttl)
 	m.afterWrite(ctx, st, 1)
