@@ -31,6 +31,8 @@ type lockLoad struct {
 	mu       sync.Mutex
 	holding  map[int]heldGrant // by client
 	grants   []time.Time       // when each LOCKED arrived
+	recent   []string          // the last lock replies, for an overlap's report (a ring)
+	events   int               // replies noted in recent so far
 	overlaps []string
 	replies  map[string]int // replies other than LOCKED, by kind
 	slowest  string         // the lock command that took longest to answer
@@ -123,14 +125,53 @@ func (l *lockLoad) finish() time.Time {
 func (l *lockLoad) granted(i int, g heldGrant) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.noteLocked(g.got, fmt.Sprintf("client %d got LOCKED %d through %s (sent at %s)", i, g.fence, l.proxy(i), g.sent.Format(stamp)))
 	for j, h := range l.holding {
 		if j != i && g.got.Before(h.sent.Add(l.ttl)) {
-			l.overlaps = append(l.overlaps, fmt.Sprintf("client %d got fence %d while client %d held fence %d (%s of its ttl left)",
-				i, g.fence, j, h.fence, h.sent.Add(l.ttl).Sub(g.got).Round(time.Millisecond)))
+			l.overlaps = append(l.overlaps, fmt.Sprintf("client %d got fence %d while client %d held fence %d (%s of its ttl left); before it:\n%s",
+				i, g.fence, j, h.fence, h.sent.Add(l.ttl).Sub(g.got).Round(time.Millisecond), l.story(g.got)))
 		}
 	}
 	l.holding[i] = g
 	l.grants = append(l.grants, g.got)
+}
+
+// stamp is how the story of an overlap writes times.
+const stamp = "15:04:05.000000"
+
+// recentKept is how many replies an overlap's report shows.
+const recentKept = 40
+
+// note records a reply for an overlap's report.
+func (l *lockLoad) note(what string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.noteLocked(time.Now(), what)
+}
+
+func (l *lockLoad) noteLocked(at time.Time, what string) {
+	line := at.Format(stamp) + " " + what
+	if len(l.recent) < recentKept {
+		l.recent = append(l.recent, line)
+	} else {
+		l.recent[l.events%recentKept] = line
+	}
+	l.events++
+}
+
+// story is what led up to an overlap at t: the faults of the last five
+// seconds and the last replies, oldest first; l.mu held.
+func (l *lockLoad) story(t time.Time) string {
+	var b strings.Builder
+	for _, f := range l.faults {
+		if f.at.After(t.Add(-5 * time.Second)) {
+			fmt.Fprintf(&b, "  %s fault: %s\n", f.at.Format(stamp), f.what)
+		}
+	}
+	for k := max(l.events-recentKept, 0); k < l.events; k++ {
+		fmt.Fprintf(&b, "  %s\n", l.recent[k%recentKept])
+	}
+	return b.String()
 }
 
 func (l *lockLoad) unlocking(i int) {
@@ -192,12 +233,14 @@ func (l *lockLoad) client(i int) {
 		line, err := exchange(fmt.Sprintf("lock %s %d %d c%d.%d", l.name, int(l.ttl.Seconds()), l.wait.Milliseconds(), i, n), l.wait)
 		l.took(time.Since(sent), fmt.Sprintf("client %d through proxy %d at %s: %q %v", i, i%len(l.slots), sent.Format("15:04:05.000"), line, err))
 		if err != nil {
+			l.note(fmt.Sprintf("client %d lock through %s: %v", i, l.proxy(i), err))
 			drop("connection lost")
 			time.Sleep(20 * time.Millisecond)
 			continue
 		}
 		f := strings.Fields(line)
 		if len(f) == 0 || f[0] != "LOCKED" {
+			l.note(fmt.Sprintf("client %d lock through %s: %q", i, l.proxy(i), line))
 			kind := line
 			if len(f) > 0 && f[0] == "NOT_LOCKED" {
 				kind = "NOT_LOCKED"
@@ -217,6 +260,7 @@ func (l *lockLoad) client(i int) {
 		// perhaps to another proxy, as a careful client does.
 		for try := 0; try < 2; try++ {
 			line, err = exchange(fmt.Sprintf("unlock %s %d", l.name, fence), 0)
+			l.note(fmt.Sprintf("client %d unlock %d through %s: %q %v", i, fence, l.proxy(i), line, err))
 			if err == nil {
 				if !strings.HasPrefix(line, "UNLOCKED") {
 					l.reply("unlock: " + line)
