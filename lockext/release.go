@@ -359,20 +359,30 @@ func (m *Manager) dropHeld(st *keyState, fence uint64) {
 
 // Extend sets the remaining lifetime of the grant with the given fence.
 // Waiters here look again at once: a shorter grant ends sooner.
+//
+// A grant whose successor another process reserved is not shortened here:
+// that process hands the lock over early until the end of the grant it
+// knows of, and the item must outlive the early grant (see successor).
+// The holder is told the seconds its grant keeps. (Extends reach the
+// reserving process, the name's home, unless the home cannot be reached.)
 func (m *Manager) Extend(ctx context.Context, name string, fence uint64, ttl int) (int, error) {
 	if ttl < 1 || ttl > m.cfg.MaxTTL {
 		return 0, fmt.Errorf("%w: ttl must be 1 to %d", ErrBadRequest, m.cfg.MaxTTL)
 	}
 	return m.withGrant(ctx, name, fence, func(st *keyState, cur current) (int, error) {
-		ver, err := m.store.CompareAndSwap(ctx, st.key, cur.rec.encode(), cur.rec.itemTTL(ttl), cur.ver)
+		keep := ttl
+		if n := cur.rec.next; n != nil && !m.ours(n) {
+			keep = max(ttl, cur.ttl)
+		}
+		ver, err := m.store.CompareAndSwap(ctx, st.key, cur.rec.encode(), cur.rec.itemTTL(keep), cur.ver)
 		if err != nil {
 			return 0, err
 		}
-		m.granted(st, cur.rec, ver, ttl)
+		m.granted(st, cur.rec, ver, keep)
 		m.mu.Lock()
 		m.wakeHead(st)
 		m.mu.Unlock()
-		return ttl, nil
+		return keep, nil
 	})
 }
 

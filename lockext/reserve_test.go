@@ -286,3 +286,32 @@ func TestReleaseElsewhereGrantsTheSuccessorWaitingThere(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// An extend through another process than the one that reserved the
+// successor does not shorten the item: that process may hand over early
+// until the end of the grant it knows of, and the item must outlive the
+// early grant. Shortened, it would expire while the successor held the
+// lock, and the next waiter's add would take it a second time.
+func TestExtendElsewhereDoesNotShortenAReservation(t *testing.T) {
+	store := newMemStore()
+	home, other := testManager(store), testManager(store)
+	g, _ := queueReserved(t, home, store, "k", 10, time.Minute)
+	n, err := other.Extend(context.Background(), "k", g.Fence, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 9 {
+		t.Errorf("EXTENDED %d: the holder is told a grant shorter than the one the item keeps", n)
+	}
+	it, err := store.Get(context.Background(), Key{Name: "k", Item: itemKey("L:", "k")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it.TTL < 9+30 {
+		t.Fatalf("item lives %d s after an extend elsewhere; the early grant the home may still make needs 10+30", it.TTL)
+	}
+	// Through the home itself, which knows the grant's end, it shortens.
+	if n, err := home.Extend(context.Background(), "k", g.Fence, 2); err != nil || n != 2 {
+		t.Fatalf("extend through the home: %d, %v", n, err)
+	}
+}
