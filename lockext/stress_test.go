@@ -216,6 +216,7 @@ func runStress(seed uint64, d time.Duration) *stressRun {
 			Poll: time.Duration(5+rnd.IntN(50)) * time.Millisecond}}
 	r.store = newChaosStore(rand.New(rand.NewPCG(seed, 2)), r.logf)
 	r.store.faults = 30 + rnd.IntN(300)
+	r.store.timeout = time.Duration(100+rnd.IntN(200)) * time.Millisecond
 	for n := 2 + rnd.IntN(3); len(r.managers) < n; {
 		r.instances++
 		cfg := r.cfg
@@ -240,11 +241,11 @@ func runStress(seed uint64, d time.Duration) *stressRun {
 				return
 			case <-time.After(time.Duration(200+rnd.IntN(800)) * time.Millisecond):
 			}
-			switch rnd.IntN(3) {
-			case 0:
+			switch rnd.IntN(5) {
+			case 0, 1:
 				r.replace(rnd.IntN(len(r.managers)))
-			case 1:
-				r.store.pause(time.Duration(rnd.IntN(300)) * time.Millisecond)
+			case 2:
+				r.store.pause(time.Duration(rnd.IntN(1500)) * time.Millisecond)
 			}
 		}
 	}()
@@ -391,25 +392,40 @@ func (r *stressRun) release(i int, rnd *rand.Rand, m *Manager, s *Session, g Gra
 		s.Close(context.Background())
 		return
 	}
+	var first sync.WaitGroup // an unlock whose reply was lost, still on its way
+	defer first.Wait()
 	for try := 0; try < 2; try++ {
 		via := m
 		if rnd.IntN(2) == 0 || via.isClosed() || try > 0 {
 			via = r.manager(rnd)
 		}
-		ctx, cancel := context.Background(), context.CancelFunc(func() {})
-		lost := rnd.IntN(8) == 0 // the connection drops before the reply
-		if lost {
-			ctx, cancel = context.WithTimeout(ctx, time.Duration(rnd.IntN(3000))*time.Microsecond)
+		unlock := func(ctx context.Context) error {
+			r.logf("client %d unlock fence %d via %s", i, g.Fence, r.name(via))
+			var err error
+			if s != nil && via == m {
+				_, err = s.Unlock(ctx, "k", g.Fence)
+			} else {
+				_, err = via.Unlock(ctx, "k", g.Fence)
+			}
+			r.logf("client %d unlock fence %d via %s: %v", i, g.Fence, r.name(via), err)
+			return err
 		}
-		r.logf("client %d unlock fence %d via %s", i, g.Fence, r.name(via))
-		var err error
-		if s != nil && via == m {
-			_, err = s.Unlock(ctx, "k", g.Fence)
-		} else {
-			_, err = via.Unlock(ctx, "k", g.Fence)
+		switch rnd.IntN(10) {
+		case 0: // the connection drops, and the proxy goes on with the unlock
+			first.Add(1)
+			go func() {
+				defer first.Done()
+				unlock(context.Background())
+			}()
+			time.Sleep(time.Duration(rnd.IntN(3000)) * time.Microsecond)
+			continue
+		case 1: // the connection drops, and the proxy gives up the unlock
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rnd.IntN(3000))*time.Microsecond)
+			unlock(ctx)
+			cancel()
+			continue
 		}
-		cancel()
-		r.logf("client %d unlock fence %d via %s: %v", i, g.Fence, r.name(via), err)
+		err := unlock(context.Background())
 		switch {
 		case err == nil:
 			r.reply("unlock ok")
@@ -418,13 +434,13 @@ func (r *stressRun) release(i int, rnd *rand.Rand, m *Manager, s *Session, g Gra
 			if try == 0 && time.Now().Before(ends) {
 				r.anomaly("client %d unlock fence %d via %s: %v while its grant ran", i, g.Fence, r.name(via), err)
 			}
-		case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		case errors.Is(err, ErrUnavailable):
 			r.reply("unlock error")
-			lost = true
+			continue
 		default:
 			r.anomaly("client %d unlock fence %d via %s: %v", i, g.Fence, r.name(via), err)
 		}
-		if !lost && rnd.IntN(6) > 0 {
+		if rnd.IntN(6) > 0 {
 			return
 		}
 	}
