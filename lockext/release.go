@@ -152,12 +152,17 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 		// names, since it was written to live that successor's ttl past
 		// the end of a grant that still runs. (Past that end, memcached's
 		// whole seconds may still show the item naming the holder.)
+		//
+		// Only the grant released is forgotten: another one held here may
+		// be the successor's, handed over by an earlier release of this
+		// very grant (a retry, both waiting for the same write), and
+		// known nowhere else until its confirmation lands.
 		covered := false
 		if h := st.held; h != nil && h.rec.fence == cur.rec.fence {
 			cur.rec, cur.ver = h.rec, h.ver // that write may have been to this grant
 			covered = h.live()
+			st.held = nil
 		}
-		st.held = nil
 		next := cur.rec.next
 		if next != nil && !m.ours(next) {
 			// Another process reserved the lock for one of its waiters:
