@@ -254,6 +254,7 @@ func (m *Manager) nextSuccessor(st *keyState, skip int) *successor {
 func (m *Manager) handOver(ctx context.Context, st *keyState, next *successor, reservation Version) {
 	rec := next.holder()
 	h := newHolding(rec, reservation, next.ttl)
+	h.early = true
 	st.held = h
 	m.give(st, 0, h.grant(st.key.Name, next.ttl))
 	m.early.Add(1)
@@ -277,7 +278,7 @@ func (m *Manager) confirm(ctx context.Context, st *keyState, h *holding, rec rec
 		if err == nil {
 			m.mu.Lock()
 			if st.held == h {
-				h.rec, h.ver = rec, newVer
+				h.rec, h.ver, h.early = rec, newVer, false
 			}
 			m.mu.Unlock()
 			break
@@ -300,7 +301,7 @@ func (m *Manager) confirm(ctx context.Context, st *keyState, h *holding, rec rec
 		m.mu.Lock()
 		if st.held == h {
 			if there.fence == h.rec.fence {
-				h.rec, h.ver = there, it.Version
+				h.rec, h.ver, h.early = there, it.Version, false
 			} else {
 				st.held = nil // h has been released through another process since
 			}
