@@ -180,10 +180,15 @@ func (r *stressRun) unlocking(i int) {
 
 func (r *stressRun) name(m *Manager) string { return m.cfg.Instance }
 
-// manager returns a Manager in service, at random.
+// manager returns a Manager in service: most often the first, the name's
+// home, where the proxies forward requests for it; else one at random, as
+// when a proxy serves the name itself (its home is down, or has changed).
 func (r *stressRun) manager(rnd *rand.Rand) *Manager {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if rnd.IntN(3) > 0 {
+		return r.managers[0]
+	}
 	return r.managers[rnd.IntN(len(r.managers))]
 }
 
@@ -328,7 +333,10 @@ func (r *stressRun) client(i int, rnd *rand.Rand, stop chan struct{}) {
 		ends := sent.Add(time.Duration(g.TTL) * time.Second)
 		r.granted(i, stressGrant{fence: g.Fence, ends: ends, via: r.name(m)})
 		hold := time.Duration(rnd.IntN(3000)) * time.Microsecond
-		if rnd.IntN(30) == 0 {
+		switch rnd.IntN(30) {
+		case 1, 2, 3:
+			hold = time.Duration(5+rnd.IntN(45)) * time.Millisecond
+		case 0:
 			hold = time.Duration(q.TTL)*time.Second + time.Duration(rnd.IntN(500))*time.Millisecond // lapses
 		}
 		time.Sleep(hold)
