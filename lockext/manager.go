@@ -98,6 +98,13 @@ type holding struct {
 	// releasing is set once a release of the grant has begun: its holder
 	// asking again then queues behind the release, which comes first.
 	releasing bool
+	// early is set while the grant, handed over ahead of the write that
+	// names it the holder (see handOver), is not known to be in memcached:
+	// memcached names it the successor of a grant that has ended, and only
+	// this holding says so. It is then no hint to drop when a write finds
+	// the record changed; an extend through another process, say, changes
+	// the version and keeps the successor.
+	early bool
 }
 
 // live reports whether the grant's ttl still runs. A version outlives no
@@ -401,8 +408,9 @@ func (m *Manager) turn(st *keyState, w *waiter) (try, reserve bool, sleep time.D
 }
 
 // reserve writes w, the head, into the record of the grant this process
-// holds as its successor. A record that changed meanwhile drops the hint:
-// the head then looks in memcached on its next turn.
+// holds as its successor. A record that changed meanwhile drops the hint,
+// unless the grant is an early one (see holding.early): the head then looks
+// in memcached on its next turn.
 func (m *Manager) reserve(ctx context.Context, st *keyState, w *waiter) {
 	m.mu.Lock()
 	h := st.held
@@ -419,14 +427,27 @@ func (m *Manager) reserve(ctx context.Context, st *keyState, w *waiter) {
 	m.mu.Lock()
 	switch {
 	case err == nil && st.held == h:
-		h.rec, h.ver = rec, ver
+		h.rec, h.ver, h.early = rec, ver, false
 	case err == nil, errors.Is(err, ErrStoreExists), errors.Is(err, ErrStoreMiss):
 		if st.held == h { // else an extend wrote meanwhile, and knows better
-			st.held = nil
+			m.stale(st, h)
 		}
 	}
 	m.mu.Unlock()
 	m.afterWrite(ctx, st, 0) // w may have left meanwhile
+}
+
+// stale handles a write that found the record of h, the grant held here,
+// changed: the hint is dropped, and the head looks in memcached. An early
+// grant is kept (see holding.early); the head's look finds it in force
+// (see keyState.inForce) unless it was released through another process
+// meanwhile. m.mu must be held.
+func (m *Manager) stale(st *keyState, h *holding) {
+	if h.early {
+		h.checked = time.Time{}
+		return
+	}
+	st.held = nil
 }
 
 // whenTried returns a channel closed when the write of this process on
@@ -610,7 +631,7 @@ func (m *Manager) refresh(ctx context.Context, st *keyState, req *Request) (Gran
 	if stale {
 		m.mu.Lock()
 		if st.held == h {
-			st.held = nil
+			m.stale(st, h)
 		}
 		m.mu.Unlock()
 	}

@@ -152,12 +152,17 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 		// names, since it was written to live that successor's ttl past
 		// the end of a grant that still runs. (Past that end, memcached's
 		// whole seconds may still show the item naming the holder.)
+		//
+		// Only the grant released is forgotten: another one held here may
+		// be the successor's, handed over by an earlier release of this
+		// very grant (a retry, both waiting for the same write), and
+		// known nowhere else until its confirmation lands.
 		covered := false
 		if h := st.held; h != nil && h.rec.fence == cur.rec.fence {
 			cur.rec, cur.ver = h.rec, h.ver // that write may have been to this grant
 			covered = h.live()
+			st.held = nil
 		}
-		st.held = nil
 		next := cur.rec.next
 		if next != nil && !m.ours(next) {
 			// Another process reserved the lock for one of its waiters:
@@ -249,6 +254,7 @@ func (m *Manager) nextSuccessor(st *keyState, skip int) *successor {
 func (m *Manager) handOver(ctx context.Context, st *keyState, next *successor, reservation Version) {
 	rec := next.holder()
 	h := newHolding(rec, reservation, next.ttl)
+	h.early = true
 	st.held = h
 	m.give(st, 0, h.grant(st.key.Name, next.ttl))
 	m.early.Add(1)
@@ -272,7 +278,7 @@ func (m *Manager) confirm(ctx context.Context, st *keyState, h *holding, rec rec
 		if err == nil {
 			m.mu.Lock()
 			if st.held == h {
-				h.rec, h.ver = rec, newVer
+				h.rec, h.ver, h.early = rec, newVer, false
 			}
 			m.mu.Unlock()
 			break
@@ -295,7 +301,7 @@ func (m *Manager) confirm(ctx context.Context, st *keyState, h *holding, rec rec
 		m.mu.Lock()
 		if st.held == h {
 			if there.fence == h.rec.fence {
-				h.rec, h.ver = there, it.Version
+				h.rec, h.ver, h.early = there, it.Version, false
 			} else {
 				st.held = nil // h has been released through another process since
 			}
