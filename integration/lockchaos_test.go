@@ -29,10 +29,10 @@ type lockRig struct {
 
 const rigClients = 9
 
-func newLockRig(t *testing.T, lockers, replicas int) *lockRig {
+func newLockRig(t *testing.T, lockers, replicas int, writeFirst bool) *lockRig {
 	c := startCluster(t, lockers)
 	cfg := proxy.Config{Servers: c.servers(t), Timeout: 300 * time.Millisecond, LockTTL: 2, LockTTLMax: 3,
-		LockReplicas: replicas, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))}
+		LockReplicas: replicas, LockNoEarlyHandoff: writeFirst, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))}
 	rig := &lockRig{t: t, lockers: c, cfg: cfg, hold: time.Duration(cfg.LockTTLMax+2) * time.Second}
 	var addrs []string
 	for i := 0; i < 3; i++ {
@@ -153,19 +153,23 @@ func (r *lockRig) randomFault(rng *rand.Rand, oneAtATime bool) time.Duration {
 // paused, killed and restarted empty, flushed at once and later, proxies
 // replaced and reloaded. No overlap and no stale write, ever; with three
 // replicas and one lock server out at a time, no client told its lock
-// servers could not answer either.
+// servers could not answer either. The proxies hand over early (their
+// default), and once more with every handoff waiting for its write
+// (--lock-early-handoff=false).
 func TestLockChaos(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name              string
 		lockers, replicas int
+		writeFirst        bool
 	}{
-		{"replicas1", 2, 1},
-		{"replicas3", 3, 3},
+		{"replicas1", 2, 1, false},
+		{"replicas3", 3, 3, false},
+		{"replicas1-write-first", 2, 1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			rig := newLockRig(t, tc.lockers, tc.replicas)
+			rig := newLockRig(t, tc.lockers, tc.replicas, tc.writeFirst)
 			seed := uint64(time.Now().UnixNano())
 			t.Logf("seed %d", seed)
 			rng := rand.New(rand.NewPCG(seed, 0))
@@ -194,7 +198,7 @@ func TestLockFaultGaps(t *testing.T) {
 	for _, replicas := range []int{1, 3} {
 		t.Run(fmt.Sprintf("replicas%d", replicas), func(t *testing.T) {
 			t.Parallel()
-			rig := newLockRig(t, 3, replicas)
+			rig := newLockRig(t, 3, replicas, false)
 			target := pickServer(t, rig.cfg.Servers, "reg")
 			start := time.Now()
 			rig.load.start(rigClients)
@@ -265,7 +269,7 @@ func (l *lockLoad) longestGap(from, to time.Time) time.Duration {
 // three lock servers restart empty within one ttl. Nobody else gets it.
 func TestLockReplicasTwoRestartsWithinTTL(t *testing.T) {
 	t.Parallel()
-	rig := newLockRig(t, 3, 3)
+	rig := newLockRig(t, 3, 3, false)
 	holder := newKeeper(t, rig.load.proxy(0), "kept")
 	rig.lockers[0].Restart(t)
 	time.Sleep(500 * time.Millisecond)
@@ -279,7 +283,7 @@ func TestLockReplicasTwoRestartsWithinTTL(t *testing.T) {
 // recovered). Its lock must survive both, and nobody else may get it.
 func TestLockReplicasRestartsOneAfterAnother(t *testing.T) {
 	t.Parallel()
-	rig := newLockRig(t, 3, 3)
+	rig := newLockRig(t, 3, 3, false)
 	holder := newKeeper(t, rig.load.proxy(0), "kept")
 	for i := range 2 {
 		rig.lockers[i].Restart(t)

@@ -85,8 +85,8 @@ func pause(t *testing.T, mc *testmc.Memcached) (resume func()) {
 // early handoff on, both having adopted the server.
 func earlyPair(t *testing.T) (c cluster, pa, pb string) {
 	c = startCluster(t, 1)
-	pa, _ = startProxy(t, earlyConfig(c.servers(t)))
-	pb, _ = startProxy(t, earlyConfig(c.servers(t)))
+	pa, _ = startProxy(t, faultConfig(c.servers(t)))
+	pb, _ = startProxy(t, faultConfig(c.servers(t)))
 	warm(t, pa, pb)
 	return c, pa, pb
 }
@@ -205,7 +205,7 @@ func TestLockFault13EarlyHandoffServerRestarted(t *testing.T) {
 			t.Fatalf("proxy_lock_handoffs_early %s, want 1", n)
 		}
 	}
-	pn, _ := startProxyStrict(t, earlyConfig(c.servers(t)))
+	pn, _ := startProxyStrict(t, faultConfig(c.servers(t)))
 	neverGranted(t, "k", until, pa, pb, pn)
 	waitLocked(t, testmc.Dial(t, pb), "lock k 1 0 later")
 }
@@ -218,7 +218,7 @@ func TestLockFault13EarlyHandoffServerRestarted(t *testing.T) {
 func TestLockFault14EarlyHandoffReplicaPaused(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 3)
-	cfg := earlyConfig(c.servers(t))
+	cfg := faultConfig(c.servers(t))
 	cfg.LockReplicas = 3
 	pa, _ := startProxy(t, cfg)
 	pb, _ := startProxy(t, cfg)
@@ -255,7 +255,7 @@ func TestLockFault14EarlyHandoffReplicaPaused(t *testing.T) {
 func TestLockEarlyLongestTTLs(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 1)
-	cfg := earlyConfig(c.servers(t))
+	cfg := faultConfig(c.servers(t))
 	cfg.LockTTLMax = lockext.MaxTTL
 	pa, _ := startProxy(t, cfg)
 	pb, _ := startProxy(t, cfg)
@@ -286,7 +286,7 @@ func TestLockFault16HomeKilledBeforeConfirm(t *testing.T) {
 	t.Parallel()
 	bin := buildCLI(t)
 	c := startCluster(t, 1)
-	pb, srv := startProxy(t, earlyConfig(c.servers(t)))
+	pb, srv := startProxy(t, faultConfig(c.servers(t)))
 	home := testmc.FreeAddr(t)
 	cmd := startCLIProxy(t, bin, home, "--servers", c.addrs()[0], "--timeout", "300ms",
 		"--lock-ttl", faultTTLStr, "--lock-ttl-max", faultTTLStr, "--lock-early-handoff")
@@ -337,8 +337,8 @@ func TestLockFault16HomeKilledBeforeConfirm(t *testing.T) {
 func TestLockFault17HomeShutdownWithTwoWaiters(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 1)
-	pa, srv := startProxy(t, earlyConfig(c.servers(t)))
-	pb, _ := startProxy(t, earlyConfig(c.servers(t)))
+	pa, srv := startProxy(t, faultConfig(c.servers(t)))
+	pb, _ := startProxy(t, faultConfig(c.servers(t)))
 	warm(t, pa, pb)
 	waitStat(t, pa, "proxy_lock_proxies", "2")
 	waitStat(t, pb, "proxy_lock_proxies", "2")

@@ -29,13 +29,6 @@ func faultConfig(servers []ring.Server) proxy.Config {
 	return proxy.Config{Servers: servers, Timeout: 300 * time.Millisecond, LockTTL: faultTTL, LockTTLMax: faultTTL}
 }
 
-// earlyConfig is faultConfig with early handoff on (--lock-early-handoff).
-func earlyConfig(servers []ring.Server) proxy.Config {
-	cfg := faultConfig(servers)
-	cfg.LockEarlyHandoff = true
-	return cfg
-}
-
 // holdLock takes name for owner through addr and returns the fence and
 // when the grant's ttl ends at the latest, counted from the moment the
 // command was sent.
@@ -151,10 +144,10 @@ func TestLockFault2bEarlyHandoffOutlastedByRecovery(t *testing.T) {
 // holder's ttl ends.
 func flushBehindQueue(t *testing.T) (pa, pb string, c cluster, holder *testmc.Conn, fence string, waiter *testmc.Conn, until time.Time) {
 	c = startCluster(t, 1)
-	cfg := earlyConfig(c.servers(t))
+	cfg := faultConfig(c.servers(t))
 	cfg.LockPoll = time.Hour // the waiter tries only when the release wakes it
 	pa, _ = startProxy(t, cfg)
-	pb, _ = startProxy(t, earlyConfig(c.servers(t)))
+	pb, _ = startProxy(t, faultConfig(c.servers(t)))
 	warm(t, pa, pb)
 	holder = testmc.Dial(t, pa)
 	sent := time.Now()

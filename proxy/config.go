@@ -49,9 +49,10 @@ type Config struct {
 	LockWait    time.Duration // default wait
 	LockWaitMax time.Duration // longest wait
 	LockPoll    time.Duration // longest pause between looks at a lock held elsewhere
-	// LockEarlyHandoff hands a lock to the next waiter before memcached is
-	// written (see lockext.Config.EarlyHandoff).
-	LockEarlyHandoff bool
+	// LockNoEarlyHandoff has every handoff wait for the memcached write
+	// naming the new holder, instead of handing the lock to a waiter
+	// reserved beforehand (see lockext.Config.EarlyHandoff).
+	LockNoEarlyHandoff bool
 
 	Logger *slog.Logger
 }

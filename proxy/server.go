@@ -66,7 +66,7 @@ func New(cfg Config) (*Server, error) {
 		Servers: cfg.LockServers, Distribution: cfg.Distribution, Hash: cfg.Hash, Replicas: cfg.LockReplicas,
 		Prefix: cfg.LockPrefix, MaxTTL: cfg.LockTTLMax, MaxWait: cfg.LockWaitMax, Poll: cfg.LockPoll,
 		Timeout: cfg.Timeout, Fresh: cfg.LockFresh, StateFile: cfg.LockStateFile, Logger: cfg.Logger,
-		EarlyHandoff: cfg.LockEarlyHandoff,
+		EarlyHandoff: !cfg.LockNoEarlyHandoff,
 	}, func(addr string) lockservice.Conn {
 		lc := newLockConn(s.routes.backend(addr))
 		s.lockConns = append(s.lockConns, lc)

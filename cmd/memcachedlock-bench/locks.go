@@ -36,7 +36,7 @@ func locksCommand() *cli.Command {
 			&cli.IntSliceFlag{Name: "replicas", Value: cli.NewIntSlice(1, 3), Usage: "--lock-replicas values to run"},
 			&cli.IntFlag{Name: "rounds", Value: 1, Usage: "runs of each case, alternating; the table shows the median by grants/s"},
 			&cli.BoolFlag{Name: "polling", Value: true, Usage: "run the polling baseline too"},
-			&cli.BoolFlag{Name: "early-handoff", Usage: "run the proxies with --lock-early-handoff"},
+			&cli.BoolFlag{Name: "early-handoff", Value: true, Usage: "run the proxies with early handoff (their default); =false makes every handoff wait for its write"},
 			&cli.IntFlag{Name: "gomaxprocs", Usage: "GOMAXPROCS of the proxies and the ceiling server; 0 leaves Go's default (every core). Four proxies on one small machine stand for four hosts: 1 keeps their runtimes from contending for every core"},
 			&cli.BoolFlag{Name: "ceiling", Value: true, Usage: "run an in-memory lock server too: the busiest any lock with a process between its clients gets here"},
 		},
@@ -256,8 +256,8 @@ func proxiedRun(bin, cache string, n, replicas, w int, hold, think, d time.Durat
 	var pids []int
 	for i := 0; i < n; i++ {
 		args := []string{"--lock-servers", strings.Join(locks, ","), "--lock-replicas", strconv.Itoa(replicas), "--lock-fresh-servers"}
-		if early {
-			args = append(args, "--lock-early-handoff")
+		if !early {
+			args = append(args, "--lock-early-handoff=false")
 		}
 		addr, err := ps.proxy(bin, []string{cache}, args...)
 		if err != nil {
