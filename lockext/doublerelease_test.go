@@ -54,15 +54,7 @@ func TestDoubleReleaseDuringReservation(t *testing.T) {
 		hold: func(v []byte) bool { return firstLineEnds(v, " holder") && bytes.Contains(v, []byte("\n")) },
 		fail: func(v []byte) bool { return firstLineEnds(v, " waiter") }}
 	m := testManager(ss)
-	g, err := m.Lock(context.Background(), req("k", 10, 0, "holder"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	waited := make(chan lockResult, 1)
-	go func() {
-		g, err := m.Lock(context.Background(), req("k", 30, time.Minute, "waiter"))
-		waited <- lockResult{g, err}
-	}()
+	g, waited := holdAndQueue(t, m, "k", 10, time.Minute)
 	<-ss.reached // the reservation is in the store, its reply not yet back
 	released := make(chan error, 2)
 	for i := 0; i < 2; i++ {

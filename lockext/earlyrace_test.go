@@ -264,15 +264,7 @@ func TestUnconfirmedEarlyHandoffIsNotAbandoned(t *testing.T) {
 	for _, again := range []bool{false, true} {
 		store := newMemStore()
 		m := testManager(store)
-		g, err := m.Lock(context.Background(), req("k", 1, 0, "holder"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		waited := make(chan lockResult, 1)
-		go func() {
-			g, err := m.Lock(context.Background(), req("k", 30, time.Minute, "waiter"))
-			waited <- lockResult{g, err}
-		}()
+		g, waited := holdAndQueue(t, m, "k", 1, time.Minute)
 		waitFor(t, func() bool { rec, ok := store.record(t, "k"); return ok && rec.next != nil })
 		store.setDown(true)
 		if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
@@ -289,7 +281,7 @@ func TestUnconfirmedEarlyHandoffIsNotAbandoned(t *testing.T) {
 		// Past the poll interval, the next waiter's first turn is a look in
 		// the store, not a reservation.
 		time.Sleep(3 * m.cfg.Poll)
-		_, err = m.Lock(context.Background(), req("k", 10, 2*time.Second, "next"))
+		_, err := m.Lock(context.Background(), req("k", 10, 2*time.Second, "next"))
 		if !errors.Is(err, ErrNotLocked) {
 			t.Fatalf("released again %v: a waiter queued behind the successor's grant: %v", again, err)
 		}

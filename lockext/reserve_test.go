@@ -32,9 +32,9 @@ type lockResult struct {
 	err error
 }
 
-// queueReserved has a holder take name on m and a waiter queue behind it,
-// and returns once the waiter is written in as the successor.
-func queueReserved(t *testing.T, m *Manager, store *memStore, name string, holdTTL int, wait time.Duration) (holder Grant, waited chan lockResult) {
+// holdAndQueue has "holder" take name on m for holdTTL seconds, and
+// "waiter" (ttl 30) queue behind it for up to wait.
+func holdAndQueue(t *testing.T, m *Manager, name string, holdTTL int, wait time.Duration) (holder Grant, waited chan lockResult) {
 	t.Helper()
 	g, err := m.Lock(context.Background(), req(name, holdTTL, 0, "holder"))
 	if err != nil {
@@ -45,6 +45,14 @@ func queueReserved(t *testing.T, m *Manager, store *memStore, name string, holdT
 		g, err := m.Lock(context.Background(), req(name, 30, wait, "waiter"))
 		waited <- lockResult{g, err}
 	}()
+	return g, waited
+}
+
+// queueReserved is holdAndQueue, returning once the waiter is written in
+// as the successor.
+func queueReserved(t *testing.T, m *Manager, store *memStore, name string, holdTTL int, wait time.Duration) (holder Grant, waited chan lockResult) {
+	t.Helper()
+	g, waited := holdAndQueue(t, m, name, holdTTL, wait)
 	waitFor(t, func() bool {
 		rec, ok := store.record(t, name)
 		return ok && rec.next != nil && rec.next.owner == "waiter"
