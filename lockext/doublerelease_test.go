@@ -127,3 +127,68 @@ func TestExtendElsewhereThenEarlyHandoffUnconfirmed(t *testing.T) {
 			time.Since(handed).Round(time.Millisecond), next.g.Fence, next.g.TTL, g)
 	}
 }
+
+// beforeStore is a memStore whose compare-and-swaps that fail picks all
+// fail without landing, and whose first that wait picks blocks, before it
+// lands, until open is closed (a write on its way).
+type beforeStore struct {
+	*memStore
+	fail, wait func(value []byte) bool
+	reached    chan struct{}
+	open       chan struct{}
+	waited     atomic.Bool
+}
+
+func (s *beforeStore) CompareAndSwap(ctx context.Context, k Key, value []byte, ttl int, v Version) (Version, error) {
+	if s.fail(value) {
+		return nil, errDown
+	}
+	if s.wait(value) && !s.waited.Swap(true) {
+		close(s.reached)
+		<-s.open
+	}
+	return s.memStore.CompareAndSwap(ctx, k, value, ttl, v)
+}
+
+// The write confirming an early handoff fails, and the successor releases
+// its grant. While that release hands the lock to the next waiter, the old
+// holder's unlock comes again (a retry) to the same process. The retry is
+// of a grant handed on already: NOT_OWNER. The successor's own unlock is
+// the one that hands the lock on, and answers UNLOCKED.
+func TestRetriedUnlockWhileTheSuccessorReleases(t *testing.T) {
+	store := newMemStore()
+	bs := &beforeStore{memStore: store, reached: make(chan struct{}), open: make(chan struct{}),
+		fail: func(v []byte) bool { return firstLineEnds(v, " waiter") },
+		wait: func(v []byte) bool { return firstLineEnds(v, " third") }}
+	m := testManager(bs)
+	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
+	third := make(chan lockResult, 1)
+	go func() {
+		g, err := m.Lock(context.Background(), req("k", 30, time.Minute, "third"))
+		third <- lockResult{g, err}
+	}()
+	waitFor(t, func() bool { return m.Stats().Waiters == 2 })
+	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	next := <-waited
+	if next.err != nil {
+		t.Fatal(next.err)
+	}
+	released := make(chan error, 1)
+	go func() {
+		_, err := m.Unlock(context.Background(), "k", next.g.Fence)
+		released <- err
+	}()
+	<-bs.reached // the successor's release is handing the lock to "third"
+	if _, err := m.Unlock(context.Background(), "k", g.Fence); !errors.Is(err, ErrNotOwner) {
+		t.Errorf("the old holder's retried unlock: %v, want NOT_OWNER (its grant was handed on)", err)
+	}
+	close(bs.open)
+	if err := <-released; err != nil {
+		t.Errorf("the successor's unlock: %v", err)
+	}
+	if r := <-third; r.err != nil {
+		t.Fatal(r.err)
+	}
+}

@@ -77,14 +77,19 @@ type Manager struct {
 // keyState is what this process knows of one lock name: the grant it made,
 // if that grant is still believed current, and its queue of waiters.
 type keyState struct {
-	key     Key
-	held    *holding
-	queue   []*waiter     // queue[0] is the head: the only one that tries
-	first   [1]*waiter    // queue's first array: a lone waiter costs no slice
-	seen    uint64        // highest fence seen on this name, so ours go above it
-	handing int           // releases handing the lock on; while any is, the head must not try
-	trying  bool          // the head is trying or reserving, or a handoff confirming; a release waits for it to finish
-	tried   chan struct{} // closed when that write ends; made by whoever waits for it (see whenTried)
+	key   Key
+	held  *holding
+	queue []*waiter  // queue[0] is the head: the only one that tries
+	first [1]*waiter // queue's first array: a lone waiter costs no slice
+	seen  uint64     // highest fence seen on this name, so ours go above it
+	// handedOn is the fence of the last grant released here by an early
+	// handoff. Until the write confirming the handoff lands, the record
+	// still names that grant; a release of it again (a retried unlock) is
+	// of a grant that has ended, whatever the record says.
+	handedOn uint64
+	handing  int           // releases handing the lock on; while any is, the head must not try
+	trying   bool          // the head is trying or reserving, or a handoff confirming; a release waits for it to finish
+	tried    chan struct{} // closed when that write ends; made by whoever waits for it (see whenTried)
 }
 
 // holding is a grant made by this process, with the version it left in

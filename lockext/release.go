@@ -56,6 +56,11 @@ type current struct {
 func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, change func(st *keyState, cur current) (int, error)) (int, error) {
 	m.mu.Lock()
 	st := m.state(name)
+	if st.handedOn == fence {
+		m.forget(st)
+		m.mu.Unlock()
+		return 0, ErrNotOwner
+	}
 	var cur current
 	if h := st.held; h != nil && h.rec.fence == fence && h.live() {
 		cur = current{rec: h.rec, ver: h.ver, ttl: max(int(time.Until(h.expires).Seconds()+0.999), 1)}
@@ -183,6 +188,7 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 		}
 		w := st.queue[0]
 		if next != nil && w.fence == next.fence && covered && m.kept(st.key, cur.ver) {
+			st.handedOn = cur.rec.fence
 			m.handOver(ctx, st, next, cur.ver)
 			return nil
 		}
