@@ -85,17 +85,12 @@ type stressRun struct {
 	seed  uint64
 	store *chaosStore
 	cfg   Config
-	// strict fails the run on a known defect, not only logs it:
-	//   - an unlock answered NOT_OWNER while its grant ran, when the unlock
-	//     of the grant before it, retried, was taken for a release of a
-	//     grant still held, and handed the lock on first. (It happens when
-	//     the successor's early grant was not confirmed and the successor
-	//     has begun to release it; the lock is handed on once.)
-	//   - a grant whose fence is below the one before it: two processes
-	//     add the free lock's item at once, and the add whose fence was
-	//     taken from the clock first lands after the other's grant has
-	//     been released. (Fences come from the clock whenever the item is
-	//     absent; the fenced register refuses that holder's writes.)
+	// strict fails the run on a known defect, not only logs it: a grant
+	// whose fence is below the one before it. Two processes add the free
+	// lock's item at once, and the add whose fence was taken from the
+	// clock first lands after the other's grant has been released.
+	// (Fences come from the clock whenever the item is absent; the fenced
+	// register refuses that holder's writes.)
 	strict bool
 
 	mu        sync.Mutex
@@ -165,14 +160,6 @@ func (r *stressRun) knownLocked(s string) {
 	}
 }
 
-// wrongReply records a known wrong reply (see strict).
-func (r *stressRun) wrongReply(format string, args ...any) {
-	s := fmt.Sprintf(format, args...)
-	r.logf("WRONG REPLY %s", s)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.knownLocked(s + "; last events:" + r.recent())
-}
 
 func (r *stressRun) reply(kind string) {
 	r.mu.Lock()
@@ -476,7 +463,7 @@ func (r *stressRun) release(i int, rnd *rand.Rand, m *Manager, s *Session, g Gra
 		case errors.Is(err, ErrNotOwner), errors.Is(err, ErrNotFound):
 			r.reply("unlock not owner")
 			if try == 0 && time.Now().Before(ends) {
-				r.wrongReply("client %d unlock fence %d via %s: %v while its grant ran", i, g.Fence, r.name(via), err)
+				r.anomaly("client %d unlock fence %d via %s: %v while its grant ran", i, g.Fence, r.name(via), err)
 			}
 		case errors.Is(err, ErrUnavailable):
 			r.reply("unlock error")
