@@ -160,7 +160,6 @@ func (r *stressRun) knownLocked(s string) {
 	}
 }
 
-
 func (r *stressRun) reply(kind string) {
 	r.mu.Lock()
 	r.replies[kind]++
