@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from .client import Keeper, LockClient, NotLocked, Unavailable, owner_id
+from .client import Keeper, LockClient, NotFound, NotLocked, NotOwner, Unavailable, owner_id
 
 logger = logging.getLogger("memcachedlock")
 
@@ -20,6 +20,12 @@ ON_UNAVAILABLE = "run"
 #: while the call runs, up to timeout: a process that dies holding it
 #: blocks the others for LEASE_TTL seconds at most, not for timeout.
 LEASE_TTL = 30
+
+#: Pauses, in seconds, before trying a release again when the proxy could
+#: not be reached (it is restarting, or another in MEMCACHEDLOCK_ADDR
+#: answers): 1.55 s in all, instead of leaving the lock to run out its ttl
+#: while other processes wait for it.
+RELEASE_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 class DontLock(Exception):
@@ -252,7 +258,27 @@ def _reserve(client, lease):
 
 
 def _release(client, grant):
-    try:
-        client.unlock(grant)
-    except Exception as err:
-        logger.warning("could not release %s (%s); it expires in %ss", grant.key, err, grant.ttl)
+    """Unlock grant. When the proxy cannot be reached (it is restarting),
+    try again on a new connection for a moment rather than leave the lock
+    to run out its ttl. Only a grant's last level is tried again: an unlock
+    that did arrive, its reply lost, would otherwise release a level an
+    outer call still holds."""
+    retries = RELEASE_RETRIES if grant.count <= 1 else ()
+    tried = False
+    for pause in retries + (None,):
+        try:
+            client.unlock(grant)
+            return
+        except Unavailable as err:
+            if pause is None:
+                logger.warning("could not release %s (%s); it expires in %ss", grant.key, err, grant.ttl)
+                return
+            time.sleep(pause)
+            tried = True
+        except (NotOwner, NotFound) as err:
+            if not tried:  # else the first unlock did arrive
+                logger.warning("could not release %s (%s)", grant.key, err)
+            return
+        except Exception as err:
+            logger.warning("could not release %s (%s); it expires in %ss", grant.key, err, grant.ttl)
+            return

@@ -66,12 +66,28 @@ def fresh_servers_flag():
     return ["--lock-fresh-servers"] if "--lock-fresh-servers" in help_text else []
 
 
-def start_proxy(servers, *flags):
-    """A proxy in front of servers on a free port: (process, address)."""
-    port = free_port()
+def start_proxy(servers, *flags, port=None):
+    """A proxy in front of servers, on port or a free one: (process, address)."""
+    port = port or free_port()
     proc = start([proxy_binary(), "serve", "--listen", "127.0.0.1:%d" % port, "--servers", servers,
                   "--log-level", "warn"] + fresh_servers_flag() + list(flags), port)
     return proc, "127.0.0.1:%d" % port
+
+
+@pytest.fixture
+def restartable_proxy(memcached):
+    """A proxy of its own: (address, restart), where restart kills it (-9)
+    and starts a new one on the same address."""
+    proc, addr = start_proxy(memcached)
+    procs = [proc]
+
+    def restart():
+        procs[0].kill()
+        procs[0].wait()
+        procs[0], _ = start_proxy(memcached, port=int(addr.rpartition(":")[2]))
+    yield addr, restart
+    procs[0].terminate()
+    procs[0].wait()
 
 
 @pytest.fixture

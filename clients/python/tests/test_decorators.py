@@ -50,6 +50,25 @@ def test_threads_under_lock_lose_no_update(proxy, memcached):
     assert int(mc.get("counter")) == 200
 
 
+def test_release_reaches_a_restarted_proxy(restartable_proxy, monkeypatch):
+    """The proxy restarts while a call holds the lock: the release tries
+    again, reaches the new proxy, and the lock is free at once rather than
+    when its ttl runs out."""
+    addr, restart = restartable_proxy
+    monkeypatch.setenv("MEMCACHEDLOCK_ADDR", addr)
+    _local.__dict__.clear()
+
+    @lock(key_of, timeout=30, wait=5)
+    def work(name):
+        restart()
+
+    work("restart-lock")
+    try:
+        LockClient([addr]).lock(name_of(work, "restart-lock"), ttl=5, wait=0, owner="another")
+    except NotLocked:
+        pytest.fail("the lock is still held after its holder's call returned: its release did not reach the restarted proxy")
+
+
 def test_rlock_nests_in_one_thread(proxy):
     depths = []
 
