@@ -16,8 +16,9 @@ import (
 	"github.com/memcachedlock/memcachedlock/ring"
 )
 
-// proxyAddr is a real proxy in front of a real memcached, for the examples.
-var proxyAddr string
+// proxyAddr is a real proxy in front of a real memcached (mcAddr), for
+// the examples.
+var proxyAddr, mcAddr string
 
 func TestMain(m *testing.M) {
 	mc, err := testmc.Launch()
@@ -25,6 +26,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	mcAddr = mc.Addr
 	srv, err := proxy.New(proxy.Config{
 		Servers:   []ring.Server{{Addr: mc.Addr, Weight: 1}},
 		LockFresh: true, // memcached was just started for this test
@@ -124,5 +126,56 @@ func TestHoldKeepsLeaseAlive(t *testing.T) {
 	}
 	if _, err := other.Info(ctx, "long"); !errors.Is(err, lockclient.ErrNotFound) {
 		t.Fatalf("not released after Hold: %v", err)
+	}
+}
+
+// startProxy runs a proxy in front of the test's memcached on addr
+// ("127.0.0.1:0" for a free port) and returns it and where it listens.
+func startProxy(t *testing.T, addr string) (*proxy.Server, string) {
+	t.Helper()
+	srv, err := proxy.New(proxy.Config{
+		Servers: []ring.Server{{Addr: mcAddr, Weight: 1}}, LockFresh: true,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	return srv, l.Addr().String()
+}
+
+// The proxy restarts while Hold's function runs: the release at its end
+// tries again, reaches the new proxy, and the lock is free at once rather
+// than when its ttl runs out.
+func TestHoldReleasesThroughARestartedProxy(t *testing.T) {
+	ctx := context.Background()
+	first, addr := startProxy(t, "127.0.0.1:0")
+	c, err := lockclient.Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	err = lockclient.Hold(ctx, c, "restarted", lockclient.Options{TTL: 30 * time.Second, Owner: "me"}, func(ctx context.Context, g lockclient.Grant) error {
+		stop, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		first.Shutdown(stop)
+		startProxy(t, addr)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := lockclient.Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.Lock(ctx, "restarted", lockclient.Options{TryOnce: true, Owner: "you"}); err != nil {
+		t.Fatalf("the lock is still held after Hold returned: %v", err)
 	}
 }

@@ -61,11 +61,40 @@ func Hold(ctx context.Context, c *Client, key string, opts Options, fn func(ctx 
 	cancel(nil)
 	<-done
 	lost := context.Cause(work)
-	if _, err := c.Unlock(context.WithoutCancel(ctx), g); err != nil && fnErr == nil && !errors.Is(lost, ErrLeaseLost) {
+	if err := release(context.WithoutCancel(ctx), c, g); err != nil && fnErr == nil && !errors.Is(lost, ErrLeaseLost) {
 		return fmt.Errorf("lockclient: unlock: %w", err)
 	}
 	if fnErr == nil && errors.Is(lost, ErrLeaseLost) {
 		return lost
 	}
 	return fnErr
+}
+
+// releaseRetries are the pauses before Hold tries its release again when
+// the proxy cannot be reached or answers with a server error (restarted,
+// or its lock servers out for a moment): 1.55 s in all, rather than leave
+// the lock to run out its ttl while others wait for it.
+var releaseRetries = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond,
+	200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond}
+
+// release unlocks g for Hold, trying again (on a new connection) when the
+// proxy cannot be reached, for a grant's last level only: a deeper
+// level's unlock may have arrived with its reply lost, and a second one
+// would release the level of an outer holder. A try that did arrive shows
+// as NOT_OWNER or NOT_FOUND to the next: then the lock is released.
+func release(ctx context.Context, c *Client, g Grant) error {
+	for try := 0; ; try++ {
+		_, err := c.Unlock(ctx, g)
+		switch {
+		case try > 0 && (errors.Is(err, ErrNotOwner) || errors.Is(err, ErrNotFound)):
+			return nil
+		case err == nil, !errors.Is(err, ErrServer), g.Count > 1, try == len(releaseRetries):
+			return err
+		}
+		select {
+		case <-time.After(releaseRetries[try]):
+		case <-ctx.Done():
+			return err
+		}
+	}
 }
