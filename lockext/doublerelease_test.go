@@ -162,12 +162,7 @@ func TestRetriedUnlockWhileTheSuccessorReleases(t *testing.T) {
 		wait: func(v []byte) bool { return firstLineEnds(v, " third") }}
 	m := testManager(bs)
 	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
-	third := make(chan lockResult, 1)
-	go func() {
-		g, err := m.Lock(context.Background(), req("k", 30, time.Minute, "third"))
-		third <- lockResult{g, err}
-	}()
-	waitFor(t, func() bool { return m.Stats().Waiters == 2 })
+	third := queueBehind(t, m, "k", "third")
 	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
 		t.Fatal(err)
 	}

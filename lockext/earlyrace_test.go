@@ -359,12 +359,7 @@ func TestCloseWithTwoWaitersWritesOutTheSuccessor(t *testing.T) {
 	store := newMemStore()
 	m := testManager(store)
 	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
-	second := make(chan lockResult, 1)
-	go func() {
-		g, err := m.Lock(context.Background(), req("k", 30, time.Minute, "second"))
-		second <- lockResult{g, err}
-	}()
-	waitFor(t, func() bool { return m.Stats().Waiters == 2 })
+	second := queueBehind(t, m, "k", "second")
 	m.Close()
 	for _, c := range []chan lockResult{waited, second} {
 		if err := (<-c).err; !errors.Is(err, ErrClosed) {

@@ -48,6 +48,20 @@ func holdAndQueue(t *testing.T, m *Manager, name string, holdTTL int, wait time.
 	return g, waited
 }
 
+// queueBehind has owner queue for name on m (ttl 30, a minute's wait) and
+// returns once it waits.
+func queueBehind(t *testing.T, m *Manager, name, owner string) chan lockResult {
+	t.Helper()
+	waiting := m.Stats().Waiters
+	done := make(chan lockResult, 1)
+	go func() {
+		g, err := m.Lock(context.Background(), req(name, 30, time.Minute, owner))
+		done <- lockResult{g, err}
+	}()
+	waitFor(t, func() bool { return m.Stats().Waiters > waiting })
+	return done
+}
+
 // queueReserved is holdAndQueue, returning once the waiter is written in
 // as the successor.
 func queueReserved(t *testing.T, m *Manager, store *memStore, name string, holdTTL int, wait time.Duration) (holder Grant, waited chan lockResult) {
