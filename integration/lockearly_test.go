@@ -289,16 +289,11 @@ func TestLockFault16HomeKilledBeforeConfirm(t *testing.T) {
 	pb, srv := startProxy(t, faultConfig(c.servers(t)))
 	home := testmc.FreeAddr(t)
 	cmd := startCLIProxy(t, bin, home, "--servers", c.addrs()[0], "--timeout", "300ms",
-		"--lock-ttl", faultTTLStr, "--lock-ttl-max", faultTTLStr, "--lock-early-handoff")
+		"--lock-ttl", faultTTLStr, "--lock-ttl-max", faultTTLStr)
 	t.Cleanup(func() { cmd.Process.Kill() })
 	waitStat(t, pb, "proxy_lock_proxies", "2")
 	waitStat(t, home, "proxy_lock_proxies", "2")
-	name := ""
-	for i := 0; name == ""; i++ {
-		if n := fmt.Sprintf("k16-%d", i); srv.LockHome(n) == home {
-			name = n
-		}
-	}
+	name := homedAt(srv, "k16", home)
 	holder := testmc.Dial(t, home)
 	got := holder.RoundTrip("lock " + name + " " + faultTTLStr + " 0 holder")
 	if !strings.HasPrefix(got, "LOCKED ") {
@@ -342,12 +337,7 @@ func TestLockFault17HomeShutdownWithTwoWaiters(t *testing.T) {
 	warm(t, pa, pb)
 	waitStat(t, pa, "proxy_lock_proxies", "2")
 	waitStat(t, pb, "proxy_lock_proxies", "2")
-	name := ""
-	for i := 0; name == ""; i++ {
-		if n := fmt.Sprintf("k17-%d", i); srv.LockHome(n) == pa {
-			name = n
-		}
-	}
+	name := homedAt(srv, "k17", pa)
 	got := testmc.Dial(t, pa).RoundTrip("lock " + name + " " + faultTTLStr + " 0 holder")
 	if !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatal(got)

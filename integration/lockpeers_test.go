@@ -235,11 +235,7 @@ func TestLockPeerKilled(t *testing.T) {
 		t.Cleanup(func() { cmd.Process.Kill() }) // before its SIGTERM and wait: it may be stopped
 		waitStat(t, home, "proxy_lock_proxies", "2")
 		waitStat(t, listen, "proxy_lock_proxies", "2")
-		for i := 0; name == ""; i++ {
-			if n := fmt.Sprintf("k%d-%d", len(t.Name()), i); homeSrv.LockHome(n) == home {
-				name = n
-			}
-		}
+		name = homedAt(homeSrv, fmt.Sprintf("k%d", len(t.Name())), home)
 		holder = testmc.Dial(t, home)
 		got := holder.RoundTrip("lock " + name + " 30 0")
 		if !strings.HasPrefix(got, "LOCKED ") {
@@ -276,6 +272,16 @@ func TestLockPeerKilled(t *testing.T) {
 }
 
 // waitQueued waits until the home of name has n waiters.
+// homedAt returns the first lock name prefix-0, prefix-1, ... whose home,
+// as srv sees the proxies, is the proxy at addr.
+func homedAt(srv *proxy.Server, prefix, addr string) string {
+	for i := 0; ; i++ {
+		if n := fmt.Sprintf("%s-%d", prefix, i); srv.LockHome(n) == addr {
+			return n
+		}
+	}
+}
+
 func waitQueued(t *testing.T, home, name string, n int) {
 	t.Helper()
 	for deadline := time.Now().Add(15 * time.Second); lockInfoWaiters(t, home, name) != n; time.Sleep(5 * time.Millisecond) {

@@ -56,13 +56,7 @@ func TestDoubleReleaseDuringReservation(t *testing.T) {
 	m := testManager(ss)
 	g, waited := holdAndQueue(t, m, "k", 10, time.Minute)
 	<-ss.reached // the reservation is in the store, its reply not yet back
-	released := make(chan error, 2)
-	for i := 0; i < 2; i++ {
-		go func() {
-			_, err := m.Unlock(context.Background(), "k", g.Fence)
-			released <- err
-		}()
-	}
+	released := []chan error{unlockInBackground(m, "k", g.Fence), unlockInBackground(m, "k", g.Fence)}
 	waitFor(t, func() bool {
 		m.mu.Lock()
 		defer m.mu.Unlock()
@@ -74,8 +68,8 @@ func TestDoubleReleaseDuringReservation(t *testing.T) {
 		t.Fatal(next.err)
 	}
 	unlocked := 0
-	for i := 0; i < 2; i++ {
-		switch err := <-released; {
+	for i, r := range released {
+		switch err := <-r; {
 		case err == nil:
 			unlocked++
 		case !errors.Is(err, ErrNotOwner) && !errors.Is(err, ErrNotFound):
@@ -170,11 +164,7 @@ func TestRetriedUnlockWhileTheSuccessorReleases(t *testing.T) {
 	if next.err != nil {
 		t.Fatal(next.err)
 	}
-	released := make(chan error, 1)
-	go func() {
-		_, err := m.Unlock(context.Background(), "k", next.g.Fence)
-		released <- err
-	}()
+	released := unlockInBackground(m, "k", next.g.Fence)
 	<-bs.reached // the successor's release is handing the lock to "third"
 	if _, err := m.Unlock(context.Background(), "k", g.Fence); !errors.Is(err, ErrNotOwner) {
 		t.Errorf("the old holder's retried unlock: %v, want NOT_OWNER (its grant was handed on)", err)

@@ -50,11 +50,7 @@ func TestExtendDuringConfirmThenSuccessorLeaves(t *testing.T) {
 	}()
 	waitFor(t, func() bool { return m.Stats().Waiters == 2 })
 
-	released := make(chan error, 1)
-	go func() {
-		_, err := m.Unlock(context.Background(), "k", g.Fence)
-		released <- err
-	}()
+	released := unlockInBackground(m, "k", g.Fence)
 	next := <-waited
 	if next.err != nil {
 		t.Fatal(next.err)
@@ -113,27 +109,6 @@ func TestSuccessorHoldsElsewhereBeforeConfirmation(t *testing.T) {
 	}
 }
 
-// A process that closes while a waiter of its is the reserved successor of
-// a grant writes that waiter out of the record: the holder's release
-// through another process then frees the lock rather than handing it to a
-// waiter that is gone.
-func TestCloseWritesOutReservedSuccessor(t *testing.T) {
-	store := newMemStore()
-	m := testManager(store)
-	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
-	m.Close()
-	if err := (<-waited).err; !errors.Is(err, ErrClosed) {
-		t.Fatalf("waiter: %v", err)
-	}
-	other := testManager(store)
-	if _, err := other.Unlock(context.Background(), "k", g.Fence); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := other.Lock(context.Background(), req("k", 10, 0, "next")); err != nil {
-		t.Fatalf("after the holder's release through another process: %v", err)
-	}
-}
-
 // The new holder of an early handoff takes its reentrant lock again while
 // the write confirming the handoff is on its way: it gets the next level
 // of its own grant, rather than queueing behind the next waiter, which
@@ -162,11 +137,7 @@ func TestReentrantAgainDuringConfirm(t *testing.T) {
 	go m.Lock(otherCtx, req("k", 30, time.Minute, "other"))
 	waitFor(t, func() bool { return m.Stats().Waiters == 2 })
 
-	released := make(chan error, 1)
-	go func() {
-		_, err := m.Unlock(context.Background(), "k", g.Fence)
-		released <- err
-	}()
+	released := unlockInBackground(m, "k", g.Fence)
 	next := <-waited
 	if next.err != nil {
 		t.Fatal(next.err)

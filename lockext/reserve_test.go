@@ -48,6 +48,17 @@ func holdAndQueue(t *testing.T, m *Manager, name string, holdTTL int, wait time.
 	return g, waited
 }
 
+// unlockInBackground unlocks name's grant fence on m on a goroutine of its
+// own; the channel gets its result.
+func unlockInBackground(m *Manager, name string, fence uint64) chan error {
+	released := make(chan error, 1)
+	go func() {
+		_, err := m.Unlock(context.Background(), name, fence)
+		released <- err
+	}()
+	return released
+}
+
 // queueBehind has owner queue for name on m (ttl 30, a minute's wait) and
 // returns once it waits.
 func queueBehind(t *testing.T, m *Manager, name, owner string) chan lockResult {
@@ -118,22 +129,35 @@ type doubtingStore struct{ *memStore }
 
 func (doubtingStore) Kept(Key, Version) bool { return false }
 
-// A successor that leaves the queue is written out of the record: the
-// holder's release then frees the lock for anybody, at once.
+// A successor that leaves the queue, its wait run out or its process
+// closing, is written out of the record: the holder's release, even
+// through another process, then frees the lock for anybody at once rather
+// than hand it to a waiter that is gone.
 func TestReservedWaiterLeaves(t *testing.T) {
-	store := newMemStore()
-	m := testManager(store)
-	g, waited := queueReserved(t, m, store, "k", 10, 100*time.Millisecond)
-	if err := (<-waited).err; !errors.Is(err, ErrNotLocked) {
-		t.Fatalf("waiter: %v", err)
-	}
-	waitFor(t, func() bool { rec, ok := store.record(t, "k"); return ok && rec.next == nil })
-	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
-		t.Fatal(err)
-	}
-	other := testManager(store)
-	if _, err := other.Lock(context.Background(), req("k", 10, 0, "next")); err != nil {
-		t.Fatalf("after the release, through another process: %v", err)
+	for _, tc := range []struct {
+		how   string
+		wait  time.Duration
+		leave func(m *Manager)
+		err   error
+	}{
+		{"its wait runs out", 100 * time.Millisecond, func(*Manager) {}, ErrNotLocked},
+		{"its process closes", time.Minute, (*Manager).Close, ErrClosed},
+	} {
+		store := newMemStore()
+		m := testManager(store)
+		g, waited := queueReserved(t, m, store, "k", 10, tc.wait)
+		tc.leave(m)
+		if err := (<-waited).err; !errors.Is(err, tc.err) {
+			t.Fatalf("%s: waiter: %v", tc.how, err)
+		}
+		waitFor(t, func() bool { rec, ok := store.record(t, "k"); return ok && rec.next == nil })
+		other := testManager(store)
+		if _, err := other.Unlock(context.Background(), "k", g.Fence); err != nil {
+			t.Fatalf("%s: %v", tc.how, err)
+		}
+		if _, err := other.Lock(context.Background(), req("k", 10, 0, "next")); err != nil {
+			t.Fatalf("%s: after the holder's release through another process: %v", tc.how, err)
+		}
 	}
 }
 
