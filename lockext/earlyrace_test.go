@@ -85,15 +85,7 @@ func TestSuccessorHoldsElsewhereBeforeConfirmation(t *testing.T) {
 	store := newMemStore()
 	m := testManager(store)
 	g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
-	store.setDown(true)
-	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
-		t.Fatal(err)
-	}
-	next := <-waited
-	if next.err != nil {
-		t.Fatal(next.err)
-	}
-	store.setDown(false)
+	next := handOverUnconfirmed(t, m, store, g, waited)
 	if rec, _ := store.record(t, "k"); rec.owner != "holder" || rec.next == nil || rec.next.fence != next.g.Fence {
 		t.Fatalf("the confirmation was written although the store was down: %+v", rec)
 	}
@@ -181,6 +173,24 @@ func (s *failingStore) CompareAndSwap(ctx context.Context, k Key, value []byte, 
 	return s.memStore.CompareAndSwap(ctx, k, value, ttl, v)
 }
 
+// handOverUnconfirmed releases the holder's grant g on m, whose head
+// waiter's result comes on waited, while the store is down: the release
+// hands over early, and the write confirming it fails. It returns the
+// waiter's result, the successor's grant.
+func handOverUnconfirmed(t *testing.T, m *Manager, store *memStore, g Grant, waited chan lockResult) lockResult {
+	t.Helper()
+	store.setDown(true)
+	defer store.setDown(false)
+	if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
+		t.Fatal(err)
+	}
+	next := <-waited
+	if next.err != nil {
+		t.Fatal(next.err)
+	}
+	return next
+}
+
 // A holder releases just after its own ttl ran out, while the item, whose
 // whole seconds run a little longer, still names it. An early handoff then
 // would make a grant that the item, written for the holder's seconds plus
@@ -237,14 +247,7 @@ func TestUnconfirmedEarlyHandoffIsNotAbandoned(t *testing.T) {
 		m := testManager(store)
 		g, waited := holdAndQueue(t, m, "k", 1, time.Minute)
 		waitFor(t, func() bool { rec, ok := store.record(t, "k"); return ok && rec.next != nil })
-		store.setDown(true)
-		if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
-			t.Fatal(err)
-		}
-		if r := <-waited; r.err != nil {
-			t.Fatal(r.err)
-		}
-		store.setDown(false)
+		handOverUnconfirmed(t, m, store, g, waited)
 		if again {
 			// The old holder's second release: the record still names it.
 			m.Unlock(context.Background(), "k", g.Fence)
@@ -268,14 +271,7 @@ func TestOldHolderAgainAfterUnconfirmedEarlyHandoff(t *testing.T) {
 		store := newMemStore()
 		m := testManager(store)
 		g, waited := queueReserved(t, m, store, "k", 10, time.Minute)
-		store.setDown(true)
-		if _, err := m.Unlock(context.Background(), "k", g.Fence); err != nil {
-			t.Fatal(err)
-		}
-		if r := <-waited; r.err != nil {
-			t.Fatal(r.err)
-		}
-		store.setDown(false)
+		handOverUnconfirmed(t, m, store, g, waited)
 		through := m
 		if elsewhere {
 			through = testManager(store)
