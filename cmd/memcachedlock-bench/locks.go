@@ -52,7 +52,9 @@ type lockResult struct {
 	waits     []time.Duration
 	perWorker []int
 	lost      int
-	cpuTicks  int // the proxies' CPU time over the run; 0 for polling
+	cpuTicks  int    // the proxies' CPU time over the run; 0 for polling
+	spans     []span // every grant, in no particular order
+	paths     []path // the handoffs by the way they went, for runs through proxies
 }
 
 func (r lockResult) rate() float64 { return float64(r.grants) / r.elapsed.Seconds() }
@@ -128,6 +130,7 @@ func runLocks(cc *cli.Context) error {
 		results = append(results, r)
 	}
 	printLockTable(results, hold)
+	printPathTable(results)
 	if rtt, err := roundTrip(cache[0]); err == nil {
 		// A handoff needs at least the releaser's unlock to reach a proxy,
 		// the proxy's write to reach memcached and come back, and the grant
@@ -276,6 +279,9 @@ func proxiedRun(bin, cache string, n, replicas, w int, hold, think, d time.Durat
 		return &proxyLocker{c: c}, err
 	})
 	r.cpuTicks = ticksOf(pids) - before
+	if err == nil {
+		r.paths = handoffPaths(r.spans, n, homeOf(addrs))
+	}
 	return r, err
 }
 
@@ -375,13 +381,17 @@ func lockRun(name string, workers int, hold, think, d time.Duration, cacheAddr s
 		go func(i int) {
 			defer wg.Done()
 			w := lockWorker{l: l, mc: memcache.New(cacheAddr), counterKey: counterKey, hold: hold, think: think}
-			grants, waits, err := w.run(stop)
+			spans, waits, err := w.run(stop)
 			if err != nil {
 				errs <- err
 			}
+			for j := range spans {
+				spans[j].worker = i
+			}
 			mu.Lock()
-			res.perWorker[i] = grants
+			res.perWorker[i] = len(spans)
 			res.waits = append(res.waits, waits...)
+			res.spans = append(res.spans, spans...)
 			mu.Unlock()
 		}(i)
 	}
@@ -413,18 +423,18 @@ type lockWorker struct {
 }
 
 // run locks, bumps the counter, holds, unlocks and thinks until stop; it
-// returns the grants it had and how long each took.
-func (w *lockWorker) run(stop time.Time) (grants int, waits []time.Duration, err error) {
+// returns the grants it had and how long each took to come.
+func (w *lockWorker) run(stop time.Time) (spans []span, waits []time.Duration, err error) {
 	for time.Now().Before(stop) {
 		t0 := time.Now()
 		if err := w.l.lock(); err != nil {
-			return grants, waits, err
+			return spans, waits, err
 		}
 		granted := time.Now()
 		waits = append(waits, granted.Sub(t0))
 		it, err := w.mc.Get(w.counterKey)
 		if err != nil {
-			return grants, waits, err
+			return spans, waits, err
 		}
 		n, _ := strconv.Atoi(string(it.Value))
 		w.mc.Set(&memcache.Item{Key: w.counterKey, Value: []byte(strconv.Itoa(n + 1))})
@@ -432,13 +442,14 @@ func (w *lockWorker) run(stop time.Time) (grants int, waits []time.Duration, err
 		// tick, which would measure the timer, not the lock.
 		for time.Since(granted) < w.hold {
 		}
+		unlocking := time.Now()
 		if err := w.l.unlock(); err != nil {
-			return grants, waits, err
+			return spans, waits, err
 		}
-		grants++
+		spans = append(spans, span{granted: granted, unlocking: unlocking})
 		time.Sleep(w.think)
 	}
-	return grants, waits, nil
+	return spans, waits, nil
 }
 
 type proxyLocker struct {
