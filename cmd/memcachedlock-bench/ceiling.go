@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
 )
 
 // ceilingCommand serves lock and unlock from memory alone: no memcached,
@@ -22,19 +24,26 @@ func ceilingCommand() *cli.Command {
 		Name:   "ceiling-server",
 		Usage:  "(used by locks) an in-memory FIFO lock over the proxy's lock and unlock lines: the machine's ceiling",
 		Hidden: true,
-		Flags:  []cli.Flag{&cli.StringFlag{Name: "listen", Required: true}},
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "listen", Required: true},
+			&cli.StringSliceFlag{Name: "ring", Usage: "the addresses of all the processes that share the lock (see ringLock); none: this one alone"},
+			&cli.IntFlag{Name: "me", Usage: "this process's place in --ring"},
+		},
 		Action: func(cc *cli.Context) error {
 			ln, err := net.Listen("tcp", cc.String("listen"))
 			if err != nil {
 				return err
 			}
-			var l memLock
+			serve := new(memLock).serve
+			if ring := cc.StringSlice("ring"); len(ring) > 1 {
+				serve = newRingLock(cc.Int("me"), ring).serve
+			}
 			for {
 				nc, err := ln.Accept()
 				if err != nil {
 					return err
 				}
-				go l.serve(nc)
+				go serve(nc)
 			}
 		},
 	}
@@ -82,8 +91,21 @@ func (l *memLock) serve(nc net.Conn) {
 	}
 }
 
-// ceiling starts the in-memory lock server and returns its address.
-func (p *procs) ceiling(self string, port int) (string, error) {
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	return addr, p.start(addr, self, "ceiling-server", "--listen", addr)
+// ceiling starts the in-memory lock server in n processes (see ringLock)
+// and returns their addresses.
+func (p *procs) ceiling(self string, n int) ([]string, error) {
+	addrs := make([]string, n)
+	for i := range addrs {
+		port, err := testmc.FreePort()
+		if err != nil {
+			return nil, err
+		}
+		addrs[i] = "127.0.0.1:" + strconv.Itoa(port)
+	}
+	for i, addr := range addrs {
+		if err := p.start(addr, self, "ceiling-server", "--listen", addr, "--ring", strings.Join(addrs, ","), "--me", strconv.Itoa(i)); err != nil {
+			return nil, err
+		}
+	}
+	return addrs, nil
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/urfave/cli/v2"
 
-	"github.com/memcachedlock/memcachedlock/internal/testmc"
 	"github.com/memcachedlock/memcachedlock/lockclient"
 )
 
@@ -53,6 +52,7 @@ type lockResult struct {
 	perWorker []int
 	lost      int
 	cpuTicks  int    // the proxies' CPU time over the run; 0 for polling
+	ceiling   int    // for a ceiling, its processes; else 0
 	spans     []span // every grant, in no particular order
 	paths     []path // the handoffs by the way they went, for runs through proxies
 }
@@ -123,11 +123,13 @@ func runLocks(cc *cli.Context) error {
 		results = append(results, polling)
 	}
 	if cc.Bool("ceiling") {
-		r, err := ceilingRun(w, hold, think, d, cache[0])
-		if err != nil {
-			return err
+		for _, n := range cc.IntSlice("proxies") {
+			r, err := ceilingRun(n, w, hold, think, d, cache[0])
+			if err != nil {
+				return err
+			}
+			results = append(results, r)
 		}
-		results = append(results, r)
 	}
 	printLockTable(results, hold)
 	printPathTable(results)
@@ -215,34 +217,62 @@ func printRatios(cases []lockCase, results []lockResult, bin string, named bool)
 		label = bin + ": "
 	}
 	fmt.Printf("\n%sgrants/s / (1 proxy, 1 replica): %s\n", label, strings.Join(parts, ", "))
+	var ceilings []lockResult
 	for _, base := range results[len(cases):] {
+		if base.ceiling > 0 {
+			ceilings = append(ceilings, base)
+			continue
+		}
 		fmt.Printf("%s1 proxy / %s: %.2fx\n", label, base.name, one.rate()/base.rate())
+	}
+	if len(ceilings) == 0 {
+		return
+	}
+	// The ceiling in n processes against the one in one is the most any
+	// lock whose clients sit behind n processes can keep of one here.
+	parts = nil
+	var across []string
+	for _, c := range ceilings {
+		if p := find(c.ceiling, 1); p != nil {
+			parts = append(parts, fmt.Sprintf("%d %.2f", c.ceiling, p.rate()/c.rate()))
+		}
+		if c.ceiling > 1 && ceilings[0].ceiling == 1 {
+			across = append(across, fmt.Sprintf("%d processes %.2f", c.ceiling, c.rate()/ceilings[0].rate()))
+		}
+	}
+	fmt.Printf("%sproxies / the ceiling in as many processes: %s\n", label, strings.Join(parts, ", "))
+	if len(across) > 0 {
+		fmt.Printf("%sthe ceiling / in 1 process: %s\n", label, strings.Join(across, ", "))
 	}
 }
 
-// ceilingRun runs the workers against the in-memory lock server.
-func ceilingRun(w int, hold, think, d time.Duration, cache string) (lockResult, error) {
+// ceilingRun runs the workers against the in-memory lock server, spread
+// over n processes of it as they are over n proxies.
+func ceilingRun(n, w int, hold, think, d time.Duration, cache string) (lockResult, error) {
 	self, err := os.Executable()
-	if err != nil {
-		return lockResult{}, err
-	}
-	port, err := testmc.FreePort()
 	if err != nil {
 		return lockResult{}, err
 	}
 	var ps procs
 	defer ps.stop()
-	addr, err := ps.ceiling(self, port)
+	addrs, err := ps.ceiling(self, n)
 	if err != nil {
 		return lockResult{}, err
 	}
-	pids := []int{ps[0].Process.Pid}
+	var pids []int
+	for _, p := range ps {
+		pids = append(pids, p.Process.Pid)
+	}
+	name := "ceiling: in memory, 1 process"
+	if n > 1 {
+		name = fmt.Sprintf("ceiling: in memory, %d processes", n)
+	}
 	before := ticksOf(pids)
-	r, err := lockRun("ceiling: in memory, 1 process", w, hold, think, d, cache, func(int) (locker, error) {
-		c, err := lockclient.Dial(context.Background(), addr)
+	r, err := lockRun(name, w, hold, think, d, cache, func(i int) (locker, error) {
+		c, err := lockclient.Dial(context.Background(), addrs[i%n])
 		return &proxyLocker{c: c}, err
 	})
-	r.cpuTicks = ticksOf(pids) - before
+	r.cpuTicks, r.ceiling = ticksOf(pids)-before, n
 	return r, err
 }
 
