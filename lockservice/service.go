@@ -299,15 +299,15 @@ func (s *Service) remote(name string) *peerLink {
 	return s.peers.link(m)
 }
 
-// forward asks name's home the request that req makes; ok is false when
-// the name must be served here.
-func (s *Service) forward(ctx context.Context, name string, req func() string, onWait func()) (f []string, err error, ok bool) {
+// forward asks name's home the request that req makes, which may wait
+// there for wait; ok is false when the name must be served here.
+func (s *Service) forward(ctx context.Context, name string, req func() string, onWait func(), wait time.Duration) (f []string, err error, ok bool) {
 	l := s.remote(name)
 	if l == nil {
 		return nil, nil, false
 	}
 	s.forwardedOut.Add(1)
-	f, err = l.call(ctx, req(), onWait)
+	f, err = l.call(ctx, req(), onWait, wait)
 	if errors.Is(err, errPeer) {
 		s.forwardFailed.Add(1)
 		return nil, nil, false
@@ -329,7 +329,7 @@ func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant
 		req.OnWait = func() { once.Do(onWait) }
 	}
 	start := time.Now()
-	f, err, ok := ss.svc.forward(ctx, req.Name, func() string { return lockLine(req, ss.ls.ID()) }, req.OnWait)
+	f, err, ok := ss.svc.forward(ctx, req.Name, func() string { return lockLine(req, ss.ls.ID()) }, req.OnWait, req.Wait)
 	if !ok {
 		if d := time.Since(start); d > 0 && req.Wait > 0 {
 			req.Wait = max(req.Wait-d, 0) // the time spent at an unreachable home counts
@@ -361,7 +361,7 @@ func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant
 
 // Unlock releases one level of a grant.
 func (ss *Session) Unlock(ctx context.Context, name string, fence uint64) (int, error) {
-	f, err, ok := ss.svc.forward(ctx, name, func() string { return fmt.Sprintf("U %s %d", name, fence) }, nil)
+	f, err, ok := ss.svc.forward(ctx, name, func() string { return fmt.Sprintf("U %s %d", name, fence) }, nil, 0)
 	var left int
 	if !ok {
 		left, err = ss.ls.Unlock(ctx, name, fence)
@@ -383,7 +383,7 @@ func (ss *Session) Unlock(ctx context.Context, name string, fence uint64) (int, 
 
 // Extend sets a grant's remaining lifetime.
 func (ss *Session) Extend(ctx context.Context, name string, fence uint64, ttl int) (int, error) {
-	f, err, ok := ss.svc.forward(ctx, name, func() string { return fmt.Sprintf("E %s %d %d", name, fence, ttl) }, nil)
+	f, err, ok := ss.svc.forward(ctx, name, func() string { return fmt.Sprintf("E %s %d %d", name, fence, ttl) }, nil, 0)
 	if !ok {
 		return ss.svc.manager.Extend(ctx, name, fence, ttl)
 	}
@@ -399,7 +399,7 @@ func (ss *Session) Extend(ctx context.Context, name string, fence uint64, ttl in
 
 // Info describes a lock's current grant; the waiters are those at its home.
 func (ss *Session) Info(ctx context.Context, name string) (lockext.Info, error) {
-	f, err, ok := ss.svc.forward(ctx, name, func() string { return "I " + name }, nil)
+	f, err, ok := ss.svc.forward(ctx, name, func() string { return "I " + name }, nil, 0)
 	if !ok {
 		return ss.svc.manager.Info(ctx, name)
 	}

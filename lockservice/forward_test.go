@@ -1,0 +1,161 @@
+package lockservice
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/memcachedlock/memcachedlock/lockext"
+)
+
+// listenAsHome serves s's peer connections on a loopback listener, as a
+// proxy's client port does, and advertises it: s becomes home for a share
+// of the lock names. It returns the address.
+func listenAsHome(t *testing.T, s *Service) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go servePeerConn(s, nc)
+		}
+	}()
+	s.Advertise(l.Addr().String())
+	return l.Addr().String()
+}
+
+// servePeerConn answers one connection as a proxy's client port would: a
+// peer's hello with this proxy's token is served by ServePeer, anything
+// else is an unknown command.
+func servePeerConn(s *Service, nc net.Conn) {
+	defer nc.Close()
+	br := bufio.NewReader(nc)
+	hello, err := br.ReadString('\n')
+	if err != nil {
+		return
+	}
+	if !s.IsPeerHello([]byte(hello)) {
+		nc.Write([]byte("ERROR\r\n"))
+		return
+	}
+	nc.Write([]byte("PEER\r\n"))
+	var mu sync.Mutex
+	next := func() ([]byte, error) {
+		line, err := br.ReadString('\n')
+		return []byte(line), err
+	}
+	s.ServePeer(context.Background(), next, func(b []byte) {
+		mu.Lock()
+		nc.Write(b)
+		mu.Unlock()
+	})
+}
+
+// silentHome accepts peer connections, says hello back and then never
+// answers a request: a home proxy that hangs (paused, or stuck) with its
+// connections open. It returns the address.
+func silentHome(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { nc.Close() })
+			go func() {
+				br := bufio.NewReader(nc)
+				if _, err := br.ReadString('\n'); err != nil {
+					return
+				}
+				nc.Write([]byte("PEER\r\n"))
+				for {
+					if _, err := br.ReadString('\n'); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// register adds m to the registry of proxies on mc, as m's own renewal
+// would have, at once with respect to the proxies renewing theirs.
+func register(mc *fakeMC, cfg Config, m member) {
+	key := newMembers(cfg.Prefix, "", Layout(cfg)).key
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
+	it, _ := mc.live(key)
+	mc.cas++
+	mc.items[key] = fakeItem{value: append(append([]byte(nil), it.value...), encodeMembers([]member{m})...), cas: mc.cas}
+}
+
+// nameHomedAt returns a lock name whose home, as s sees the registry, is
+// the proxy with the given instance.
+func nameHomedAt(t *testing.T, s *Service, instance string) string {
+	t.Helper()
+	for i := 0; i < 1000; i++ {
+		name := "k" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + string(rune('a'+i/26%26))
+		if m, ok := s.members.home(name); ok && m.instance == instance {
+			return name
+		}
+	}
+	t.Fatalf("no name is homed at %s", instance)
+	return ""
+}
+
+// A forwarded lock whose home never answers (a proxy paused with its
+// connections open) ends when its wait does, plus the limit any other
+// forwarded request has, and is then served here: a lock with a wait of
+// 50 ms must not hang until the client hangs up.
+func TestForwardedLockEndsWhenHomeNeverAnswers(t *testing.T) {
+	f := fakes("a:1")
+	cfg := testConfig(t, 1, 5, "a:1")
+	s := startService(t, f, cfg)
+	register(f["a:1"], cfg, member{instance: "hung", addr: silentHome(t), token: "t",
+		expires: time.Now().Add(time.Hour).UnixMilli()})
+	s.refreshMembers()
+	if m, _ := s.members.home("k"); m.instance != "hung" {
+		t.Fatalf("home of k is %+v", m)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.NewSession().Lock(context.Background(), lockext.Request{Name: "k", TTL: 1, Wait: 50 * time.Millisecond, Owner: "o"})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("a free lock whose home never answers: %v, want it granted here", err)
+		}
+	case <-time.After(20 * time.Second): // bounds a hang, times nothing
+		t.Fatal("a forwarded lock with a 50 ms wait still waits for a home that never answers")
+	}
+}
+
+// holderFence reads the fence of the grant in force on name.
+func holderFence(t *testing.T, s *Service, name string) uint64 {
+	t.Helper()
+	info, err := s.manager.Info(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Fence
+}
