@@ -150,6 +150,52 @@ func TestForwardedLockEndsWhenHomeNeverAnswers(t *testing.T) {
 	}
 }
 
+// A proxy replaced by a new one at the same address leaves its registry
+// entry behind until the entry expires. Only the process still renewing
+// its entry listens there: the old entry must not be anybody's home,
+// and asking for a name that it was home for must not break the link to
+// the new proxy, under the requests waiting on it.
+func TestReplacedProxyEntryDoesNotBreakTheNewOnesLink(t *testing.T) {
+	f := fakes("a:1")
+	cfg := testConfig(t, 1, 5, "a:1")
+	homeCfg := cfg
+	homeCfg.Instance = "new"
+	home := startService(t, f, homeCfg)
+	addr := listenAsHome(t, home)
+	home.refreshMembers() // its entry now outlives the old one's
+	register(f["a:1"], cfg, member{instance: "old", addr: addr, token: "gone",
+		expires: time.Now().Add(memberLease - time.Second).UnixMilli()})
+	s := startService(t, f, cfg)
+	s.refreshMembers()
+	waitedFor := nameHomedAt(t, home, "new")
+	if _, err := home.NewSession().Lock(context.Background(), lockext.Request{Name: waitedFor, TTL: 5, Owner: "holder"}); err != nil {
+		t.Fatal(err)
+	}
+	waiting := make(chan struct{})
+	got := make(chan error, 1)
+	go func() {
+		_, err := s.NewSession().Lock(context.Background(), lockext.Request{Name: waitedFor, TTL: 5, Wait: time.Minute,
+			Owner: "waiter", OnWait: func() { close(waiting) }})
+		got <- err
+	}()
+	<-waiting
+	// Names homed at either entry, asked for meanwhile.
+	for i := 0; i < 50; i++ {
+		name := strings.Repeat("n", 1+i%5) + string(rune('a'+i%26))
+		s.NewSession().Info(context.Background(), name)
+	}
+	if _, err := home.NewSession().Unlock(context.Background(), waitedFor, holderFence(t, home, waitedFor)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Stats().ForwardFailed; n != 0 {
+		t.Fatalf("%d forwarded requests failed and were served here: the entry of a proxy replaced at the same address "+
+			"was taken for a home, and its link replaced the new proxy's", n)
+	}
+}
+
 // holderFence reads the fence of the grant in force on name.
 func holderFence(t *testing.T, s *Service, name string) uint64 {
 	t.Helper()

@@ -183,8 +183,19 @@ func (ms *members) refresh(ctx context.Context, conns []Conn) {
 	if !ok {
 		return // keep the last view rather than forget everybody
 	}
-	live := make([]member, 0, len(seen))
+	// Only one process listens at an address: of two entries there (a
+	// proxy replaced in place, the old one's entry not yet expired) the
+	// one renewed last is it. The other must be nobody's home: asking it
+	// would replace the link to the live one (peers.link), breaking the
+	// requests waiting on it, and fail.
+	byAddr := make(map[string]member, len(seen))
 	for _, m := range seen {
+		if o, dup := byAddr[m.addr]; !dup || m.expires > o.expires || m.expires == o.expires && m.instance > o.instance {
+			byAddr[m.addr] = m
+		}
+	}
+	live := make([]member, 0, len(byAddr))
+	for _, m := range byAddr {
 		live = append(live, m)
 	}
 	slices.SortFunc(live, func(a, b member) int { return strings.Compare(a.instance, b.instance) })
