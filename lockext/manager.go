@@ -329,6 +329,13 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 			}
 			return Grant{}, ErrClosed
 		}
+		if ctx.Err() != nil {
+			// Cancelled (the client hung up, or the forwarding proxy said
+			// cancel): a grant made now would reach nobody, and a lease
+			// would stand for its ttl. One handed over before is kept.
+			m.mu.Unlock()
+			return m.giveUp(ctx, st, w, holderTTL)
+		}
 		try, reserve, sleep, ttl := m.turn(st, w)
 		if ttl >= 0 {
 			holderTTL = ttl
