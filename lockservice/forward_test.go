@@ -205,3 +205,36 @@ func holderFence(t *testing.T, s *Service, name string) uint64 {
 	}
 	return info.Fence
 }
+
+// A grant forwarded back from the home says whether its holder had it
+// already (the same owner asking again), as one made here does: the proxy
+// keeps such a grant when its reply cannot be delivered.
+func TestForwardedGrantSaysAgain(t *testing.T) {
+	f := fakes("a:1")
+	cfg := testConfig(t, 1, 5, "a:1")
+	home := startService(t, f, cfg)
+	listenAsHome(t, home)
+	s := startService(t, f, cfg)
+	s.refreshMembers()
+	name := nameHomedAt(t, s, home.cfg.Instance)
+	var grants []lockext.Grant
+	for _, r := range []lockext.Request{
+		{Name: name, TTL: 5, Owner: "o"}, {Name: name, TTL: 5, Owner: "o"},
+		{Name: name + "r", TTL: 5, Owner: "o", Reentrant: true}, {Name: name + "r", TTL: 5, Owner: "o", Reentrant: true},
+	} {
+		g, err := s.NewSession().Lock(context.Background(), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		grants = append(grants, g)
+	}
+	if grants[0].Again || !grants[1].Again || grants[1].Fence != grants[0].Fence {
+		t.Errorf("lock, and the same owner again: %+v", grants[:2])
+	}
+	if grants[3].Again || grants[3].Count != 2 {
+		t.Errorf("a reentrant lock taken again is a new level: %+v", grants[3])
+	}
+	if s.Stats().ForwardedOut == 0 {
+		t.Fatal("nothing was forwarded")
+	}
+}

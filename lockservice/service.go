@@ -342,11 +342,15 @@ func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant
 	if len(f) < 2 || f[0] != "LOCKED" {
 		return lockext.Grant{}, lockext.ErrUnavailable
 	}
+	again := len(f) > 5 && f[len(f)-1] == "again"
+	if again {
+		f = f[:len(f)-1]
+	}
 	g, err := parseGrant(f[1:])
 	if err != nil {
 		return lockext.Grant{}, lockext.ErrUnavailable
 	}
-	g.Name = req.Name
+	g.Name, g.Again = req.Name, again
 	if req.Owner == "" {
 		ss.mu.Lock()
 		if ss.forwarded == nil {
