@@ -34,8 +34,10 @@ func (c *clientConn) lockCommand() {
 		return
 	}
 	// Each memcached exchange is bounded by --timeout, and a forward by the
-	// peer link's own limit: the connection's context is enough.
-	ctx := c.ctx
+	// peer link's own limit. The connection's context is not used: a
+	// shutdown ends it, and a command read before the shutdown is carried
+	// out and answered (an unlock cut short left its lease held).
+	ctx := context.Background()
 	var out []byte
 	switch r.cmd {
 	case cmdUnlock:

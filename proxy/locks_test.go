@@ -1,14 +1,19 @@
 package proxy
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/memcachedlock/memcachedlock/internal/testmc"
+	"github.com/memcachedlock/memcachedlock/ring"
 )
 
 // brokenConn is a client connection that sends lines and whose replies
@@ -66,5 +71,107 @@ func TestUndeliveredGrantIsReleased(t *testing.T) {
 	serveBroken(s, "lock k 30 0 owner-a\r\n")
 	if got := testmc.Dial(t, addr).RoundTrip("lock k 30 0 owner-b"); !strings.HasPrefix(got, "LOCKED ") {
 		t.Fatalf("after a grant that could not be delivered: %q, want LOCKED", got)
+	}
+}
+
+// relay passes connections through to target, calling hook with each
+// chunk a client sends before passing it on; hook may block, holding that
+// connection's writes as a slow server would.
+func relay(t *testing.T, target string, hook func(chunk []byte)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			in, err := l.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			t.Cleanup(func() { in.Close(); out.Close() })
+			go io.Copy(in, out)
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := in.Read(buf)
+					if n > 0 {
+						hook(buf[:n])
+						if _, err := out.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						out.Close()
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// An unlock read before the proxy began to shut down is carried out, even
+// when it has to wait for a write of the proxy's own on the same lock (the
+// head waiter's attempt): the shutdown only stops the reading of commands.
+// It used to end the unlock's wait with the connection's context, answer
+// "SERVER_ERROR client gone" and leave the lease held for its ttl.
+func TestUnlockDuringShutdownIsCarriedOut(t *testing.T) {
+	mc := testmc.Start(t)
+	var (
+		attempt, open = make(chan struct{}), make(chan struct{})
+		unlockRead    = make(chan struct{})
+		fired         atomic.Bool
+		readOnce      sync.Once
+	)
+	lockServer := relay(t, mc.Addr, func(chunk []byte) {
+		switch {
+		case bytes.Contains(chunk, []byte(" o waiter-w\r\n")) && !fired.Swap(true):
+			close(attempt) // the head waiter's add is at the server, its reply held
+			<-open
+		case fired.Load() && bytes.Contains(chunk, []byte("mg __memcachedlock:k ")):
+			readOnce.Do(func() { close(unlockRead) })
+		}
+	})
+	cfg := Config{LockServers: []ring.Server{{Addr: lockServer, Weight: 1}}, Timeout: 10 * time.Second}
+	addr, s := startProxy(t, cfg, mc)
+	// owner-a holds the lease, granted through another proxy.
+	direct := testmc.Dial(t, mc.Addr)
+	if got := direct.RoundTrip("ms __memcachedlock:k 30 T30\r\n1000000000000001 x 1 o owner-a"); got != "HD" {
+		t.Fatalf("writing owner-a's grant: %q", got)
+	}
+	waiter := testmc.Dial(t, addr)
+	waiter.Send("lock k 30 60000 waiter-w\r\n")
+	<-attempt
+	holder := testmc.Dial(t, addr)
+	holder.Send("unlock k 1000000000000001\r\n")
+	<-unlockRead // the unlock has read the grant; it now waits for the attempt
+
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		shut <- s.Shutdown(ctx)
+	}()
+	for stopped := false; !stopped; {
+		s.mu.Lock()
+		stopped = s.closing // connections are told to stop under the same lock
+		s.mu.Unlock()
+	}
+	close(open)
+	if got := holder.Line(); got != "UNLOCKED 0" {
+		t.Fatalf("an unlock read before the shutdown: %q, want UNLOCKED 0", got)
+	}
+	waiter.Line() // LOCKED, or the shutdown's SERVER_ERROR
+	<-shut
+	if got := direct.RoundTrip("mg __memcachedlock:k v"); strings.Contains(got, "owner-a") {
+		t.Fatalf("owner-a still holds the lock after its unlock: %q", got)
 	}
 }
