@@ -62,10 +62,10 @@ func servePeerConn(s *Service, nc net.Conn) {
 	})
 }
 
-// silentHome accepts peer connections, says hello back and then never
-// answers a request: a home proxy that hangs (paused, or stuck) with its
-// connections open. It returns the address.
-func silentHome(t *testing.T) string {
+// fakeHome accepts peer connections, says hello back and answers each
+// request with answer(its fields), or not at all when that is "". It
+// returns the address.
+func fakeHome(t *testing.T, answer func(f []string) string) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -86,14 +86,26 @@ func silentHome(t *testing.T) string {
 				}
 				nc.Write([]byte("PEER\r\n"))
 				for {
-					if _, err := br.ReadString('\n'); err != nil {
+					line, err := br.ReadString('\n')
+					if err != nil {
 						return
+					}
+					if f := strings.Fields(line); len(f) > 1 {
+						if out := answer(f); out != "" {
+							nc.Write([]byte(f[0] + " " + out + "\r\n"))
+						}
 					}
 				}
 			}()
 		}
 	}()
 	return l.Addr().String()
+}
+
+// silentHome is a home proxy that hangs (paused, or stuck) with its
+// connections open: it never answers.
+func silentHome(t *testing.T) string {
+	return fakeHome(t, func([]string) string { return "" })
 }
 
 // register adds m to the registry of proxies on mc, as m's own renewal
@@ -236,5 +248,30 @@ func TestForwardedGrantSaysAgain(t *testing.T) {
 	}
 	if s.Stats().ForwardedOut == 0 {
 		t.Fatal("nothing was forwarded")
+	}
+}
+
+// A home that cancels a request the forwarding proxy did not cancel (its
+// link to that proxy ended under it, or it is shutting down) says "ERR
+// CX": the request is served here, as when the home cannot be reached.
+// It used to reach the client as the forwarder's own cancellation:
+// "SERVER_ERROR client gone" to a client that was there, its unlock not
+// done and its lease held for its ttl.
+func TestRequestCancelledByTheHomeIsServedHere(t *testing.T) {
+	f := fakes("a:1")
+	cfg := testConfig(t, 1, 5, "a:1")
+	s := startService(t, f, cfg)
+	g, err := s.manager.Lock(context.Background(), lockext.Request{Name: "k", TTL: 5, Owner: "o"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(f["a:1"], cfg, member{instance: "going", addr: fakeHome(t, func([]string) string { return "ERR CX 0" }),
+		token: "t", expires: time.Now().Add(time.Hour).UnixMilli()})
+	s.refreshMembers()
+	if left, err := s.NewSession().Unlock(context.Background(), "k", g.Fence); err != nil || left != 0 {
+		t.Fatalf("unlock the home cancelled: %d %v, want it done here", left, err)
+	}
+	if _, err := tryLock(s, "k", "next"); err != nil {
+		t.Fatalf("after the unlock: %v", err)
 	}
 }

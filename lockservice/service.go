@@ -314,7 +314,10 @@ func (s *Service) forward(ctx context.Context, name string, req func() string, o
 	}
 	if err == nil && len(f) > 0 && f[0] == "ERR" {
 		err = decodeErr(f[1:])
-		if errors.Is(err, errPeer) {
+		// A cancellation we did not ask for is the home's: its link here
+		// ended under the request, or it is going. Like ErrClosed, that
+		// says nothing of the lock.
+		if errors.Is(err, errPeer) || errors.Is(err, context.Canceled) && ctx.Err() == nil {
 			s.forwardFailed.Add(1)
 			return nil, nil, false
 		}
