@@ -275,3 +275,26 @@ func TestRequestCancelledByTheHomeIsServedHere(t *testing.T) {
 		t.Fatalf("after the unlock: %v", err)
 	}
 }
+
+// A proxy that closes takes its entry out of the registry, so that the
+// others stop forwarding to it at once rather than when the entry expires
+// (every forward meanwhile bounced, and its names served at polling speed).
+func TestClosedProxyLeavesTheRegistry(t *testing.T) {
+	f := fakes("a:1")
+	cfg := testConfig(t, 1, 5, "a:1")
+	home, err := New(cfg, func(string) Conn { return f["a:1"] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	listenAsHome(t, home)
+	s := startService(t, f, cfg)
+	s.refreshMembers()
+	if n := len(s.members.list()); n != 1 {
+		t.Fatalf("%d proxies registered, want the home", n)
+	}
+	home.Close()
+	s.refreshMembers()
+	if list := s.members.list(); len(list) != 0 {
+		t.Fatalf("a closed proxy is still in the registry: %+v", list)
+	}
+}

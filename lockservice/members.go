@@ -130,18 +130,24 @@ func (ms *members) renew(ctx context.Context, conn Conn) ([]member, error) {
 		}
 		now := time.Now().UnixMilli()
 		var list []member
+		listed := false // this proxy has an entry there
 		if m.status == "VA" {
 			for _, e := range decodeMembers(m.value) {
-				if e.expires > now && e.instance != self.instance {
+				switch {
+				case e.instance == self.instance:
+					listed = true
+				case e.expires > now:
 					list = append(list, e)
 				}
 			}
 		}
-		if self.addr == "" {
+		if self.addr == "" && !listed {
 			return list, nil // not a home: nothing to write
 		}
-		self.expires = now + memberLease.Milliseconds()
-		list = append(list, self)
+		if self.addr != "" {
+			self.expires = now + memberLease.Milliseconds()
+			list = append(list, self)
+		} // else a home leaving: its entry is written out
 		value := encodeMembers(list)
 		mode := "ME"
 		if m.status == "VA" {

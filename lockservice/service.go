@@ -268,7 +268,10 @@ func (s *Service) Close() {
 	s.manager.Close()
 	s.quitOnce.Do(func() {
 		close(s.quit)
-		s.members.advertise("") // leave the registry: others stop forwarding here
+		// Leave the registry, once tend can no longer renew the entry
+		// meanwhile: others stop forwarding here at their next look.
+		s.wg.Wait()
+		s.members.advertise("")
 		s.refreshMembers()
 		s.peers.closeAll()
 	})
