@@ -36,11 +36,16 @@ type peers struct {
 	timeout time.Duration
 	mu      sync.Mutex
 	links   map[string]*peerLink
+	closed  bool // closeAll ran: no link is opened again
 }
 
+// link returns the link to m, or nil once closeAll has run.
 func (p *peers) link(m member) *peerLink {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
 	l := p.links[m.addr]
 	if l == nil || l.token != m.token { // a new proxy at that address
 		if l != nil {
@@ -55,6 +60,7 @@ func (p *peers) link(m member) *peerLink {
 func (p *peers) closeAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.closed = true
 	for _, l := range p.links {
 		l.close()
 	}

@@ -3,6 +3,7 @@ package lockservice
 import (
 	"bufio"
 	"context"
+	"errors"
 	"net"
 	"strings"
 	"sync"
@@ -296,5 +297,28 @@ func TestClosedProxyLeavesTheRegistry(t *testing.T) {
 	s.refreshMembers()
 	if list := s.members.list(); len(list) != 0 {
 		t.Fatalf("a closed proxy is still in the registry: %+v", list)
+	}
+}
+
+// A closed service forwards nothing: a request made after Close (a client
+// connection finishing while its proxy shuts down releases its locks) is
+// served here rather than open a link to a home that nobody closes again.
+func TestClosedServiceOpensNoLinks(t *testing.T) {
+	f := fakes("a:1")
+	cfg := testConfig(t, 1, 5, "a:1")
+	home := startService(t, f, cfg)
+	listenAsHome(t, home)
+	s, err := New(cfg, func(string) Conn { return f["a:1"] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.refreshMembers()
+	name := nameHomedAt(t, s, home.cfg.Instance)
+	s.Close()
+	if _, err := s.NewSession().Info(context.Background(), name); !errors.Is(err, lockext.ErrNotFound) {
+		t.Fatalf("lockinfo after Close: %v", err)
+	}
+	if n := home.Stats().ForwardedIn; n != 0 {
+		t.Fatalf("a closed service forwarded %d requests over a link opened after Close", n)
 	}
 }

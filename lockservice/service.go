@@ -293,7 +293,8 @@ type Session struct {
 func (s *Service) NewSession() *Session { return &Session{svc: s, ls: s.manager.NewSession()} }
 
 // remote returns the link to name's home, or nil when this proxy is home
-// (or no home is known).
+// (or no home is known, or the service is closed: a connection finishing
+// meanwhile releases its locks here, and no link outlives the service).
 func (s *Service) remote(name string) *peerLink {
 	m, ok := s.members.home(name)
 	if !ok || m.instance == s.cfg.Instance {
