@@ -322,3 +322,46 @@ func TestClosedServiceOpensNoLinks(t *testing.T) {
 		t.Fatalf("a closed service forwarded %d requests over a link opened after Close", n)
 	}
 }
+
+// A proxy that begins to shut down stops its waits and leaves the
+// registry, but keeps its links to homes until its client connections
+// have finished: a connection lock they held at a home is then released
+// there, over the link, and handed to the home's next waiter at once.
+// (Served here instead, the home learns of it at its head waiter's next
+// look, which may be the holder's whole ttl away, and a grant the home
+// made to a waiter of ours as the link closed reached nobody.)
+func TestStoppedServiceReleasesAtTheHome(t *testing.T) {
+	f := fakes("a:1")
+	cfg := testConfig(t, 1, 60, "a:1")
+	cfg.Poll = time.Minute // only a handoff at the home is prompt
+	home := startService(t, f, cfg)
+	listenAsHome(t, home)
+	s := startService(t, f, cfg)
+	s.refreshMembers()
+	name := nameHomedAt(t, s, home.cfg.Instance)
+	sess := s.NewSession()
+	if _, err := sess.Lock(context.Background(), lockext.Request{Name: name, TTL: 60}); err != nil {
+		t.Fatal(err)
+	}
+	waiting := make(chan struct{})
+	got := make(chan error, 1)
+	go func() {
+		_, err := home.NewSession().Lock(context.Background(), lockext.Request{Name: name, TTL: 5, Wait: time.Minute,
+			Owner: "next", OnWait: func() { close(waiting) }})
+		got <- err
+	}()
+	<-waiting
+	s.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	sess.Close(ctx)
+	cancel()
+	s.Close()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second): // bounds a hang: the holder's ttl is 60 s
+		t.Fatal("the home's waiter still waits after the connection lock was released by a proxy shutting down")
+	}
+}

@@ -59,9 +59,10 @@ type Service struct {
 	forwardedOut, forwardedIn, forwardFailed atomic.Uint64
 	stateFailing                             bool // the last save of the state file failed; tend only
 
-	quit     chan struct{}
-	quitOnce sync.Once
-	wg       sync.WaitGroup
+	quit      chan struct{}
+	quitOnce  sync.Once
+	closeOnce sync.Once
+	wg        sync.WaitGroup
 }
 
 // New builds the service over the lock servers, reached through dial.
@@ -263,19 +264,26 @@ func (s *Service) States() []State {
 	return out
 }
 
-// Close ends every wait with lockext.ErrClosed and stops the service.
-func (s *Service) Close() {
+// Stop begins a shutdown: every wait here ends with lockext.ErrClosed and
+// this proxy leaves the registry, so that others stop forwarding to it at
+// their next look. Requests still being carried out go on, forwarded ones
+// too: the links to homes stay open until Close, so that connections
+// finishing meanwhile release their locks at the homes, which hand them
+// on at once.
+func (s *Service) Stop() {
 	s.manager.Close()
 	s.quitOnce.Do(func() {
 		close(s.quit)
-		// Leave the registry, once tend can no longer renew the entry
-		// meanwhile: others stop forwarding here at their next look.
-		s.wg.Wait()
+		s.wg.Wait() // tend renews the entry no more
 		s.members.advertise("")
 		s.refreshMembers()
-		s.peers.closeAll()
 	})
-	s.wg.Wait()
+}
+
+// Close stops the service (see Stop) and closes its links to homes.
+func (s *Service) Close() {
+	s.Stop()
+	s.closeOnce.Do(s.peers.closeAll)
 }
 
 // Session is one client connection's use of the service. A name whose
