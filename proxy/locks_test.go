@@ -175,3 +175,45 @@ func TestUnlockDuringShutdownIsCarriedOut(t *testing.T) {
 		t.Fatalf("owner-a still holds the lock after its unlock: %q", got)
 	}
 }
+
+// gatedBrokenConn is a brokenConn whose first write waits for open before
+// it fails: a reply on its way to a client that is gone.
+type gatedBrokenConn struct {
+	brokenConn
+	writing, open chan struct{}
+}
+
+func (c *gatedBrokenConn) Write(p []byte) (int, error) {
+	close(c.writing)
+	<-c.open
+	return 0, errors.New("broken pipe")
+}
+
+// KNOWN DEFECT, not fixed (see the commit that added this test): a new
+// grant's LOCKED line fails to be written only after its owner, asking
+// again on another connection (the README's "a client that lost a reply
+// simply asks again"), has been given the same grant back. The release of
+// the undelivered grant then takes the lock from a holder that knows it,
+// and the next owner is granted it while that holder's ttl runs.
+func TestUndeliveredGrantGivenAgainMeanwhile(t *testing.T) {
+	t.Skip("known defect: an undelivered grant is released although its owner got it back meanwhile")
+	addr, s := startProxy(t, Config{}, testmc.Start(t))
+	nc := &gatedBrokenConn{brokenConn: brokenConn{in: strings.NewReader("lock k 30 0 owner-a\r\n")},
+		writing: make(chan struct{}), open: make(chan struct{})}
+	env := *s.env
+	env.untrack = func(*clientConn) {}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		newClientConn(&env, nc, 1).serve()
+	}()
+	<-nc.writing // granted; its LOCKED line on its way to a client that is gone
+	if got := testmc.Dial(t, addr).RoundTrip("lock k 30 0 owner-a"); !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatalf("owner-a again: %q", got)
+	}
+	close(nc.open)
+	<-done
+	if got := testmc.Dial(t, addr).RoundTrip("lock k 30 0 owner-b"); !strings.HasPrefix(got, "NOT_LOCKED ") {
+		t.Fatalf("owner-b while owner-a holds the grant it was told of: %q, want NOT_LOCKED", got)
+	}
+}
