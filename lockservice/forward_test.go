@@ -365,3 +365,23 @@ func TestStoppedServiceReleasesAtTheHome(t *testing.T) {
 		t.Fatal("the home's waiter still waits after the connection lock was released by a proxy shutting down")
 	}
 }
+
+// A proxy that has begun to shut down still serves the names it is home
+// for itself, though it has left the registry: its manager holds their
+// state (a successor it reserved, and just wrote out because its waiter
+// left), which the proxy the names move to would not know.
+func TestStoppedServiceServesItsOwnNames(t *testing.T) {
+	f := fakes("a:1")
+	cfg := testConfig(t, 1, 5, "a:1")
+	other := startService(t, f, cfg)
+	listenAsHome(t, other)
+	s := startService(t, f, cfg)
+	listenAsHome(t, s)
+	s.refreshMembers()
+	name := nameHomedAt(t, s, s.cfg.Instance)
+	s.Stop()
+	s.NewSession().Info(context.Background(), name)
+	if n := s.Stats().ForwardedOut; n != 0 {
+		t.Fatalf("a name homed here was forwarded %d times after Stop", n)
+	}
+}

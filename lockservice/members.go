@@ -169,6 +169,16 @@ func (ms *members) renew(ctx context.Context, conn Conn) ([]member, error) {
 	return nil, fmt.Errorf("lockservice: registry contended")
 }
 
+// leave writes this proxy's entry out of the registry on every lock
+// server, once it advertises no address. Its own view is kept, itself in
+// it: the names it is home for are still served here, where their state
+// is, while its connections finish.
+func (ms *members) leave(ctx context.Context, conns []Conn) {
+	for _, c := range conns {
+		ms.renew(ctx, c)
+	}
+}
+
 // refresh renews the registration on every lock server and takes the
 // union of what they hold as the live members.
 func (ms *members) refresh(ctx context.Context, conns []Conn) {

@@ -206,14 +206,18 @@ func (s *Service) Advertise(addr string) {
 	s.refreshMembers()
 }
 
-func (s *Service) refreshMembers() {
+func (s *Service) refreshMembers() { s.onRegistry(s.members.refresh) }
+
+// onRegistry runs f over the connections to every lock server, which all
+// hold the registry.
+func (s *Service) onRegistry(f func(ctx context.Context, conns []Conn)) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	defer cancel()
 	conns := make([]Conn, len(s.replicas))
 	for i, r := range s.replicas {
 		conns[i] = r.conn
 	}
-	s.members.refresh(ctx, conns)
+	f(ctx, conns)
 }
 
 // tend adopts lock servers, ends their recoveries on time (so that the
@@ -276,7 +280,7 @@ func (s *Service) Stop() {
 		close(s.quit)
 		s.wg.Wait() // tend renews the entry no more
 		s.members.advertise("")
-		s.refreshMembers()
+		s.onRegistry(s.members.leave)
 	})
 }
 
