@@ -153,11 +153,12 @@ func TestLockMutualExclusionFourProxies(t *testing.T) {
 
 // A proxy that other proxies cannot reach (its advertised address is
 // wrong) costs speed, not safety: its peers serve the names themselves.
+// (Each has an address of its own: of two entries at one address, only
+// the one renewed last is anybody's home.)
 func TestLockPeersUnreachable(t *testing.T) {
 	c := startCluster(t, 1)
-	dead := testmc.FreeAddr(t)
-	a1, s1 := startProxy(t, proxy.Config{Servers: c.servers(t), Advertise: dead})
-	a2, s2 := startProxy(t, proxy.Config{Servers: c.servers(t), Advertise: dead})
+	a1, s1 := startProxy(t, proxy.Config{Servers: c.servers(t), Advertise: testmc.FreeAddr(t)})
+	a2, s2 := startProxy(t, proxy.Config{Servers: c.servers(t), Advertise: testmc.FreeAddr(t)})
 	waitStat(t, a1, "proxy_lock_proxies", "2")
 	n := counterUnderLock(t, []string{a1, a2}, 4, time.Second)
 	failed := s1.Stats().Locks.ForwardFailed + s2.Stats().Locks.ForwardFailed

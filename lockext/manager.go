@@ -49,6 +49,11 @@ type Grant struct {
 	TTL   int    // seconds left
 	Count int    // reentrancy depth; 1 for exclusive locks
 	Owner string
+	// Again is set when the grant is one its holder had already: the
+	// same owner (or connection) asked again and got it back, ttl
+	// refreshed, no level added. Losing its reply takes nothing from the
+	// holder, who may know the grant from the reply that made it.
+	Again bool
 }
 
 // Stats are the Manager's counters.
@@ -329,6 +334,13 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 			}
 			return Grant{}, ErrClosed
 		}
+		if ctx.Err() != nil {
+			// Cancelled (the client hung up, or the forwarding proxy said
+			// cancel): a grant made now would reach nobody, and a lease
+			// would stand for its ttl. One handed over before is kept.
+			m.mu.Unlock()
+			return m.giveUp(ctx, st, w, holderTTL)
+		}
 		try, reserve, sleep, ttl := m.turn(st, w)
 		if ttl >= 0 {
 			holderTTL = ttl
@@ -596,6 +608,7 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
 			continue
 		}
+		g.Again = cur.fence == rec.fence && !req.Reentrant
 		return g, 0, err
 	}
 	return Grant{}, -1, ErrNotLocked
@@ -644,6 +657,7 @@ func (m *Manager) refresh(ctx context.Context, st *keyState, req *Request) (Gran
 	if stale {
 		return Grant{}, nil, false
 	}
+	g.Again = !req.Reentrant
 	return g, err, true
 }
 

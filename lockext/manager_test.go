@@ -358,3 +358,31 @@ func TestReleaseRightAfterHandoff(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// A waiter whose request is cancelled (its client hung up, or the proxy
+// that forwarded it said cancel) while the lock is held through another
+// process must not take the lock when it wakes: nobody would receive the
+// grant, and a lease would stand for its whole ttl. Here the lock comes
+// free just as the request is cancelled, as the waiter goes to sleep.
+func TestCancelledWaiterDoesNotTakeAFreedLock(t *testing.T) {
+	store := newMemStore()
+	other, m := testManager(store), testManager(store)
+	g, err := other.Lock(context.Background(), req("k", 30, 0, "holder"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := req("k", 30, time.Minute, "gone")
+	r.OnWait = func() {
+		if _, err := other.Unlock(context.Background(), "k", g.Fence); err != nil {
+			t.Error(err)
+		}
+		cancel()
+	}
+	if got, err := m.Lock(ctx, r); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled waiter: %+v %v, want context.Canceled", got, err)
+	}
+	if rec, ok := store.record(t, "k"); ok {
+		t.Fatalf("the lock is held by %q after its only waiter was cancelled", rec.owner)
+	}
+}

@@ -36,11 +36,16 @@ type peers struct {
 	timeout time.Duration
 	mu      sync.Mutex
 	links   map[string]*peerLink
+	closed  bool // closeAll ran: no link is opened again
 }
 
+// link returns the link to m, or nil once closeAll has run.
 func (p *peers) link(m member) *peerLink {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
 	l := p.links[m.addr]
 	if l == nil || l.token != m.token { // a new proxy at that address
 		if l != nil {
@@ -55,6 +60,7 @@ func (p *peers) link(m member) *peerLink {
 func (p *peers) closeAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.closed = true
 	for _, l := range p.links {
 		l.close()
 	}
@@ -162,10 +168,11 @@ func (l *peerLink) send(tag uint64, req string) error {
 }
 
 // call sends req and returns the home's reply fields. onWait runs when the
-// home says the request waits. When ctx ends first, the home is told to
-// cancel and its answer is still awaited (briefly): a grant that won the
-// race must reach the caller, who releases what it cannot deliver.
-func (l *peerLink) call(ctx context.Context, req string, onWait func()) ([]string, error) {
+// home says the request waits, wait is how long the request may wait
+// there. When ctx ends first, the home is told to cancel and its answer is
+// still awaited (briefly): a grant that won the race must reach the
+// caller, who releases what it cannot deliver.
+func (l *peerLink) call(ctx context.Context, req string, onWait func(), wait time.Duration) ([]string, error) {
 	l.mu.Lock()
 	if err := l.connect(); err != nil {
 		l.mu.Unlock()
@@ -183,12 +190,11 @@ func (l *peerLink) call(ctx context.Context, req string, onWait func()) ([]strin
 	l.mu.Unlock()
 
 	done := ctx.Done()
-	var giveUp <-chan time.Time
-	if !strings.HasPrefix(req, "L ") {
-		// Only a lock waits at the home; anything else is a few memcached
-		// round trips there, and a home that takes longer is as good as gone.
-		giveUp = time.After(4 * l.timeout)
-	}
+	// Past its wait a request is a few memcached round trips at the home,
+	// and a home that takes longer (paused, stuck) is as good as gone: its
+	// names are served here. Without this bound a lock would wait for a
+	// hung home until its client hung up, whatever its wait.
+	giveUp := time.After(wait + 4*l.timeout)
 	for {
 		select {
 		case f, ok := <-ch:
@@ -205,11 +211,7 @@ func (l *peerLink) call(ctx context.Context, req string, onWait func()) ([]strin
 			return f, nil
 		case <-done:
 			done = nil
-			l.mu.Lock()
-			if l.nc == nc {
-				l.send(tag, "C")
-			}
-			l.mu.Unlock()
+			l.cancel(tag, nc)
 			giveUp = time.After(2 * l.timeout)
 		case <-giveUp:
 			l.mu.Lock()
@@ -220,7 +222,17 @@ func (l *peerLink) call(ctx context.Context, req string, onWait func()) ([]strin
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
+			l.cancel(tag, nc) // a home that is merely slow stops waiting too
 			return nil, errPeer
 		}
+	}
+}
+
+// cancel tells the home to cancel the request tag, sent on nc.
+func (l *peerLink) cancel(tag uint64, nc net.Conn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.nc == nc {
+		l.send(tag, "C")
 	}
 }

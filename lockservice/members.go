@@ -130,18 +130,24 @@ func (ms *members) renew(ctx context.Context, conn Conn) ([]member, error) {
 		}
 		now := time.Now().UnixMilli()
 		var list []member
+		listed := false // this proxy has an entry there
 		if m.status == "VA" {
 			for _, e := range decodeMembers(m.value) {
-				if e.expires > now && e.instance != self.instance {
+				switch {
+				case e.instance == self.instance:
+					listed = true
+				case e.expires > now:
 					list = append(list, e)
 				}
 			}
 		}
-		if self.addr == "" {
+		if self.addr == "" && !listed {
 			return list, nil // not a home: nothing to write
 		}
-		self.expires = now + memberLease.Milliseconds()
-		list = append(list, self)
+		if self.addr != "" {
+			self.expires = now + memberLease.Milliseconds()
+			list = append(list, self)
+		} // else a home leaving: its entry is written out
 		value := encodeMembers(list)
 		mode := "ME"
 		if m.status == "VA" {
@@ -161,6 +167,16 @@ func (ms *members) renew(ctx context.Context, conn Conn) ([]member, error) {
 		}
 	}
 	return nil, fmt.Errorf("lockservice: registry contended")
+}
+
+// leave writes this proxy's entry out of the registry on every lock
+// server, once it advertises no address. Its own view is kept, itself in
+// it: the names it is home for are still served here, where their state
+// is, while its connections finish.
+func (ms *members) leave(ctx context.Context, conns []Conn) {
+	for _, c := range conns {
+		ms.renew(ctx, c)
+	}
 }
 
 // refresh renews the registration on every lock server and takes the
@@ -183,8 +199,19 @@ func (ms *members) refresh(ctx context.Context, conns []Conn) {
 	if !ok {
 		return // keep the last view rather than forget everybody
 	}
-	live := make([]member, 0, len(seen))
+	// Only one process listens at an address: of two entries there (a
+	// proxy replaced in place, the old one's entry not yet expired) the
+	// one renewed last is it. The other must be nobody's home: asking it
+	// would replace the link to the live one (peers.link), breaking the
+	// requests waiting on it, and fail.
+	byAddr := make(map[string]member, len(seen))
 	for _, m := range seen {
+		if o, dup := byAddr[m.addr]; !dup || m.expires > o.expires || m.expires == o.expires && m.instance > o.instance {
+			byAddr[m.addr] = m
+		}
+	}
+	live := make([]member, 0, len(byAddr))
+	for _, m := range byAddr {
 		live = append(live, m)
 	}
 	slices.SortFunc(live, func(a, b member) int { return strings.Compare(a.instance, b.instance) })

@@ -25,7 +25,7 @@ import (
 // and the home answers:
 //
 //	<tag> W                                  the lock request started to wait
-//	<tag> LOCKED <fence> <ttl> <count> <owner>
+//	<tag> LOCKED <fence> <ttl> <count> <owner> [again]  again: see lockext.Grant
 //	<tag> UNLOCKED <levels left>
 //	<tag> EXTENDED <ttl>
 //	<tag> LOCK <fence> <ttl> <count> <owner> <waiters>

@@ -102,7 +102,11 @@ func (s *Service) servePeerRequest(ctx context.Context, op string, args []string
 		if err != nil {
 			return encodeErr(err)
 		}
-		return fmt.Sprintf("LOCKED %d %d %d %s", g.Fence, g.TTL, g.Count, g.Owner)
+		again := ""
+		if g.Again {
+			again = " again"
+		}
+		return fmt.Sprintf("LOCKED %d %d %d %s%s", g.Fence, g.TTL, g.Count, g.Owner, again)
 	case "U", "E":
 		fence, err := strconv.ParseUint(args[1], 10, 64)
 		if err != nil {

@@ -59,9 +59,10 @@ type Service struct {
 	forwardedOut, forwardedIn, forwardFailed atomic.Uint64
 	stateFailing                             bool // the last save of the state file failed; tend only
 
-	quit     chan struct{}
-	quitOnce sync.Once
-	wg       sync.WaitGroup
+	quit      chan struct{}
+	quitOnce  sync.Once
+	closeOnce sync.Once
+	wg        sync.WaitGroup
 }
 
 // New builds the service over the lock servers, reached through dial.
@@ -205,14 +206,18 @@ func (s *Service) Advertise(addr string) {
 	s.refreshMembers()
 }
 
-func (s *Service) refreshMembers() {
+func (s *Service) refreshMembers() { s.onRegistry(s.members.refresh) }
+
+// onRegistry runs f over the connections to every lock server, which all
+// hold the registry.
+func (s *Service) onRegistry(f func(ctx context.Context, conns []Conn)) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	defer cancel()
 	conns := make([]Conn, len(s.replicas))
 	for i, r := range s.replicas {
 		conns[i] = r.conn
 	}
-	s.members.refresh(ctx, conns)
+	f(ctx, conns)
 }
 
 // tend adopts lock servers, ends their recoveries on time (so that the
@@ -263,16 +268,26 @@ func (s *Service) States() []State {
 	return out
 }
 
-// Close ends every wait with lockext.ErrClosed and stops the service.
-func (s *Service) Close() {
+// Stop begins a shutdown: every wait here ends with lockext.ErrClosed and
+// this proxy leaves the registry, so that others stop forwarding to it at
+// their next look. Requests still being carried out go on, forwarded ones
+// too: the links to homes stay open until Close, so that connections
+// finishing meanwhile release their locks at the homes, which hand them
+// on at once.
+func (s *Service) Stop() {
 	s.manager.Close()
 	s.quitOnce.Do(func() {
 		close(s.quit)
-		s.members.advertise("") // leave the registry: others stop forwarding here
-		s.refreshMembers()
-		s.peers.closeAll()
+		s.wg.Wait() // tend renews the entry no more
+		s.members.advertise("")
+		s.onRegistry(s.members.leave)
 	})
-	s.wg.Wait()
+}
+
+// Close stops the service (see Stop) and closes its links to homes.
+func (s *Service) Close() {
+	s.Stop()
+	s.closeOnce.Do(s.peers.closeAll)
 }
 
 // Session is one client connection's use of the service. A name whose
@@ -290,7 +305,8 @@ type Session struct {
 func (s *Service) NewSession() *Session { return &Session{svc: s, ls: s.manager.NewSession()} }
 
 // remote returns the link to name's home, or nil when this proxy is home
-// (or no home is known).
+// (or no home is known, or the service is closed: a connection finishing
+// meanwhile releases its locks here, and no link outlives the service).
 func (s *Service) remote(name string) *peerLink {
 	m, ok := s.members.home(name)
 	if !ok || m.instance == s.cfg.Instance {
@@ -299,22 +315,25 @@ func (s *Service) remote(name string) *peerLink {
 	return s.peers.link(m)
 }
 
-// forward asks name's home the request that req makes; ok is false when
-// the name must be served here.
-func (s *Service) forward(ctx context.Context, name string, req func() string, onWait func()) (f []string, err error, ok bool) {
+// forward asks name's home the request that req makes, which may wait
+// there for wait; ok is false when the name must be served here.
+func (s *Service) forward(ctx context.Context, name string, req func() string, onWait func(), wait time.Duration) (f []string, err error, ok bool) {
 	l := s.remote(name)
 	if l == nil {
 		return nil, nil, false
 	}
 	s.forwardedOut.Add(1)
-	f, err = l.call(ctx, req(), onWait)
+	f, err = l.call(ctx, req(), onWait, wait)
 	if errors.Is(err, errPeer) {
 		s.forwardFailed.Add(1)
 		return nil, nil, false
 	}
 	if err == nil && len(f) > 0 && f[0] == "ERR" {
 		err = decodeErr(f[1:])
-		if errors.Is(err, errPeer) {
+		// A cancellation we did not ask for is the home's: its link here
+		// ended under the request, or it is going. Like ErrClosed, that
+		// says nothing of the lock.
+		if errors.Is(err, errPeer) || errors.Is(err, context.Canceled) && ctx.Err() == nil {
 			s.forwardFailed.Add(1)
 			return nil, nil, false
 		}
@@ -329,7 +348,7 @@ func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant
 		req.OnWait = func() { once.Do(onWait) }
 	}
 	start := time.Now()
-	f, err, ok := ss.svc.forward(ctx, req.Name, func() string { return lockLine(req, ss.ls.ID()) }, req.OnWait)
+	f, err, ok := ss.svc.forward(ctx, req.Name, func() string { return lockLine(req, ss.ls.ID()) }, req.OnWait, req.Wait)
 	if !ok {
 		if d := time.Since(start); d > 0 && req.Wait > 0 {
 			req.Wait = max(req.Wait-d, 0) // the time spent at an unreachable home counts
@@ -342,11 +361,15 @@ func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant
 	if len(f) < 2 || f[0] != "LOCKED" {
 		return lockext.Grant{}, lockext.ErrUnavailable
 	}
+	again := len(f) > 5 && f[len(f)-1] == "again"
+	if again {
+		f = f[:len(f)-1]
+	}
 	g, err := parseGrant(f[1:])
 	if err != nil {
 		return lockext.Grant{}, lockext.ErrUnavailable
 	}
-	g.Name = req.Name
+	g.Name, g.Again = req.Name, again
 	if req.Owner == "" {
 		ss.mu.Lock()
 		if ss.forwarded == nil {
@@ -361,7 +384,7 @@ func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant
 
 // Unlock releases one level of a grant.
 func (ss *Session) Unlock(ctx context.Context, name string, fence uint64) (int, error) {
-	f, err, ok := ss.svc.forward(ctx, name, func() string { return fmt.Sprintf("U %s %d", name, fence) }, nil)
+	f, err, ok := ss.svc.forward(ctx, name, func() string { return fmt.Sprintf("U %s %d", name, fence) }, nil, 0)
 	var left int
 	if !ok {
 		left, err = ss.ls.Unlock(ctx, name, fence)
@@ -383,7 +406,7 @@ func (ss *Session) Unlock(ctx context.Context, name string, fence uint64) (int, 
 
 // Extend sets a grant's remaining lifetime.
 func (ss *Session) Extend(ctx context.Context, name string, fence uint64, ttl int) (int, error) {
-	f, err, ok := ss.svc.forward(ctx, name, func() string { return fmt.Sprintf("E %s %d %d", name, fence, ttl) }, nil)
+	f, err, ok := ss.svc.forward(ctx, name, func() string { return fmt.Sprintf("E %s %d %d", name, fence, ttl) }, nil, 0)
 	if !ok {
 		return ss.svc.manager.Extend(ctx, name, fence, ttl)
 	}
@@ -399,7 +422,7 @@ func (ss *Session) Extend(ctx context.Context, name string, fence uint64, ttl in
 
 // Info describes a lock's current grant; the waiters are those at its home.
 func (ss *Session) Info(ctx context.Context, name string) (lockext.Info, error) {
-	f, err, ok := ss.svc.forward(ctx, name, func() string { return "I " + name }, nil)
+	f, err, ok := ss.svc.forward(ctx, name, func() string { return "I " + name }, nil, 0)
 	if !ok {
 		return ss.svc.manager.Info(ctx, name)
 	}

@@ -34,8 +34,10 @@ func (c *clientConn) lockCommand() {
 		return
 	}
 	// Each memcached exchange is bounded by --timeout, and a forward by the
-	// peer link's own limit: the connection's context is enough.
-	ctx := c.ctx
+	// peer link's own limit. The connection's context is not used: a
+	// shutdown ends it, and a command read before the shutdown is carried
+	// out and answered (an unlock cut short left its lease held).
+	ctx := context.Background()
 	var out []byte
 	switch r.cmd {
 	case cmdUnlock:
@@ -85,7 +87,7 @@ func (c *clientConn) lock(req lockext.Request) {
 	}
 	c.env.metrics.lockWaited(start, waitOutcome(err))
 	if err == nil {
-		c.sendGrant(grantReply{fence: g.Fence, ttl: g.TTL, count: g.Count, name: req.Name})
+		c.sendGrant(grantReply{fence: g.Fence, ttl: g.TTL, count: g.Count, name: req.Name, again: g.Again})
 	} else {
 		c.sendNow(readyReply(lockError(err)))
 	}
@@ -178,6 +180,7 @@ type grantReply struct {
 	fence      uint64
 	ttl, count int
 	name       string
+	again      bool // lockext.Grant.Again: its holder had it already
 }
 
 // write formats "LOCKED <fence> <ttl> <count>" straight into the buffer.
@@ -190,8 +193,14 @@ func (g *grantReply) write(w *bufio.Writer) {
 }
 
 // releaseGrant gives back a grant whose LOCKED line could not be delivered,
-// so that nobody holds a lock they do not know of.
+// so that nobody holds a lock they do not know of: a new grant, or a
+// reentrant lock's new level. A grant its holder had already (the same
+// owner asking again) is kept: its holder may know it from the reply that
+// made it, and its ttl runs.
 func (c *clientConn) releaseGrant(g *grantReply) {
+	if g.again {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*c.env.timeout)
 	defer cancel()
 	c.lockSession().Unlock(ctx, g.name, g.fence)

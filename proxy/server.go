@@ -219,8 +219,9 @@ func (s *Server) Addr() net.Addr {
 // locks, and closes. If ctx ends first, connections are closed at once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	// Waiters first, so that they are told the proxy is going rather than
-	// see their connection's context end.
-	s.locks.Close()
+	// see their connection's context end. The links to other proxies stay
+	// open until the connections have finished (see lockservice.Stop).
+	s.locks.Stop()
 	s.mu.Lock()
 	s.closing = true
 	for l := range s.listeners {
