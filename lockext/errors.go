@@ -14,6 +14,9 @@ var (
 	ErrUnavailable  = errors.New("lockext: lock server unavailable")
 	ErrClosed       = errors.New("lockext: shutting down")
 	ErrBadRequest   = errors.New("lockext: bad request")
+	// ErrKept is Undelivered's refusal: the grant may be known to its
+	// holder, and stands until released or its ttl runs out.
+	ErrKept = errors.New("lockext: grant kept: its holder may know it")
 )
 
 // Errors a Store returns for the two expected outcomes of its atomic

@@ -54,6 +54,10 @@ type Grant struct {
 	// refreshed, no level added. Losing its reply takes nothing from the
 	// holder, who may know the grant from the reply that made it.
 	Again bool
+	// Reply numbers this reply among all those the Manager named By (its
+	// Config.Instance) made; see Manager.Undelivered.
+	Reply uint64
+	By    string
 }
 
 // Stats are the Manager's counters.
@@ -72,6 +76,7 @@ type Manager struct {
 	mu        sync.Mutex
 	keys      map[string]*keyState
 	lastFence uint64
+	lastReply uint64 // numbers the grants made (Grant.Reply)
 	closed    bool
 	sessions  atomic.Uint64
 
@@ -87,6 +92,9 @@ type keyState struct {
 	queue []*waiter  // queue[0] is the head: the only one that tries
 	first [1]*waiter // queue's first array: a lone waiter costs no slice
 	seen  uint64     // highest fence seen on this name, so ours go above it
+	// replied is the number of the latest reply made for the grant held
+	// here (Grant.Reply), or of a change made to it since; see latest.
+	replied uint64
 	// handedOn is the fence of the last grant released here by an early
 	// handoff. Until the write confirming the handoff lands, the record
 	// still names that grant; a release of it again (a retried unlock) is
@@ -680,13 +688,24 @@ func (m *Manager) renew(ctx context.Context, st *keyState, req *Request, cur rec
 	return m.granted(st, cur, newVer, req.TTL), nil
 }
 
-// granted records a grant made by this process.
+// granted records a grant made, or changed, by this process. Either way
+// it is the latest reply for the grant (see latest): a change made on the
+// holder's behalf (an extend, a level released) says the holder knows it.
 func (m *Manager) granted(st *keyState, rec record, ver Version, ttl int) Grant {
 	h := newHolding(rec, ver, ttl)
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	st.held = h
-	m.mu.Unlock()
-	return h.grant(st.key.Name, ttl)
+	return m.reply(st, h.grant(st.key.Name, ttl))
+}
+
+// reply numbers g, about to be told to its holder, as the latest reply
+// for the grant held on st; m.mu must be held.
+func (m *Manager) reply(st *keyState, g Grant) Grant {
+	m.lastReply++
+	st.replied = m.lastReply
+	g.Reply, g.By = m.lastReply, m.cfg.Instance
+	return g
 }
 
 // newHolding is a grant of rec for ttl seconds from now, at version ver.

@@ -46,6 +46,9 @@ type current struct {
 	rec record
 	ver Version
 	ttl int
+	// reply, when set, makes the release that of an undelivered reply
+	// (see Undelivered): made only while that reply is the latest.
+	reply uint64
 }
 
 // withGrant runs change on the current grant with the given fence: the
@@ -125,6 +128,10 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 	// A count, not a flag: the new holder may release (and hand on again)
 	// before this release has finished.
 	m.mu.Lock()
+	if cur.reply != 0 && !st.latest(cur.rec.fence, cur.reply) {
+		m.mu.Unlock()
+		return ErrKept
+	}
 	st.handing++
 	if h := st.held; h != nil && h.rec.fence == cur.rec.fence {
 		h.releasing = true
@@ -152,6 +159,16 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 				return ctx.Err()
 			}
 			continue
+		}
+		if cur.reply != 0 {
+			// A later reply for the grant (its owner asked again while the
+			// write above was on its way) keeps it. Checked once: from here
+			// on the release is made, and passed on should a waiter leave.
+			if !st.latest(cur.rec.fence, cur.reply) {
+				m.mu.Unlock()
+				return ErrKept
+			}
+			cur.reply = 0
 		}
 		// covered: the item outlives a grant made now to the successor it
 		// names, since it was written to live that successor's ttl past
@@ -230,7 +247,7 @@ func (m *Manager) grantHere(st *keyState, s *successor, v Version) {
 			continue
 		}
 		st.held = newHolding(s.holder(), v, s.ttl)
-		m.give(st, i, st.held.grant(st.key.Name, s.ttl))
+		m.give(st, i, m.reply(st, st.held.grant(st.key.Name, s.ttl)))
 		return
 	}
 }
@@ -262,7 +279,7 @@ func (m *Manager) handOver(ctx context.Context, st *keyState, next *successor, r
 	h := newHolding(rec, reservation, next.ttl)
 	h.early = true
 	st.held = h
-	m.give(st, 0, h.grant(st.key.Name, next.ttl))
+	m.give(st, 0, m.reply(st, h.grant(st.key.Name, next.ttl)))
 	m.early.Add(1)
 	rec.next = m.nextSuccessor(st, 0)
 	st.trying = true

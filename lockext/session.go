@@ -52,6 +52,20 @@ func (s *Session) Unlock(ctx context.Context, name string, fence uint64) (int, e
 	return left, err
 }
 
+// Undelivered gives back what an undelivered reply handed out, as
+// Manager.Undelivered, and forgets a connection-owned grant that is gone.
+func (s *Session) Undelivered(ctx context.Context, g Grant) (int, error) {
+	left, err := s.m.Undelivered(ctx, g)
+	if err == nil && left == 0 {
+		s.mu.Lock()
+		if s.held[g.Name] == g.Fence {
+			delete(s.held, g.Name)
+		}
+		s.mu.Unlock()
+	}
+	return left, err
+}
+
 // Close releases every lock the session owns. A lock whose server cannot be
 // reached now is left to its ttl.
 func (s *Session) Close(ctx context.Context) {

@@ -19,9 +19,10 @@ const peerDownFor = 2 * time.Second
 // peerLink is this proxy's connection to one home proxy, shared by every
 // request forwarded there.
 type peerLink struct {
-	addr    string
-	token   string
-	timeout time.Duration
+	addr     string
+	token    string
+	instance string // the home's; it names the grants made there (lockext.Grant.By)
+	timeout  time.Duration
 
 	mu        sync.Mutex
 	nc        net.Conn
@@ -51,7 +52,7 @@ func (p *peers) link(m member) *peerLink {
 		if l != nil {
 			l.close()
 		}
-		l = &peerLink{addr: m.addr, token: m.token, timeout: p.timeout}
+		l = &peerLink{addr: m.addr, token: m.token, instance: m.instance, timeout: p.timeout}
 		p.links[m.addr] = l
 	}
 	return l

@@ -19,17 +19,22 @@ import (
 //	<tag> L <name> <ttl> <wait_ms> <x|r> <o|c> <owner>   lock (owner, or connection)
 //	<tag> U <name> <fence>                              unlock
 //	<tag> E <name> <fence> <ttl>                        extend
+//	<tag> R <name> <fence> <reply> <by>                 give back an undelivered grant (lockext.Manager.Undelivered)
 //	<tag> I <name>                                      lockinfo
 //	<tag> C                                             cancel the request <tag>
 //
 // and the home answers:
 //
 //	<tag> W                                  the lock request started to wait
-//	<tag> LOCKED <fence> <ttl> <count> <owner> [again]  again: see lockext.Grant
-//	<tag> UNLOCKED <levels left>
+//	<tag> LOCKED <fence> <ttl> <count> <owner> <reply> [again]  reply, again: see lockext.Grant
+//	<tag> UNLOCKED <levels left>                 to U, and to R when given back
 //	<tag> EXTENDED <ttl>
 //	<tag> LOCK <fence> <ttl> <count> <owner> <waiters>
 //	<tag> ERR <code> <n>                     an error (codes below); n is a holder's ttl
+//
+// Homes of versions before R send no <reply> and answer R with an error:
+// the forwarding proxy then keeps the grant. (Proxies of those versions
+// read <reply> as part of the owner, which they only show.)
 //
 // The truth stays in memcached: the home runs the same lock manager a
 // proxy runs for its own clients.
@@ -52,6 +57,7 @@ var errCodes = []struct {
 	{"SD", ErrServersDiffer},
 	{"CL", lockext.ErrClosed},
 	{"CX", context.Canceled},
+	{"KP", lockext.ErrKept},
 	{"UN", lockext.ErrUnavailable},
 }
 

@@ -81,7 +81,7 @@ func (s *Service) ServePeer(ctx context.Context, next func() ([]byte, error), se
 // servePeerRequest carries out one forwarded request here, as home.
 func (s *Service) servePeerRequest(ctx context.Context, op string, args []string, onWait func()) string {
 	s.forwardedIn.Add(1)
-	need := map[string]int{"L": 6, "U": 2, "E": 3, "I": 1}[op]
+	need := map[string]int{"L": 6, "U": 2, "E": 3, "I": 1, "R": 4}[op]
 	if need == 0 || len(args) != need {
 		return encodeErr(lockext.ErrBadRequest)
 	}
@@ -106,7 +106,18 @@ func (s *Service) servePeerRequest(ctx context.Context, op string, args []string
 		if g.Again {
 			again = " again"
 		}
-		return fmt.Sprintf("LOCKED %d %d %d %s%s", g.Fence, g.TTL, g.Count, g.Owner, again)
+		return fmt.Sprintf("LOCKED %d %d %d %s %d%s", g.Fence, g.TTL, g.Count, g.Owner, g.Reply, again)
+	case "R":
+		fence, err1 := strconv.ParseUint(args[1], 10, 64)
+		reply, err2 := strconv.ParseUint(args[2], 10, 64)
+		if err1 != nil || err2 != nil {
+			return encodeErr(lockext.ErrBadRequest)
+		}
+		left, err := s.manager.Undelivered(ctx, lockext.Grant{Name: name, Fence: fence, Reply: reply, By: args[3]})
+		if err != nil {
+			return encodeErr(err)
+		}
+		return fmt.Sprintf("UNLOCKED %d", left)
 	case "U", "E":
 		fence, err := strconv.ParseUint(args[1], 10, 64)
 		if err != nil {
@@ -171,7 +182,7 @@ func (h *connGrants) note(op string, args []string, out string) (connGrant, bool
 			h.grants[args[0]] = g
 			return g, true
 		}
-	case op == "U" && len(args) == 2 && out == "UNLOCKED 0":
+	case (op == "U" || op == "R") && len(args) >= 2 && out == "UNLOCKED 0":
 		if g, ok := h.grants[args[0]]; ok && strconv.FormatUint(g.fence, 10) == args[1] {
 			delete(h.grants, args[0])
 		}

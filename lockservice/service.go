@@ -322,8 +322,13 @@ func (s *Service) forward(ctx context.Context, name string, req func() string, o
 	if l == nil {
 		return nil, nil, false
 	}
+	return s.ask(ctx, l, req(), onWait, wait)
+}
+
+// ask sends req to the home at the other end of l; see forward.
+func (s *Service) ask(ctx context.Context, l *peerLink, req string, onWait func(), wait time.Duration) (f []string, err error, ok bool) {
 	s.forwardedOut.Add(1)
-	f, err = l.call(ctx, req(), onWait, wait)
+	f, err = l.call(ctx, req, onWait, wait)
 	if errors.Is(err, errPeer) {
 		s.forwardFailed.Add(1)
 		return nil, nil, false
@@ -343,12 +348,18 @@ func (s *Service) forward(ctx context.Context, name string, req func() string, o
 
 // Lock takes a lock; see lockext.Request.
 func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant, error) {
-	if onWait := req.OnWait; onWait != nil && ss.svc.remote(req.Name) != nil {
+	l := ss.svc.remote(req.Name)
+	if onWait := req.OnWait; onWait != nil && l != nil {
 		var once sync.Once // the home may say "waiting", then the wait go on here
 		req.OnWait = func() { once.Do(onWait) }
 	}
 	start := time.Now()
-	f, err, ok := ss.svc.forward(ctx, req.Name, func() string { return lockLine(req, ss.ls.ID()) }, req.OnWait, req.Wait)
+	var f []string
+	var err error
+	ok := false
+	if l != nil {
+		f, err, ok = ss.svc.ask(ctx, l, lockLine(req, ss.ls.ID()), req.OnWait, req.Wait)
+	}
 	if !ok {
 		if d := time.Since(start); d > 0 && req.Wait > 0 {
 			req.Wait = max(req.Wait-d, 0) // the time spent at an unreachable home counts
@@ -358,18 +369,23 @@ func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant
 	if err != nil {
 		return lockext.Grant{}, err
 	}
-	if len(f) < 2 || f[0] != "LOCKED" {
+	if len(f) < 5 || f[0] != "LOCKED" {
 		return lockext.Grant{}, lockext.ErrUnavailable
 	}
-	again := len(f) > 5 && f[len(f)-1] == "again"
-	if again {
-		f = f[:len(f)-1]
-	}
-	g, err := parseGrant(f[1:])
+	g, err := parseGrant(f[1:5])
 	if err != nil {
 		return lockext.Grant{}, lockext.ErrUnavailable
 	}
-	g.Name, g.Again = req.Name, again
+	// The reply's number, which a home of an older version does not send:
+	// then the grant is never given back (see Undelivered).
+	for _, extra := range f[5:] {
+		if extra == "again" {
+			g.Again = true
+		} else if n, err := strconv.ParseUint(extra, 10, 64); err == nil {
+			g.Reply, g.By = n, l.instance
+		}
+	}
+	g.Name = req.Name
 	if req.Owner == "" {
 		ss.mu.Lock()
 		if ss.forwarded == nil {
@@ -402,6 +418,43 @@ func (ss *Session) Unlock(ctx context.Context, name string, fence uint64) (int, 
 		ss.mu.Unlock()
 	}
 	return left, err
+}
+
+// Undelivered gives back what the grant g handed out, its reply having
+// failed to reach the client; see lockext.Manager.Undelivered, which
+// decides it where g was made (g.By): here, or at the home that made it
+// while that proxy is still the name's home. Anywhere else the grant is
+// not known, and when that home cannot be asked (or is of a version that
+// does not know how) nobody can tell: the grant is then kept, a lease left
+// to its ttl being the safe side (ErrKept, or the error that said so). A
+// connection's lock kept here is released when the connection closes.
+func (ss *Session) Undelivered(ctx context.Context, g lockext.Grant) (int, error) {
+	if g.By == ss.svc.cfg.Instance {
+		return ss.ls.Undelivered(ctx, g)
+	}
+	l := ss.svc.remote(g.Name)
+	if l == nil || l.instance != g.By || g.Reply == 0 || g.Again {
+		return 0, lockext.ErrKept
+	}
+	f, err, ok := ss.svc.ask(ctx, l, fmt.Sprintf("R %s %d %d %s", g.Name, g.Fence, g.Reply, g.By), nil, 0)
+	if !ok {
+		return 0, lockext.ErrKept
+	}
+	if err != nil {
+		return 0, err
+	}
+	if len(f) < 2 || f[0] != "UNLOCKED" {
+		return 0, lockext.ErrUnavailable
+	}
+	left, _ := strconv.Atoi(f[1])
+	if left == 0 {
+		ss.mu.Lock()
+		if ss.forwarded[g.Name] == g.Fence {
+			delete(ss.forwarded, g.Name)
+		}
+		ss.mu.Unlock()
+	}
+	return left, nil
 }
 
 // Extend sets a grant's remaining lifetime.

@@ -87,7 +87,7 @@ func (c *clientConn) lock(req lockext.Request) {
 	}
 	c.env.metrics.lockWaited(start, waitOutcome(err))
 	if err == nil {
-		c.sendGrant(grantReply{fence: g.Fence, ttl: g.TTL, count: g.Count, name: req.Name, again: g.Again})
+		c.sendGrant(grantReply{g})
 	} else {
 		c.sendNow(readyReply(lockError(err)))
 	}
@@ -174,34 +174,31 @@ func lockError(err error) []byte {
 	}
 }
 
-// grantReply is a LOCKED line; if it cannot be delivered, the grant is
-// released again so that nobody holds a lock they do not know of.
-type grantReply struct {
-	fence      uint64
-	ttl, count int
-	name       string
-	again      bool // lockext.Grant.Again: its holder had it already
-}
+// grantReply is a LOCKED line; if it cannot be delivered, what it handed
+// out is given back, so that nobody holds a lock they do not know of.
+type grantReply struct{ lockext.Grant }
 
 // write formats "LOCKED <fence> <ttl> <count>" straight into the buffer.
 func (g *grantReply) write(w *bufio.Writer) {
 	b := w.AvailableBuffer()
-	b = strconv.AppendUint(append(b, "LOCKED "...), g.fence, 10)
-	b = strconv.AppendInt(append(b, ' '), int64(g.ttl), 10)
-	b = strconv.AppendInt(append(b, ' '), int64(g.count), 10)
+	b = strconv.AppendUint(append(b, "LOCKED "...), g.Fence, 10)
+	b = strconv.AppendInt(append(b, ' '), int64(g.TTL), 10)
+	b = strconv.AppendInt(append(b, ' '), int64(g.Count), 10)
 	w.Write(append(b, "\r\n"...))
 }
 
-// releaseGrant gives back a grant whose LOCKED line could not be delivered,
-// so that nobody holds a lock they do not know of: a new grant, or a
-// reentrant lock's new level. A grant its holder had already (the same
-// owner asking again) is kept: its holder may know it from the reply that
-// made it, and its ttl runs.
+// releaseGrant gives back what a LOCKED line that could not be delivered
+// handed out: a new grant, or a reentrant lock's new level. Only while no
+// later reply handed the grant out again (its owner asking again on
+// another connection or through another proxy), which the lock service
+// decides where the grant was made; otherwise the grant is kept until its
+// holder releases it or its ttl runs out. A grant its holder had already
+// (Again) is always kept.
 func (c *clientConn) releaseGrant(g *grantReply) {
-	if g.again {
+	if g.Again {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*c.env.timeout)
 	defer cancel()
-	c.lockSession().Unlock(ctx, g.name, g.fence)
+	c.lockSession().Undelivered(ctx, g.Grant)
 }

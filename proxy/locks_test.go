@@ -189,14 +189,12 @@ func (c *gatedBrokenConn) Write(p []byte) (int, error) {
 	return 0, errors.New("broken pipe")
 }
 
-// KNOWN DEFECT, not fixed (see the commit that added this test): a new
-// grant's LOCKED line fails to be written only after its owner, asking
+// A new grant's LOCKED line fails to be written only after its owner, asking
 // again on another connection (the README's "a client that lost a reply
-// simply asks again"), has been given the same grant back. The release of
-// the undelivered grant then takes the lock from a holder that knows it,
-// and the next owner is granted it while that holder's ttl runs.
+// simply asks again"), has been given the same grant back. The undelivered
+// grant must then be kept: released, it was taken from a holder that knows
+// it, and the next owner was granted it while that holder's ttl ran.
 func TestUndeliveredGrantGivenAgainMeanwhile(t *testing.T) {
-	t.Skip("known defect: an undelivered grant is released although its owner got it back meanwhile")
 	addr, s := startProxy(t, Config{}, testmc.Start(t))
 	nc := &gatedBrokenConn{brokenConn: brokenConn{in: strings.NewReader("lock k 30 0 owner-a\r\n")},
 		writing: make(chan struct{}), open: make(chan struct{})}

@@ -82,7 +82,7 @@ func (w *replyWriter) writeLoop() {
 }
 
 // output writes one reply, and flushes when asked. A grant whose reply
-// cannot be delivered is released again.
+// cannot be delivered is given back (see clientConn.releaseGrant).
 func (w *replyWriter) output(r reply, flush bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
