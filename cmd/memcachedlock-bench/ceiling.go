@@ -1,13 +1,9 @@
 package main
 
 import (
-	"bufio"
-	"fmt"
 	"net"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/urfave/cli/v2"
 
@@ -15,10 +11,11 @@ import (
 )
 
 // ceilingCommand serves lock and unlock from memory alone: no memcached,
-// no replicas, no peers, one queue in one process. It answers the one
-// question a lock benchmark on a small machine leaves open, how busy any
-// lock with a process between its clients could keep the lock here, and
-// is run by "locks" as its ceiling line. It is not a lock service.
+// no replicas, one FIFO queue, in one process or spread over several
+// (ringLock). It answers the question a lock benchmark on a small machine
+// leaves open, how busy any lock with processes between its clients could
+// keep the lock here, and is run by "locks" as its ceiling lines. It is
+// not a lock service.
 func ceilingCommand() *cli.Command {
 	return &cli.Command{
 		Name:   "ceiling-server",
@@ -34,60 +31,19 @@ func ceilingCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			serve := new(memLock).serve
-			if ring := cc.StringSlice("ring"); len(ring) > 1 {
-				serve = newRingLock(cc.Int("me"), ring).serve
+			ring := cc.StringSlice("ring")
+			if len(ring) == 0 {
+				ring = []string{cc.String("listen")}
 			}
+			l := newRingLock(cc.Int("me"), ring)
 			for {
 				nc, err := ln.Accept()
 				if err != nil {
 					return err
 				}
-				go serve(nc)
+				go l.serve(nc)
 			}
 		},
-	}
-}
-
-// memLock is one lock name's queue: whoever is at its head holds it.
-type memLock struct {
-	mu    sync.Mutex
-	queue []chan uint64
-	fence uint64
-}
-
-func (l *memLock) serve(nc net.Conn) {
-	defer nc.Close()
-	br := bufio.NewReader(nc)
-	granted := make(chan uint64, 1)
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			return
-		}
-		switch strings.Fields(line)[0] {
-		case "lock":
-			l.mu.Lock()
-			l.queue = append(l.queue, granted)
-			if len(l.queue) == 1 {
-				l.fence++
-				granted <- l.fence
-			}
-			l.mu.Unlock()
-			fmt.Fprintf(nc, "LOCKED %d 10 1\r\n", <-granted)
-		case "unlock":
-			l.mu.Lock()
-			l.queue = l.queue[1:]
-			if len(l.queue) > 0 {
-				l.fence++
-				l.queue[0] <- l.fence
-			}
-			l.mu.Unlock()
-			runtime.Gosched() // the new holder's reply first, as the proxy does
-			nc.Write([]byte("UNLOCKED 0\r\n"))
-		default:
-			nc.Write([]byte("ERROR\r\n"))
-		}
 	}
 }
 

@@ -216,7 +216,10 @@ func printRatios(cases []lockCase, results []lockResult, bin string, named bool)
 	if named {
 		label = bin + ": "
 	}
-	fmt.Printf("\n%sgrants/s / (1 proxy, 1 replica): %s\n", label, strings.Join(parts, ", "))
+	fmt.Println()
+	if len(parts) > 0 {
+		fmt.Printf("%sgrants/s / (1 proxy, 1 replica): %s\n", label, strings.Join(parts, ", "))
+	}
 	var ceilings []lockResult
 	for _, base := range results[len(cases):] {
 		if base.ceiling > 0 {

@@ -10,9 +10,10 @@ import (
 	"sync"
 )
 
-// ringLock is the ceiling for clients spread over several processes: the
-// busiest a lock can be here when its clients sit behind different
-// processes, whatever protocol those processes speak. Process 0 keeps the
+// ringLock is the ceiling: an in-memory FIFO lock, in one process, or for
+// clients spread over several, where it is the busiest a lock can be here
+// when its clients sit behind different processes, whatever protocol those
+// processes speak. Process 0 keeps the
 // one FIFO queue (so the lock stays first come, first served); it tells
 // the holder's process who is next, and that process hands the lock
 // straight to the next holder's process on the holder's unlock, telling
