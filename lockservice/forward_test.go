@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
 	"github.com/memcachedlock/memcachedlock/lockext"
 )
 
@@ -18,22 +19,9 @@ import (
 // of the lock names. It returns the address.
 func listenAsHome(t *testing.T, s *Service) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			nc, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go servePeerConn(s, nc)
-		}
-	}()
-	s.Advertise(l.Addr().String())
-	return l.Addr().String()
+	addr := testmc.Serve(t, func(nc net.Conn) { servePeerConn(s, nc) })
+	s.Advertise(addr)
+	return addr
 }
 
 // servePeerConn answers one connection as a proxy's client port would: a
@@ -68,39 +56,24 @@ func servePeerConn(s *Service, nc net.Conn) {
 // returns the address.
 func fakeHome(t *testing.T, answer func(f []string) string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	return testmc.Serve(t, func(nc net.Conn) {
+		br := bufio.NewReader(nc)
+		if _, err := br.ReadString('\n'); err != nil {
+			return
+		}
+		nc.Write([]byte("PEER\r\n"))
 		for {
-			nc, err := l.Accept()
+			line, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			t.Cleanup(func() { nc.Close() })
-			go func() {
-				br := bufio.NewReader(nc)
-				if _, err := br.ReadString('\n'); err != nil {
-					return
+			if f := strings.Fields(line); len(f) > 1 {
+				if out := answer(f); out != "" {
+					nc.Write([]byte(f[0] + " " + out + "\r\n"))
 				}
-				nc.Write([]byte("PEER\r\n"))
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if f := strings.Fields(line); len(f) > 1 {
-						if out := answer(f); out != "" {
-							nc.Write([]byte(f[0] + " " + out + "\r\n"))
-						}
-					}
-				}
-			}()
+			}
 		}
-	}()
-	return l.Addr().String()
+	})
 }
 
 // silentHome is a home proxy that hangs (paused, or stuck) with its

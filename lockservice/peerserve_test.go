@@ -7,6 +7,7 @@ import (
 	"net"
 	"testing"
 
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
 	"github.com/memcachedlock/memcachedlock/lockext"
 )
 
@@ -17,23 +18,11 @@ import (
 func TestPeerGoneOnlyWhenCertain(t *testing.T) {
 	s := newTestService(t, fakes("a:1"), 1, 5, "a:1")
 	answering := func(reply string) string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				bufio.NewReader(c).ReadString('\n')
-				c.Write([]byte(reply))
-				c.Close()
-			}
-		}()
-		return l.Addr().String()
+		return testmc.Serve(t, func(c net.Conn) {
+			bufio.NewReader(c).ReadString('\n')
+			c.Write([]byte(reply))
+			c.Close()
+		})
 	}
 	closed, _ := net.Listen("tcp", "127.0.0.1:0")
 	closedAddr := closed.Addr().String()

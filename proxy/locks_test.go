@@ -79,43 +79,28 @@ func TestUndeliveredGrantIsReleased(t *testing.T) {
 // connection's writes as a slow server would.
 func relay(t *testing.T, target string, hook func(chunk []byte)) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	return testmc.Serve(t, func(in net.Conn) {
+		out, err := net.Dial("tcp", target)
+		if err != nil {
+			in.Close()
+			return
+		}
+		defer out.Close()
+		go io.Copy(in, out)
+		buf := make([]byte, 64<<10)
 		for {
-			in, err := l.Accept()
+			n, err := in.Read(buf)
+			if n > 0 {
+				hook(buf[:n])
+				if _, err := out.Write(buf[:n]); err != nil {
+					return
+				}
+			}
 			if err != nil {
 				return
 			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			t.Cleanup(func() { in.Close(); out.Close() })
-			go io.Copy(in, out)
-			go func() {
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := in.Read(buf)
-					if n > 0 {
-						hook(buf[:n])
-						if _, err := out.Write(buf[:n]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						out.Close()
-						return
-					}
-				}
-			}()
 		}
-	}()
-	return l.Addr().String()
+	})
 }
 
 // An unlock read before the proxy began to shut down is carried out, even
