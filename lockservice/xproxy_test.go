@@ -23,7 +23,7 @@ type peerProxy struct {
 	mu      sync.Mutex
 	closing bool
 	conns   map[net.Conn]context.CancelFunc // peer connections served here
-	wg    sync.WaitGroup                  // the accept loop and every connection
+	wg      sync.WaitGroup                  // the accept loop and every connection
 }
 
 // listenAgain listens on addr, trying for a while: the address of a proxy

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -31,12 +32,15 @@ import (
 // registry for a while and coming back, the registry read again at any
 // moment: so names change homes, and proxies serve names themselves.
 //
-// The checker reports an overlap: a grant delivered while another grant
-// is held that its client has not begun to release and whose ttl, counted
-// from when its lock was called, still runs. It reports NOT_OWNER or
-// NOT_FOUND to a client whose grant still runs, a lock refused after its
-// name stood free for longer than freeLimit while no fault was near, and
-// waiters, releases or goroutines left once everything has stopped.
+// The checker reports an overlap: a grant made while another grant is
+// held that its client has not begun to release and whose ttl, counted
+// from when its lock was called, still runs (a grant whose reply nobody
+// read, because the client hung up or its proxy crashed, counts as held
+// unless the proxy releases it). It reports NOT_OWNER or NOT_FOUND to a
+// client whose grant still runs; a lock refused at the end of a wait
+// whose last freeLimit the name stood free in memcached with no fault
+// under way; and waiters, forwarded requests or goroutines left once
+// everything has stopped.
 //
 // Each seed runs for a few seconds. LOCKSERVICE_STRESS=5m runs seeds for
 // that long, two at a time; LOCKSERVICE_STRESS_SEED=n runs seed n alone;
@@ -98,8 +102,8 @@ func TestCrossStress(t *testing.T) {
 
 var traceCross = os.Getenv("LOCKSERVICE_STRESS_TRACE") != ""
 
-// freeLimit is how long a name may stand free, with no fault near, while
-// a lock on it is refused.
+// freeLimit is how long a name may stand free, with no fault under way,
+// at the end of a wait that is refused.
 const freeLimit = 2 * time.Second
 
 // crossRun is one seed's run.
@@ -116,10 +120,10 @@ type crossRun struct {
 	instances int
 	events    []string
 	holding   map[int]*xGrant // by grant id: held, no release begun
-	past      []*xGrant       // grants that ended lately, for the liveness check
 	nextID    int
 	grants    int
-	quietFrom time.Time // no fault may still tell before this
+	faulty    int                  // lock server faults and proxy replacements under way
+	freeSince map[string]time.Time // since when the name has been free, with no fault: zero if not
 	highest   map[string]uint64
 	overlaps  []string
 	anomalies []string
@@ -146,7 +150,7 @@ type xConn struct {
 	crash  bool // ... without a word: its session is gone, unclosed
 }
 
-// xGrant is a grant delivered to a client (or to nobody: see phantom).
+// xGrant is a grant made to a client, whether it read the reply or not.
 type xGrant struct {
 	id     int
 	client int
@@ -155,11 +159,8 @@ type xGrant struct {
 	conn   bool // a connection's lock, not a lease
 	via    string
 	c      *xConn
-	ttl    int
 	ends   time.Time // its ttl counted from when its lock (or extend) was called
-	freed  time.Time // when a release of it was answered, or it was found gone
 	begun  bool      // a release has begun
-	expire time.Time // ends, plus the second memcached may keep it
 }
 
 const keptCrossEvents = 40
@@ -206,15 +207,22 @@ func (r *crossRun) reply(kind string) {
 	r.mu.Unlock()
 }
 
-// fault notes a fault that may keep a name busy, unseen by the checker,
-// until after: a grant whose reply it lost stands for its ttl.
-func (r *crossRun) fault(after time.Time, format string, args ...any) {
+// fault logs a fault, and counts it under way (see sample) if lasts is
+// set; lasts ends it.
+func (r *crossRun) fault(lasts bool, format string, args ...any) {
 	r.logf("FAULT "+format, args...)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if q := after.Add(time.Duration(r.cfg.MaxTTL+2) * time.Second); q.After(r.quietFrom) {
-		r.quietFrom = q
+	if lasts {
+		r.mu.Lock()
+		r.faulty++
+		r.mu.Unlock()
 	}
+}
+
+func (r *crossRun) faultEnds(format string, args ...any) {
+	r.logf(format, args...)
+	r.mu.Lock()
+	r.faulty--
+	r.mu.Unlock()
 }
 
 // granted records a grant to client i and checks it against every grant
@@ -234,10 +242,6 @@ func (r *crossRun) granted(g *xGrant) {
 	}
 	r.nextID++
 	g.id = r.nextID
-	// The name is busy until the ttl counted from the grant (not from the
-	// lock call, which may have waited), and the second memcached may keep
-	// the item beyond it.
-	g.expire = now.Add(time.Duration(g.ttl+1) * time.Second)
 	r.holding[g.id] = g
 	r.grants++
 }
@@ -256,7 +260,6 @@ func (r *crossRun) releasingLocked(g *xGrant) {
 	}
 	g.begun = true
 	delete(r.holding, g.id)
-	r.past = append(r.past, g)
 	if time.Now().Before(g.ends) {
 		if g.fence < r.highest[g.name] {
 			r.notes = append(r.notes, fmt.Sprintf("known defect: %s: client %d wrote with fence %d below %d",
@@ -266,67 +269,57 @@ func (r *crossRun) releasingLocked(g *xGrant) {
 	}
 }
 
-// freed records that g's release was answered: the name is free from now
-// unless somebody else holds it.
-func (r *crossRun) freed(g *xGrant) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if g.freed.IsZero() {
-		g.freed = time.Now()
+// sample looks at the lock servers every few milliseconds until the run
+// stops: a name whose item is on no majority of them is free. It notes
+// since when each name has stood free with no fault under way (a lock
+// server slow or down, a proxy being replaced), for refused.
+func (r *crossRun) sample() {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.stopCh:
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		for _, name := range r.names {
+			held := 0
+			for _, f := range r.fakes {
+				if f.has(r.cfg.Prefix + name) {
+					held++
+				}
+			}
+			r.mu.Lock()
+			switch {
+			case 2*held >= len(r.fakes) || r.faulty > 0:
+				delete(r.freeSince, name)
+			case r.freeSince[name].IsZero():
+				r.freeSince[name] = now
+			}
+			r.mu.Unlock()
+		}
 	}
 }
 
-// busyUntil returns until when the checker knows name to have been held,
-// and whether it still is; r.mu must be held.
-func (r *crossRun) busyUntil(name string, now time.Time) (time.Time, bool) {
-	var until time.Time
-	for _, h := range r.holding {
-		if h.name == name && now.Before(h.expire) {
-			return now, true
-		}
-	}
-	keep := r.past[:0]
-	for _, g := range r.past {
-		if g.expire.Add(10 * time.Second).Before(now) {
-			continue // long over
-		}
-		keep = append(keep, g)
-		if g.name != name {
-			continue
-		}
-		end := g.expire
-		if !g.freed.IsZero() && g.freed.Before(end) {
-			end = g.freed
-		}
-		if end.After(now) && g.freed.IsZero() {
-			return now, true
-		}
-		if end.After(until) {
-			until = end
-		}
-	}
-	r.past = keep
-	return until, false
-}
-
-// refused checks a lock on name asked at sent and refused now: the name
-// must not have stood free, with no fault near, for longer than freeLimit
-// of that wait.
+// refused checks a lock on name, asked at sent and refused now: the name
+// must not have stood free, with no fault under way, for the last
+// freeLimit of the wait. (A waiter at the head of its queue looks in
+// memcached at least every poll interval.)
 func (r *crossRun) refused(i int, name, via string, sent time.Time) {
 	now := time.Now()
 	r.mu.Lock()
-	busy, still := r.busyUntil(name, now)
-	from := sent
-	for _, t := range []time.Time{busy, r.quietFrom} {
-		if t.After(from) {
-			from = t
-		}
-	}
-	free := now.Sub(from)
+	since := r.freeSince[name]
 	r.mu.Unlock()
-	if !still && free > freeLimit {
-		r.anomaly("client %d lock %s via %s refused after %s, the name free for %s of it", i, name, via, now.Sub(sent).Round(time.Millisecond),
-			free.Round(time.Millisecond))
+	if since.IsZero() {
+		return
+	}
+	if sent.After(since) {
+		since = sent
+	}
+	if free := now.Sub(since); free > freeLimit {
+		r.anomaly("client %d lock %s via %s refused after %s, the name free for the last %s of it", i, name, via,
+			now.Sub(sent).Round(time.Millisecond), free.Round(time.Millisecond))
 	}
 }
 
@@ -399,13 +392,13 @@ func (r *crossRun) replace(t *testing.T, i int, crash bool) {
 			r.releasingLocked(h)
 		}
 	}
-	conns := slices.Collect(mapsKeys(old.conns))
+	conns := slices.Collect(maps.Keys(old.conns))
 	r.mu.Unlock()
 	how := "shuts down"
 	if crash {
 		how = "crashes"
 	}
-	r.fault(time.Now(), "%s %s", old.name, how)
+	r.fault(true, "%s %s", old.name, how)
 	if crash {
 		for _, c := range conns {
 			c.cancel()
@@ -421,17 +414,7 @@ func (r *crossRun) replace(t *testing.T, i int, crash bool) {
 	r.mu.Lock()
 	r.proxies[i] = p
 	r.mu.Unlock()
-	r.fault(time.Now(), "%s replaced by %s", old.name, p.name)
-}
-
-func mapsKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
+	r.faultEnds("%s replaced by %s", old.name, p.name)
 }
 
 // runCross runs one seed for d, then lets the clients' last requests end
@@ -440,7 +423,7 @@ func runCross(t *testing.T, seed uint64, d time.Duration, checkGoroutines bool) 
 	rnd := rand.New(rand.NewPCG(seed, 1))
 	baseline := runtime.NumGoroutine()
 	r := &crossRun{seed: seed, holding: make(map[int]*xGrant), replies: make(map[string]int), highest: make(map[string]uint64),
-		stopCh: make(chan struct{})}
+		freeSince: make(map[string]time.Time), stopCh: make(chan struct{})}
 	servers := []string{"a:1"}
 	replicas := 1
 	if rnd.IntN(2) == 0 {
@@ -472,7 +455,6 @@ func runCross(t *testing.T, seed uint64, d time.Duration, checkGoroutines bool) 
 	for _, p := range r.proxies { // every proxy knows every other one from the start
 		p.svc.refreshMembers()
 	}
-	r.quietFrom = time.Now().Add(2 * time.Second)
 
 	var wg sync.WaitGroup
 	for i := 0; i < nClients; i++ {
@@ -482,18 +464,19 @@ func runCross(t *testing.T, seed uint64, d time.Duration, checkGoroutines bool) 
 			r.client(i, rnd)
 		}(i, rand.New(rand.NewPCG(seed, uint64(10+i))))
 	}
-	var faults sync.WaitGroup
-	faults.Add(1)
+	var bg sync.WaitGroup
+	bg.Add(2)
 	go func() {
-		defer faults.Done()
+		defer bg.Done()
 		r.faults(t, rnd)
+	}()
+	go func() {
+		defer bg.Done()
+		r.sample()
 	}()
 	time.Sleep(d)
 	close(r.stopCh)
-	faults.Wait()
-	for _, f := range r.fakes {
-		f.set(false, 0)
-	}
+	bg.Wait()
 	wg.Wait()
 	r.checkIdle()
 	for _, p := range r.proxies {
@@ -527,20 +510,19 @@ func (r *crossRun) faults(t *testing.T, rnd *rand.Rand) {
 				if out {
 					side = "to a home"
 				}
-				r.fault(time.Now(), "%s: a peer connection %s cut", p.name, side)
+				r.fault(false, "%s: a peer connection %s cut", p.name, side)
 			}
-		case k < 9, k < 11: // a lock server slow, or down, for a while
-			addrs := slices.Sorted(mapsKeys(r.fakes))
+		case k < 11: // a lock server slow, or down, for a while
+			addrs := slices.Sorted(maps.Keys(r.fakes))
 			addr := addrs[rnd.IntN(len(addrs))]
 			f := r.fakes[addr]
-			slow := k < 9
 			delay := time.Duration(rnd.IntN(int(3 * r.cfg.Timeout)))
 			lasts := time.Duration(200+rnd.IntN(1300)) * time.Millisecond
-			if slow {
-				r.fault(time.Now().Add(lasts+delay), "lock server %s slow (%s) for %s", addr, delay.Round(time.Millisecond), lasts)
+			if k < 9 {
+				r.fault(true, "lock server %s slow (%s) for %s", addr, delay.Round(time.Millisecond), lasts)
 				f.set(false, delay)
 			} else {
-				r.fault(time.Now().Add(lasts), "lock server %s down for %s", addr, lasts)
+				r.fault(true, "lock server %s down for %s", addr, lasts)
 				f.set(true, 0)
 			}
 			down.Add(1)
@@ -551,13 +533,16 @@ func (r *crossRun) faults(t *testing.T, rnd *rand.Rand) {
 				case <-r.stopCh:
 				}
 				f.set(false, 0)
-				r.logf("lock server %s back", addr)
+				// Its writes on their way land within a timeout: wait
+				// for those before counting the name free again.
+				time.Sleep(2 * r.cfg.Timeout)
+				r.faultEnds("lock server %s back", addr)
 			}()
 		case k < 13: // a proxy shut down, or crashed, and replaced
 			r.replace(t, i, rnd.IntN(2) == 0)
 		case k < 15: // a proxy leaves the registry for a while: homes move
 			lasts := time.Duration(200+rnd.IntN(1500)) * time.Millisecond
-			r.fault(time.Now().Add(lasts), "%s leaves the registry for %s", p.name, lasts)
+			r.fault(false, "%s leaves the registry for %s", p.name, lasts)
 			p.svc.Advertise("")
 			select {
 			case <-time.After(lasts):
@@ -582,7 +567,7 @@ func (r *crossRun) stopped() bool {
 	}
 }
 
-// sleep waits d, or until c's connection ends; false when it ended.
+// sleepOn waits d, or until c's connection ends; false when it ended.
 func sleepOn(c *xConn, d time.Duration) bool {
 	if d <= 0 {
 		return c.ctx.Err() == nil
@@ -606,78 +591,120 @@ func (r *crossRun) isDead(c *xConn) (dead, crash bool) {
 // client takes locks and releases them until the run stops.
 func (r *crossRun) client(i int, rnd *rand.Rand) {
 	for n := 0; !r.stopped(); n++ {
-		name := r.names[rnd.IntN(len(r.names))]
-		c := r.connect(rnd)
-		q := lockext.Request{Name: name, TTL: 1 + rnd.IntN(3)}
+		q := lockext.Request{Name: r.names[rnd.IntN(len(r.names))], TTL: 1 + rnd.IntN(3)}
 		if rnd.IntN(4) > 0 {
 			q.Wait = time.Duration(rnd.IntN(2000)) * time.Millisecond
 		}
 		if rnd.IntN(3) > 0 {
 			q.Owner = fmt.Sprintf("c%d.%d", i, n)
 		}
-		ctx, cancel := c.ctx, context.CancelFunc(func() {})
-		hangUp := rnd.IntN(6) == 0 // the client goes away while it waits
-		if hangUp {
-			ctx, cancel = context.WithTimeout(ctx, time.Duration(rnd.Int64N(int64(q.Wait)+1)))
-		}
-		what := "lease " + q.Owner
-		if q.Owner == "" {
-			what = "conn lock"
-		}
-		r.logf("client %d %s %s via %s (home %s) ttl %d wait %s", i, what, name, c.p.name, homeOf(c.p.svc, name), q.TTL, q.Wait)
-		sent := time.Now()
-		g, err := c.sess.Lock(ctx, q)
-		hungUp := ctx.Err() != nil && c.ctx.Err() == nil
-		cancel()
-		dead, crash := r.isDead(c)
-		if err != nil {
-			r.logf("client %d lock %s via %s: %v", i, name, c.p.name, err)
-			r.lockFailed(i, q, c, sent, err, hungUp || dead)
+		c := r.connect(rnd)
+		x, delivered := r.lock(i, rnd, c, q)
+		if x != nil && !delivered && !x.conn && !x.begun && rnd.IntN(2) == 0 {
+			// The client never had the reply: it asks again, elsewhere,
+			// and gets the same grant back if it still stands.
 			r.close(c)
-			time.Sleep(time.Duration(rnd.IntN(3)) * time.Millisecond)
-			continue
+			c = r.connect(rnd)
+			q.Wait = time.Duration(rnd.IntN(500)) * time.Millisecond
+			x, delivered = r.lock(i, rnd, c, q)
 		}
-		x := &xGrant{client: i, name: name, fence: g.Fence, conn: q.Owner == "", via: c.p.name, c: c, ttl: g.TTL,
-			ends: sent.Add(time.Duration(g.TTL) * time.Second)}
-		r.granted(x)
-		switch {
-		case hungUp || crash:
-			// Nobody reads the reply: the proxy releases a connection's
-			// lock as the connection ends, and a lease whose reply it
-			// could not write; a lease whose reply went out stands.
-			r.logf("client %d: nobody reads fence %d", i, g.Fence)
-			if x.conn || (!crash && rnd.IntN(2) == 0) {
-				r.releasing(x)
-				if !x.conn {
-					r.unlockOn(c, x)
-				}
-			}
-			r.close(c)
-			continue
-		case dead && x.conn:
-			r.releasing(x) // the proxy is going: its connections' locks with it
-			r.close(c)
-			continue
+		if delivered {
+			r.use(i, rnd, c, x, q.TTL)
 		}
-		r.reply("granted")
-		hold := time.Duration(rnd.IntN(3000)) * time.Microsecond
-		switch rnd.IntN(30) {
-		case 1, 2, 3:
-			hold = time.Duration(5+rnd.IntN(45)) * time.Millisecond
-		case 0:
-			hold = time.Duration(q.TTL)*time.Second + time.Duration(rnd.IntN(500))*time.Millisecond // lapses
-		}
-		if !sleepOn(c, hold) && x.conn {
-			r.close(c) // the proxy went away: so did the connection's lock
-			continue
-		}
-		if rnd.IntN(8) == 0 {
-			r.extend(i, rnd, c, x)
-			sleepOn(c, time.Duration(rnd.IntN(3000))*time.Microsecond)
-		}
-		r.release(i, rnd, c, x)
 		r.close(c)
+		if x == nil {
+			time.Sleep(time.Duration(rnd.IntN(3)) * time.Millisecond)
+		}
 	}
+}
+
+// lock asks for q through c: x is the grant made, if one was, and
+// delivered tells whether the client has it. One that nobody reads (the
+// client hung up, or the proxy crashed) is a grant all the same.
+func (r *crossRun) lock(i int, rnd *rand.Rand, c *xConn, q lockext.Request) (x *xGrant, delivered bool) {
+	ctx, cancel := c.ctx, context.CancelFunc(func() {})
+	if rnd.IntN(6) == 0 { // the client goes away while it waits
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(rnd.Int64N(int64(q.Wait)+1)))
+	}
+	what := "lease " + q.Owner
+	if q.Owner == "" {
+		what = "conn lock"
+	}
+	r.logf("client %d %s %s via %s (home %s) ttl %d wait %s", i, what, q.Name, c.p.name, homeOf(c.p.svc, q.Name), q.TTL, q.Wait)
+	sent := time.Now()
+	g, err := c.sess.Lock(ctx, q)
+	hungUp := ctx.Err() != nil && c.ctx.Err() == nil
+	cancel()
+	dead, crash := r.isDead(c)
+	if err != nil {
+		r.logf("client %d lock %s via %s: %v", i, q.Name, c.p.name, err)
+		r.lockFailed(i, q, c, sent, err, hungUp || dead)
+		return nil, false
+	}
+	x = &xGrant{client: i, name: q.Name, fence: g.Fence, conn: q.Owner == "", via: c.p.name, c: c,
+		ends: sent.Add(time.Duration(g.TTL) * time.Second)}
+	if q.Owner != "" && r.again(x) {
+		return x, true
+	}
+	r.granted(x)
+	switch {
+	case hungUp || crash:
+		// Nobody reads the reply: the proxy releases a connection's lock
+		// as the connection ends, and a lease whose reply it could not
+		// write; a lease whose reply went out stands.
+		r.logf("client %d: nobody reads fence %d", i, g.Fence)
+		if x.conn || (!crash && rnd.IntN(2) == 0) {
+			r.releasing(x)
+			if !x.conn {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*r.cfg.Timeout)
+				c.sess.Unlock(ctx, x.name, x.fence)
+				cancel()
+			}
+		}
+		return x, false
+	case dead && x.conn:
+		r.releasing(x) // the proxy is going: its connections' locks with it
+		return x, false
+	}
+	r.reply("granted")
+	return x, true
+}
+
+// again handles a lease granted to an owner that holds a grant it never
+// read: the same grant back, its ttl refreshed, takes that grant's place.
+func (r *crossRun) again(x *xGrant) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, h := range r.holding {
+		if h.client == x.client && h.name == x.name && h.fence == x.fence {
+			x.id = id
+			r.holding[id] = x
+			r.replies["granted again"]++
+			r.events = append(r.events, time.Now().Format("05.000000 ")+fmt.Sprintf("client %d granted %s fence %d again", x.client, x.name, x.fence))
+			return true
+		}
+	}
+	return false
+}
+
+// use holds client i's grant x, taken through c, a while, perhaps extends
+// it, and releases it.
+func (r *crossRun) use(i int, rnd *rand.Rand, c *xConn, x *xGrant, ttl int) {
+	hold := time.Duration(rnd.IntN(3000)) * time.Microsecond
+	switch rnd.IntN(40) {
+	case 1, 2, 3, 4:
+		hold = time.Duration(5+rnd.IntN(45)) * time.Millisecond
+	case 0:
+		hold = time.Duration(ttl)*time.Second + time.Duration(rnd.IntN(300))*time.Millisecond // lapses
+	}
+	if !sleepOn(c, hold) && x.conn {
+		return // the proxy went away: so did the connection's lock
+	}
+	if rnd.IntN(8) == 0 {
+		r.extend(i, rnd, c, x)
+		sleepOn(c, time.Duration(rnd.IntN(3000))*time.Microsecond)
+	}
+	r.release(i, rnd, c, x)
 }
 
 // lockFailed checks a lock refused.
@@ -707,19 +734,10 @@ func (r *crossRun) lockFailed(i int, q lockext.Request, c *xConn, sent time.Time
 	}
 }
 
-// unlockOn releases x through c, as a proxy does with a grant whose
-// reply it could not write.
-func (r *crossRun) unlockOn(c *xConn, x *xGrant) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*r.cfg.Timeout)
-	defer cancel()
-	if _, err := c.sess.Unlock(ctx, x.name, x.fence); err == nil {
-		r.freed(x)
-	}
-}
-
 // viaOther returns a connection for a request through another proxy than
-// c's (or c's own, when that is alive and the coin says so).
-func (r *crossRun) viaOther(rnd *rand.Rand, c *xConn) (*xConn, bool) {
+// c's (or c's own, when that is alive and the coin says so); opened says
+// the connection is new, for the caller to close.
+func (r *crossRun) viaOther(rnd *rand.Rand, c *xConn) (via *xConn, opened bool) {
 	if dead, _ := r.isDead(c); !dead && rnd.IntN(2) == 0 {
 		return c, false
 	}
@@ -746,24 +764,14 @@ func (r *crossRun) extend(i int, rnd *rand.Rand, c *xConn, x *xGrant) {
 	case errors.Is(err, lockext.ErrNotOwner), errors.Is(err, lockext.ErrNotFound):
 		r.replies["extend not owner"]++
 		if time.Now().Before(x.ends) {
-			r.mu.Unlock()
-			r.anomaly("client %d extend %s fence %d via %s: %v while its grant ran", i, x.name, x.fence, via.p.name, err)
-			r.mu.Lock()
+			r.anomalies = append(r.anomalies, fmt.Sprintf("client %d extend %s fence %d via %s: %v while its grant ran; last events:%s",
+				i, x.name, x.fence, via.p.name, err, r.recent()))
 		}
 	default:
 		r.replies["extend error"]++
 		if e := sent.Add(time.Duration(ttl) * time.Second); e.Before(x.ends) {
 			x.ends = e // it may have landed
 		}
-		// Or it may land later and lengthen the grant: the name may stay
-		// busy until then, unseen.
-		if q := sent.Add(time.Duration(ttl+r.cfg.MaxTTL+2) * time.Second); q.After(r.quietFrom) {
-			r.quietFrom = q
-		}
-	}
-	x.expire = x.ends.Add(time.Second)
-	if q := sent.Add(time.Duration(max(ttl, n)+1) * time.Second); q.After(x.expire) {
-		x.expire = q
 	}
 }
 
@@ -779,7 +787,6 @@ func (r *crossRun) release(i int, rnd *rand.Rand, c *xConn, x *xGrant) {
 	if x.conn && rnd.IntN(3) == 0 {
 		r.logf("client %d closes its connection to %s", i, c.p.name)
 		r.close(c)
-		r.freed(x)
 		return
 	}
 	var first sync.WaitGroup // an unlock whose reply was lost, still on its way
@@ -798,9 +805,6 @@ func (r *crossRun) release(i int, rnd *rand.Rand, c *xConn, x *xGrant) {
 			if opened {
 				r.close(via)
 			}
-			if err == nil {
-				r.freed(x)
-			}
 			return err
 		}
 		switch rnd.IntN(10) {
@@ -808,7 +812,7 @@ func (r *crossRun) release(i int, rnd *rand.Rand, c *xConn, x *xGrant) {
 			first.Add(1)
 			go func() {
 				defer first.Done()
-				unlock(via.ctx)
+				unlock(context.WithoutCancel(via.ctx))
 			}()
 			time.Sleep(time.Duration(rnd.IntN(3000)) * time.Microsecond)
 			continue
@@ -827,7 +831,6 @@ func (r *crossRun) release(i int, rnd *rand.Rand, c *xConn, x *xGrant) {
 			if try == 0 && time.Now().Before(x.ends) {
 				r.anomaly("client %d unlock %s fence %d via %s: %v while its grant ran", i, x.name, x.fence, via.p.name, err)
 			}
-			r.freed(x) // gone, one way or another
 		case errors.Is(err, lockext.ErrUnavailable), errors.Is(err, lockext.ErrClosed),
 			errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 			r.reply("unlock error")
