@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
@@ -166,12 +165,18 @@ type xGrant struct {
 const keptCrossEvents = 40
 
 func (r *crossRun) logf(format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.logLocked(format, args...)
+}
+
+// logLocked notes an event; r.mu must be held, so that the events are in
+// the order of their times.
+func (r *crossRun) logLocked(format string, args ...any) {
 	e := time.Now().Format("05.000000 ") + fmt.Sprintf(format, args...)
 	if traceCross {
 		fmt.Fprintf(os.Stderr, "%d %s\n", r.seed, e)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if len(r.events) == 4*keptCrossEvents {
 		r.events = append(r.events[:0], r.events[3*keptCrossEvents:]...)
 	}
@@ -195,9 +200,9 @@ func (r *crossRun) String() string {
 
 func (r *crossRun) anomaly(format string, args ...any) {
 	s := fmt.Sprintf(format, args...)
-	r.logf("ANOMALY %s", s)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.logLocked("ANOMALY %s", s)
 	r.anomalies = append(r.anomalies, s+"; last events:"+r.recent())
 }
 
@@ -210,31 +215,34 @@ func (r *crossRun) reply(kind string) {
 // fault logs a fault, and counts it under way (see sample) if lasts is
 // set; lasts ends it.
 func (r *crossRun) fault(lasts bool, format string, args ...any) {
-	r.logf("FAULT "+format, args...)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.logLocked("FAULT "+format, args...)
 	if lasts {
-		r.mu.Lock()
 		r.faulty++
-		r.mu.Unlock()
 	}
 }
 
 func (r *crossRun) faultEnds(format string, args ...any) {
-	r.logf(format, args...)
-	r.mu.Lock()
-	r.faulty--
-	r.mu.Unlock()
-}
-
-// granted records a grant to client i and checks it against every grant
-// held on its name.
-func (r *crossRun) granted(g *xGrant) {
-	now := time.Now()
-	r.logf("client %d granted %s fence %d via %s (conn %v, ttl ends in %s)", g.client, g.name, g.fence, g.via, g.conn,
-		g.ends.Sub(now).Round(time.Millisecond))
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.logLocked(format, args...)
+	r.faulty--
+}
+
+// granted records a grant, now that its Lock call has returned, and
+// checks it against every grant held on its name. The grant was made a
+// moment before: it surely stands now only if nobody may have ended it
+// meanwhile, which its ttl may have, and the home that granted it may
+// have if its proxy is going away (check false).
+func (r *crossRun) granted(g *xGrant, check bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	r.logLocked("client %d granted %s fence %d via %s (conn %v, ttl ends in %s)", g.client, g.name, g.fence, g.via, g.conn,
+		g.ends.Sub(now).Round(time.Millisecond))
 	for _, h := range r.holding {
-		if h.name == g.name && now.Before(h.ends) {
+		if check && now.Before(g.ends) && h.name == g.name && now.Before(h.ends) && len(r.overlaps) < 3 {
 			r.overlaps = append(r.overlaps, fmt.Sprintf(
 				"%s: client %d got fence %d via %s while client %d held fence %d via %s (conn %v, %s of its ttl left); last events:%s",
 				g.name, g.client, g.fence, g.via, h.client, h.fence, h.via, h.conn, h.ends.Sub(now).Round(time.Millisecond), r.recent()))
@@ -410,11 +418,42 @@ func (r *crossRun) replace(t *testing.T, i int, crash bool) {
 			c.cancel() // the proxy stops reading: the command on its way ends
 		}
 	}
+	r.count(old)
 	p := r.newProxy(t, old.addr, false)
 	r.mu.Lock()
 	r.proxies[i] = p
 	r.mu.Unlock()
 	r.faultEnds("%s replaced by %s", old.name, p.name)
+}
+
+// count adds a stopped proxy's counters to the run's, to show which paths
+// the run took.
+func (r *crossRun) count(p *xProxy) {
+	st := p.svc.Stats()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.replies["forwarded"] += int(st.ForwardedOut)
+	r.replies["forward failed"] += int(st.ForwardFailed)
+	r.replies["handoffs"] += int(st.Handoffs)
+	r.replies["early handoffs"] += int(st.EarlyHandoffs)
+}
+
+// logCounter counts what the services log at Warn and above, to show
+// which paths a run took (a lock server seen losing its state, which no
+// fault here can cause, fails the run).
+type logCounter struct{ r *crossRun }
+
+func (h logCounter) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (h logCounter) WithAttrs([]slog.Attr) slog.Handler           { return h }
+func (h logCounter) WithGroup(string) slog.Handler                { return h }
+
+func (h logCounter) Handle(_ context.Context, rec slog.Record) error {
+	msg, _, _ := strings.Cut(rec.Message, ":")
+	if strings.Contains(msg, "lost its lock state") || rec.Level >= slog.LevelError {
+		h.r.anomaly("a service logged %q", rec.Message)
+	}
+	h.r.reply("log: " + msg)
+	return nil
 }
 
 // runCross runs one seed for d, then lets the clients' last requests end
@@ -439,7 +478,7 @@ func runCross(t *testing.T, seed uint64, d time.Duration, checkGoroutines bool) 
 		Prefix: "__memcachedlock:", MaxTTL: 3, MaxWait: time.Minute,
 		Poll:    time.Duration(5+rnd.IntN(50)) * time.Millisecond,
 		Timeout: time.Duration(100+rnd.IntN(200)) * time.Millisecond, EarlyHandoff: rnd.IntN(5) > 0,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: slog.New(logCounter{r}),
 	}
 	r.names = []string{"k"}
 	if rnd.IntN(3) == 0 {
@@ -481,6 +520,7 @@ func runCross(t *testing.T, seed uint64, d time.Duration, checkGoroutines bool) 
 	r.checkIdle()
 	for _, p := range r.proxies {
 		p.shutdown()
+		r.count(p)
 	}
 	if checkGoroutines && !r.failed() {
 		r.checkGoroutines(baseline)
@@ -646,7 +686,7 @@ func (r *crossRun) lock(i int, rnd *rand.Rand, c *xConn, q lockext.Request) (x *
 	if q.Owner != "" && r.again(x) {
 		return x, true
 	}
-	r.granted(x)
+	r.granted(x, !(dead && x.conn))
 	switch {
 	case hungUp || crash:
 		// Nobody reads the reply: the proxy releases a connection's lock
@@ -680,7 +720,7 @@ func (r *crossRun) again(x *xGrant) bool {
 			x.id = id
 			r.holding[id] = x
 			r.replies["granted again"]++
-			r.events = append(r.events, time.Now().Format("05.000000 ")+fmt.Sprintf("client %d granted %s fence %d again", x.client, x.name, x.fence))
+			r.logLocked("client %d granted %s fence %d again", x.client, x.name, x.fence)
 			return true
 		}
 	}
