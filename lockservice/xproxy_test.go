@@ -140,14 +140,21 @@ func (p *peerProxy) peerConns() []net.Conn {
 func (p *peerProxy) shutdown() {
 	p.svc.Close()
 	p.l.Close()
+	p.stopReading()
+	p.wg.Wait()
+}
+
+// stopReading makes every connection stop reading, and cancels what it
+// carries out, as the proxy's shutdown does once its lock service is
+// closed; the answers already made are written.
+func (p *peerProxy) stopReading() {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.closing = true
 	for nc, cancel := range p.conns {
 		nc.SetReadDeadline(time.Now())
 		cancel()
 	}
-	p.mu.Unlock()
-	p.wg.Wait()
 }
 
 // crash stops the proxy as a kill would, as near as one process can: its
