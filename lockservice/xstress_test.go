@@ -160,6 +160,13 @@ type xGrant struct {
 	c      *xConn
 	ends   time.Time // its ttl counted from when its lock (or extend) was called
 	begun  bool      // a release has begun
+	// levels counts a reentrant lock's levels taken, as the client knows
+	// them; unsure is set once a take or release of a level failed
+	// without saying whether it happened.
+	owner     string
+	reentrant bool
+	levels    int
+	unsure    bool
 }
 
 const keptCrossEvents = 40
@@ -637,10 +644,11 @@ func (r *crossRun) client(i int, rnd *rand.Rand) {
 		}
 		if rnd.IntN(3) > 0 {
 			q.Owner = fmt.Sprintf("c%d.%d", i, n)
+			q.Reentrant = rnd.IntN(4) == 0
 		}
 		c := r.connect(rnd)
 		x, delivered := r.lock(i, rnd, c, q)
-		if x != nil && !delivered && !x.conn && !x.begun && rnd.IntN(2) == 0 {
+		if x != nil && !delivered && !x.conn && !x.reentrant && !x.begun && rnd.IntN(2) == 0 {
 			// The client never had the reply: it asks again, elsewhere,
 			// and gets the same grant back if it still stands.
 			r.close(c)
@@ -667,6 +675,9 @@ func (r *crossRun) lock(i int, rnd *rand.Rand, c *xConn, q lockext.Request) (x *
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(rnd.Int64N(int64(q.Wait)+1)))
 	}
 	what := "lease " + q.Owner
+	if q.Reentrant {
+		what = "rlock " + q.Owner
+	}
 	if q.Owner == "" {
 		what = "conn lock"
 	}
@@ -682,7 +693,10 @@ func (r *crossRun) lock(i int, rnd *rand.Rand, c *xConn, q lockext.Request) (x *
 		return nil, false
 	}
 	x = &xGrant{client: i, name: q.Name, fence: g.Fence, conn: q.Owner == "", via: c.p.name, c: c,
-		ends: sent.Add(time.Duration(g.TTL) * time.Second)}
+		ends: sent.Add(time.Duration(g.TTL) * time.Second), owner: q.Owner, reentrant: q.Reentrant, levels: g.Count}
+	if g.Count != 1 {
+		r.anomaly("client %d granted %s fence %d via %s with %d levels, want 1", i, q.Name, g.Fence, c.p.name, g.Count)
+	}
 	if q.Owner != "" && r.again(x) {
 		return x, true
 	}
@@ -734,17 +748,91 @@ func (r *crossRun) use(i int, rnd *rand.Rand, c *xConn, x *xGrant, ttl int) {
 	switch rnd.IntN(40) {
 	case 1, 2, 3, 4:
 		hold = time.Duration(5+rnd.IntN(45)) * time.Millisecond
-	case 0:
-		hold = time.Duration(ttl)*time.Second + time.Duration(rnd.IntN(300))*time.Millisecond // lapses
+	case 0: // lapses (a one-second grant's only: longer ones stall a short run)
+		if ttl == 1 {
+			hold = time.Second + time.Duration(rnd.IntN(300))*time.Millisecond
+		}
 	}
 	if !sleepOn(c, hold) && x.conn {
 		return // the proxy went away: so did the connection's lock
+	}
+	if x.reentrant && rnd.IntN(2) == 0 {
+		r.relock(i, rnd, c, x, ttl)
 	}
 	if rnd.IntN(8) == 0 {
 		r.extend(i, rnd, c, x)
 		sleepOn(c, time.Duration(rnd.IntN(3000))*time.Microsecond)
 	}
+	for x.levels > 1 && !x.unsure {
+		r.unlockLevel(i, rnd, c, x)
+	}
 	r.release(i, rnd, c, x)
+}
+
+// relock takes one more level of client i's reentrant lock x, through
+// c's proxy or another: the same grant, one level deeper.
+func (r *crossRun) relock(i int, rnd *rand.Rand, c *xConn, x *xGrant, ttl int) {
+	via, opened := r.viaOther(rnd, c)
+	if opened {
+		defer r.close(via)
+	}
+	q := lockext.Request{Name: x.name, TTL: ttl, Owner: x.owner, Reentrant: true}
+	r.logf("client %d rlock %s again via %s", i, x.name, via.p.name)
+	sent := time.Now()
+	g, err := via.sess.Lock(via.ctx, q)
+	r.logf("client %d rlock %s again via %s: %d levels, fence %d, %v", i, x.name, via.p.name, g.Count, g.Fence, err)
+	switch {
+	case err == nil && g.Fence == x.fence:
+		if g.Count != x.levels+1 && !x.unsure {
+			r.anomaly("client %d rlock %s again via %s: %d levels, want %d", i, x.name, via.p.name, g.Count, x.levels+1)
+		}
+		x.levels = g.Count
+		r.mu.Lock()
+		x.ends = sent.Add(time.Duration(g.TTL) * time.Second)
+		r.mu.Unlock()
+		r.reply("relocked")
+	case err == nil:
+		r.anomaly("client %d rlock %s again via %s: fence %d, not its grant's %d", i, x.name, via.p.name, g.Fence, x.fence)
+	case errors.Is(err, lockext.ErrNotLocked):
+		// A proxy serving the name itself answers so when another has
+		// reserved the holder's successor (see the README's Semantics).
+		r.reply("relock not locked")
+	case errors.Is(err, lockext.ErrNotOwner), errors.Is(err, lockext.ErrNotFound):
+		r.anomaly("client %d rlock %s again via %s: %v", i, x.name, via.p.name, err)
+	default:
+		r.reply("relock error")
+		x.unsure = true
+	}
+}
+
+// unlockLevel releases one inner level of client i's reentrant lock x.
+func (r *crossRun) unlockLevel(i int, rnd *rand.Rand, c *xConn, x *xGrant) {
+	via, opened := r.viaOther(rnd, c)
+	if opened {
+		defer r.close(via)
+	}
+	r.logf("client %d unlock %s fence %d level %d via %s", i, x.name, x.fence, x.levels, via.p.name)
+	left, err := via.sess.Unlock(via.ctx, x.name, x.fence)
+	r.logf("client %d unlock %s fence %d level %d via %s: %d %v", i, x.name, x.fence, x.levels, via.p.name, left, err)
+	switch {
+	case err == nil && left == x.levels-1:
+		x.levels = left
+		r.reply("unlocked a level")
+	case err == nil:
+		r.anomaly("client %d unlock %s fence %d level %d via %s: %d levels left", i, x.name, x.fence, x.levels, via.p.name, left)
+		x.levels = left
+		if left == 0 {
+			r.releasing(x)
+		}
+	case errors.Is(err, lockext.ErrNotOwner), errors.Is(err, lockext.ErrNotFound):
+		if time.Now().Before(x.ends) {
+			r.anomaly("client %d unlock %s fence %d level %d via %s: %v while its grant ran", i, x.name, x.fence, x.levels, via.p.name, err)
+		}
+		x.unsure = true
+	default:
+		r.reply("unlock error")
+		x.unsure = true // its level may be gone: the client releases what is left
+	}
 }
 
 // lockFailed checks a lock refused.
@@ -840,10 +928,17 @@ func (r *crossRun) release(i int, rnd *rand.Rand, c *xConn, x *xGrant) {
 		}
 		unlock := func(ctx context.Context) error {
 			r.logf("client %d unlock %s fence %d via %s", i, x.name, x.fence, via.p.name)
-			_, err := via.sess.Unlock(ctx, x.name, x.fence)
-			r.logf("client %d unlock %s fence %d via %s: %v", i, x.name, x.fence, via.p.name, err)
+			left, err := via.sess.Unlock(ctx, x.name, x.fence)
+			for n := 0; err == nil && left > 0 && x.unsure && n < 3; n++ {
+				r.logf("client %d unlock %s fence %d via %s: %d left", i, x.name, x.fence, via.p.name, left)
+				left, err = via.sess.Unlock(ctx, x.name, x.fence)
+			}
+			r.logf("client %d unlock %s fence %d via %s: %d %v", i, x.name, x.fence, via.p.name, left, err)
 			if opened {
 				r.close(via)
+			}
+			if err == nil && left > 0 {
+				r.anomaly("client %d unlock %s fence %d via %s: %d levels left", i, x.name, x.fence, via.p.name, left)
 			}
 			return err
 		}
