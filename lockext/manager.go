@@ -359,7 +359,7 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 			m.reserve(ctx, st, w)
 		}
 		if try {
-			g, ttl, err := m.attempt(ctx, st, req)
+			g, ttl, err := m.attempt(ctx, st, w)
 			m.mu.Lock()
 			m.endTry(st)
 			if err == nil || !errors.Is(err, ErrNotLocked) {
@@ -552,9 +552,10 @@ func (m *Manager) leave(st *keyState, w *waiter) {
 	m.forget(st)
 }
 
-// attempt tries once to take the lock in memcached. It returns ErrNotLocked
-// with the holder's ttl when somebody else holds it.
-func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Grant, int, error) {
+// attempt tries once to take the lock in memcached for w. It returns
+// ErrNotLocked with the holder's ttl when somebody else holds it.
+func (m *Manager) attempt(ctx context.Context, st *keyState, w *waiter) (Grant, int, error) {
+	req := &w.req
 	for tries := 0; tries < 8; tries++ {
 		m.mu.Lock()
 		mine := record{fence: m.nextFence(st), mode: mode(req), count: 1, kind: req.kind, owner: req.owner}
@@ -587,6 +588,7 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 			st.held = nil // released or taken over through another process
 		}
 		abandoned := rec.next != nil && cur.fence == rec.next.fence && m.abandoned(st, rec.next)
+		reserved := cur.fence == w.fence // set under m.mu, by whoever reserved w
 		m.mu.Unlock()
 		if abandoned {
 			// A successor of ours that left, still named after its grant
@@ -611,8 +613,11 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 			return Grant{}, ttl, ErrNotLocked
 		}
 		// Ours already: taken through another process or before a lost
-		// reply, or reserved for us by a grant whose time is up.
-		g, err := m.renew(ctx, st, req, cur, it.Version)
+		// reply, or reserved for us by a grant whose time is up (or made
+		// the holder by a release elsewhere). A grant reserved for this
+		// very request is the level it asks for, taken as it is: a level
+		// on top would outlast its owner's unlock.
+		g, err := m.renew(ctx, st, req, cur, it.Version, req.Reentrant && !reserved)
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
 			continue
 		}
@@ -652,7 +657,7 @@ func (m *Manager) refresh(ctx context.Context, st *keyState, req *Request) (Gran
 	}
 	st.trying = true
 	m.mu.Unlock()
-	g, err := m.renew(ctx, st, req, h.rec, h.ver)
+	g, err := m.renew(ctx, st, req, h.rec, h.ver, req.Reentrant)
 	stale := errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss)
 	if stale {
 		m.mu.Lock()
@@ -669,13 +674,13 @@ func (m *Manager) refresh(ctx context.Context, st *keyState, req *Request) (Gran
 	return g, err, true
 }
 
-// renew writes cur back for its holder: ttl refreshed, and one level deeper
-// for a reentrant request.
-func (m *Manager) renew(ctx context.Context, st *keyState, req *Request, cur record, ver Version) (Grant, error) {
+// renew writes cur back for its holder: ttl refreshed, and one level
+// deeper if deeper (a reentrant request taking another level).
+func (m *Manager) renew(ctx context.Context, st *keyState, req *Request, cur record, ver Version, deeper bool) (Grant, error) {
 	if cur.mode != mode(req) {
 		return Grant{}, ErrModeMismatch
 	}
-	if req.Reentrant {
+	if deeper {
 		cur.count++
 	}
 	newVer, err := m.store.CompareAndSwap(ctx, st.key, cur.encode(), cur.itemTTL(req.TTL), ver)
