@@ -145,6 +145,9 @@ type waiter struct {
 	wake  chan struct{} // a signal: something changed, look again
 	grant *Grant        // set under the mutex by a handoff
 	fence uint64        // the fence of its reservation as successor, if it has one
+	// handed is the fence of the grant a release last wrote for it, which
+	// may have landed though the release saw the write fail.
+	handed uint64
 }
 
 // successorOf makes w the successor of the grant this process holds,
@@ -588,7 +591,7 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, w *waiter) (Grant, 
 			st.held = nil // released or taken over through another process
 		}
 		abandoned := rec.next != nil && cur.fence == rec.next.fence && m.abandoned(st, rec.next)
-		reserved := cur.fence == w.fence // set under m.mu, by whoever reserved w
+		forW := cur.fence == w.fence || cur.fence == w.handed // set under m.mu, by whoever wrote them
 		m.mu.Unlock()
 		if abandoned {
 			// A successor of ours that left, still named after its grant
@@ -613,11 +616,12 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, w *waiter) (Grant, 
 			return Grant{}, ttl, ErrNotLocked
 		}
 		// Ours already: taken through another process or before a lost
-		// reply, or reserved for us by a grant whose time is up (or made
-		// the holder by a release elsewhere). A grant reserved for this
+		// reply, reserved for us by a grant whose time is up (or made the
+		// holder by a release elsewhere), or handed to us by a release
+		// whose write landed unbeknown to it. A grant written for this
 		// very request is the level it asks for, taken as it is: a level
 		// on top would outlast its owner's unlock.
-		g, err := m.renew(ctx, st, req, cur, it.Version, req.Reentrant && !reserved)
+		g, err := m.renew(ctx, st, req, cur, it.Version, req.Reentrant && !forW)
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
 			continue
 		}

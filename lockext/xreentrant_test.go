@@ -3,6 +3,7 @@ package lockext
 import (
 	"bytes"
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -62,5 +63,51 @@ func TestReservedReentrantTakesOneLevel(t *testing.T) {
 				t.Fatalf("its one unlock: %d levels left, %v", left, err)
 			}
 		})
+	}
+}
+
+// landsLostStore is a memStore whose first compare-and-swap of a value
+// that lose picks lands, and its reply is lost: the caller gets an error.
+type landsLostStore struct {
+	*memStore
+	lose  func(value []byte) bool
+	fired atomic.Bool
+}
+
+func (s *landsLostStore) CompareAndSwap(ctx context.Context, k Key, value []byte, ttl int, v Version) (Version, error) {
+	ver, err := s.memStore.CompareAndSwap(ctx, k, value, ttl, v)
+	if err == nil && s.lose(value) && !s.fired.Swap(true) {
+		return nil, errDown
+	}
+	return ver, err
+}
+
+// A release hands the lock to a reentrant waiter, and the write that
+// names it the holder lands with its reply lost: the waiter, looking
+// again, finds the grant written for it, which is its one level, not a
+// second one on top. Found by lockservice's TestCrossStress.
+func TestHandedReentrantTakesOneLevel(t *testing.T) {
+	store := &landsLostStore{memStore: newMemStore(), lose: func(v []byte) bool { return bytes.HasSuffix(v, []byte(" o next")) }}
+	m := New(store, Config{Prefix: "L:", MaxTTL: 10, MaxWait: time.Minute, Poll: 5 * time.Millisecond, Instance: "a"})
+	ctx := context.Background()
+	h, err := m.Lock(ctx, Request{Name: "k", TTL: 10, Owner: "holder"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan lockResult, 1)
+	go func() {
+		g, err := m.Lock(ctx, Request{Name: "k", TTL: 2, Wait: 10 * time.Second, Owner: "next", Reentrant: true})
+		got <- lockResult{g, err}
+	}()
+	waitFor(t, func() bool { return m.Stats().Waits == 1 })
+	if _, err := m.Unlock(ctx, "k", h.Fence); err == nil {
+		t.Fatal("the handoff's reply was lost, and the unlock said nothing")
+	}
+	r := <-got
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.g.Count != 1 {
+		t.Fatalf("the reentrant waiter took the lock with %d levels, want 1", r.g.Count)
 	}
 }
