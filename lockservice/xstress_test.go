@@ -90,7 +90,10 @@ func TestCrossStress(t *testing.T) {
 				r := runCross(s, 2500*time.Millisecond, workers == 1)
 				mu.Lock()
 				grants += r.grants
-				for _, n := range r.notes {
+				r.mu.Lock()
+				notes := slices.Clone(r.notes)
+				r.mu.Unlock()
+				for _, n := range notes {
 					t.Logf("seed %d: %s", s, n)
 				}
 				if r.failed() {
@@ -202,10 +205,19 @@ func (r *crossRun) recent() string {
 	return "\n\t" + strings.Join(r.events[max(len(r.events)-keptCrossEvents, 0):], "\n\t")
 }
 
-func (r *crossRun) failed() bool { return len(r.overlaps) > 0 || len(r.anomalies) > 0 }
+// failed reports whether the run found anything. A run's state is
+// locked for reading too: the services it closed may still log (a gone
+// proxy's locks released after the run).
+func (r *crossRun) failed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.overlaps) > 0 || len(r.anomalies) > 0
+}
 
 func (r *crossRun) String() string {
-	if r.failed() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.overlaps) > 0 || len(r.anomalies) > 0 {
 		return fmt.Sprintf("%s: %d grants; overlaps:\n%s\nanomalies:\n%s",
 			r.shape, r.grants, strings.Join(r.overlaps, "\n"), strings.Join(r.anomalies, "\n"))
 	}
