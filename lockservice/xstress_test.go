@@ -113,7 +113,7 @@ var traceCross = os.Getenv("LOCKSERVICE_STRESS_TRACE") != ""
 
 // freeLimit is how long a name may stand free, with no fault under way,
 // at the end of a wait that is refused.
-const freeLimit = 2 * time.Second
+const freeLimit = time.Second
 
 // crossRun is one seed's run.
 type crossRun struct {
@@ -669,7 +669,7 @@ func (r *crossRun) client(i int, rnd *rand.Rand) {
 	for n := 0; !r.stopped(); n++ {
 		q := lockext.Request{Name: r.names[rnd.IntN(len(r.names))], TTL: 1 + rnd.IntN(3)}
 		if rnd.IntN(4) > 0 {
-			q.Wait = time.Duration(rnd.IntN(2000)) * time.Millisecond
+			q.Wait = time.Duration(rnd.IntN(3000)) * time.Millisecond
 		}
 		if rnd.IntN(3) > 0 {
 			q.Owner = fmt.Sprintf("c%d.%d", i, n)
