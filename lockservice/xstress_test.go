@@ -821,7 +821,9 @@ func (r *crossRun) relock(i int, rnd *rand.Rand, c *xConn, x *xGrant, ttl int) {
 	q := lockext.Request{Name: x.name, TTL: ttl, Owner: x.owner, Reentrant: true}
 	r.logf("client %d rlock %s again via %s", i, x.name, via.p.name)
 	sent := time.Now()
+	failed := via.p.svc.forwardFailed.Load()
 	g, err := via.sess.Lock(via.ctx, q)
+	failed = via.p.svc.forwardFailed.Load() - failed
 	r.logf("client %d rlock %s again via %s: %d levels, fence %d, %v", i, x.name, via.p.name, g.Count, g.Fence, err)
 	switch {
 	case err == nil && g.Fence == x.fence:
@@ -837,8 +839,13 @@ func (r *crossRun) relock(i int, rnd *rand.Rand, c *xConn, x *xGrant, ttl int) {
 		r.anomaly("client %d rlock %s again via %s: fence %d, not its grant's %d", i, x.name, via.p.name, g.Fence, x.fence)
 	case errors.Is(err, lockext.ErrNotLocked):
 		// A proxy serving the name itself answers so when another has
-		// reserved the holder's successor (see the README's Semantics).
+		// reserved the holder's successor (see the README's Semantics),
+		// even when the home had granted the level and its answer was
+		// lost (known, as with lock).
 		r.reply("relock not locked")
+		if failed > 0 {
+			x.unsure = true
+		}
 	case errors.Is(err, lockext.ErrNotOwner), errors.Is(err, lockext.ErrNotFound):
 		r.anomaly("client %d rlock %s again via %s: %v", i, x.name, via.p.name, err)
 	default:
