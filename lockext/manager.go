@@ -625,7 +625,7 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, w *waiter) (Grant, 
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
 			continue
 		}
-		g.Again = cur.fence == rec.fence && !req.Reentrant
+		g.Again = cur.fence == rec.fence && !req.Reentrant && !forW // a grant written for w is new to it
 		return g, 0, err
 	}
 	return Grant{}, -1, ErrNotLocked

@@ -82,32 +82,36 @@ func (s *landsLostStore) CompareAndSwap(ctx context.Context, k Key, value []byte
 	return ver, err
 }
 
-// A release hands the lock to a reentrant waiter, and the write that
-// names it the holder lands with its reply lost: the waiter, looking
-// again, finds the grant written for it, which is its one level, not a
-// second one on top. Found by lockservice's TestCrossStress.
-func TestHandedReentrantTakesOneLevel(t *testing.T) {
-	store := &landsLostStore{memStore: newMemStore(), lose: func(v []byte) bool { return bytes.HasSuffix(v, []byte(" o next")) }}
-	m := New(store, Config{Prefix: "L:", MaxTTL: 10, MaxWait: time.Minute, Poll: 5 * time.Millisecond, Instance: "a"})
-	ctx := context.Background()
-	h, err := m.Lock(ctx, Request{Name: "k", TTL: 10, Owner: "holder"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make(chan lockResult, 1)
-	go func() {
-		g, err := m.Lock(ctx, Request{Name: "k", TTL: 2, Wait: 10 * time.Second, Owner: "next", Reentrant: true})
-		got <- lockResult{g, err}
-	}()
-	waitFor(t, func() bool { return m.Stats().Waits == 1 })
-	if _, err := m.Unlock(ctx, "k", h.Fence); err == nil {
-		t.Fatal("the handoff's reply was lost, and the unlock said nothing")
-	}
-	r := <-got
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	if r.g.Count != 1 {
-		t.Fatalf("the reentrant waiter took the lock with %d levels, want 1", r.g.Count)
+// A release hands the lock to a waiter, and the write that names it the
+// holder lands with its reply lost: the waiter, looking again, finds the
+// grant written for it. That grant is new to it: one level, not a second
+// one on top (found by lockservice's TestCrossStress), and not one it had
+// already (Again), which the proxy would keep if its reply could not be
+// delivered.
+func TestHandedGrantTakenAsNew(t *testing.T) {
+	for _, reentrant := range []bool{true, false} {
+		store := &landsLostStore{memStore: newMemStore(), lose: func(v []byte) bool { return bytes.HasSuffix(v, []byte(" o next")) }}
+		m := New(store, Config{Prefix: "L:", MaxTTL: 10, MaxWait: time.Minute, Poll: 5 * time.Millisecond, Instance: "a"})
+		ctx := context.Background()
+		h, err := m.Lock(ctx, Request{Name: "k", TTL: 10, Owner: "holder"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan lockResult, 1)
+		go func() {
+			g, err := m.Lock(ctx, Request{Name: "k", TTL: 2, Wait: 10 * time.Second, Owner: "next", Reentrant: reentrant})
+			got <- lockResult{g, err}
+		}()
+		waitFor(t, func() bool { return m.Stats().Waits == 1 })
+		if _, err := m.Unlock(ctx, "k", h.Fence); err == nil {
+			t.Fatal("the handoff's reply was lost, and the unlock said nothing")
+		}
+		r := <-got
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if r.g.Count != 1 || r.g.Again {
+			t.Errorf("reentrant %v: the waiter took the lock with %d levels, again %v; want 1, false", reentrant, r.g.Count, r.g.Again)
+		}
 	}
 }
