@@ -107,7 +107,7 @@ func TestForwardedUnlockAnswerLost(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(home.shutdown)
+			t.Cleanup(func() { home.shutdown(nil) })
 			relay := startCutRelay(t, home.addr, func(line string) bool { return strings.Contains(line, " UNLOCKED ") })
 			home.svc.Advertise(relay.l.Addr().String()) // the others reach the home through the relay
 			cfg.Instance = "other"
@@ -115,7 +115,7 @@ func TestForwardedUnlockAnswerLost(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(other.shutdown)
+			t.Cleanup(func() { other.shutdown(nil) })
 			other.svc.refreshMembers()
 			name := homedAt(t, other.svc, "home")
 

@@ -134,14 +134,20 @@ func (p *peerProxy) peerConns() []net.Conn {
 }
 
 // shutdown stops the proxy as proxy.Server.Shutdown does: the lock
-// service first (its waiters are told, its links to homes closed), then
-// the listener, then each connection stops reading, and the requests
-// already read are answered before it closes.
-func (p *peerProxy) shutdown() {
-	p.svc.Close()
+// service stops (its waiters are told, it leaves the registry), the
+// listener closes, each connection stops reading and the requests already
+// read are answered before it closes; clients, if set, ends the clients'
+// connections and returns once they have finished (releasing their
+// locks); then the service closes, its links to homes last.
+func (p *peerProxy) shutdown(clients func()) {
+	p.svc.Stop()
 	p.l.Close()
 	p.stopReading()
+	if clients != nil {
+		clients()
+	}
 	p.wg.Wait()
+	p.svc.Close()
 }
 
 // stopReading makes every connection stop reading, and cancels what it

@@ -259,10 +259,23 @@ func (r *crossRun) replace(i int, crash bool) {
 		}
 		old.crash()
 	} else {
-		old.shutdown()
-		for _, c := range conns {
-			c.cancel() // the proxy stops reading: the command on its way ends
-		}
+		old.shutdown(func() {
+			for _, c := range conns {
+				c.cancel() // the proxy stops reading: the command on its way ends
+			}
+			// Each client's connection ends (its session closed, its locks
+			// released) once its command on the way has: wait for that, a
+			// while at most, as Shutdown waits for its connections.
+			for i := 0; i < 200; i++ {
+				r.mu.Lock()
+				left := len(old.conns)
+				r.mu.Unlock()
+				if left == 0 {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
 	}
 	r.count(old)
 	p, err := r.newProxy(old.addr, false)
@@ -323,7 +336,7 @@ func runCross(seed uint64, d time.Duration, checkGoroutines bool) *crossRun {
 		if err != nil {
 			r.anomaly("no proxy: %v", err)
 			for _, p := range r.proxies {
-				p.shutdown()
+				p.shutdown(nil)
 			}
 			return r
 		}
@@ -357,7 +370,7 @@ func runCross(seed uint64, d time.Duration, checkGoroutines bool) *crossRun {
 	wg.Wait()
 	r.checkIdle()
 	for _, p := range r.proxies {
-		p.shutdown()
+		p.shutdown(nil)
 		r.count(p)
 	}
 	if checkGoroutines && !r.failed() {
