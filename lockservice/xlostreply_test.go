@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/memcachedlock/memcachedlock/lockext"
 )
@@ -76,20 +77,6 @@ func (r *cutRelay) answers(in, out net.Conn) {
 	}
 }
 
-// homedAt returns a lock name whose home, as s sees it, is the proxy with
-// the given instance.
-func homedAt(t *testing.T, s *Service, instance string) string {
-	t.Helper()
-	for i := 0; i < 1000; i++ {
-		name := fmt.Sprintf("k%d", i)
-		if m, ok := s.members.home(name); ok && m.instance == instance {
-			return name
-		}
-	}
-	t.Fatalf("no name homed at %s", instance)
-	return ""
-}
-
 // A proxy forwards an unlock to the name's home, which carries it out,
 // and the link breaks before the answer arrives. Serving the unlock here
 // as well would answer NOT_FOUND to a holder whose grant ran until its
@@ -117,7 +104,7 @@ func TestForwardedUnlockAnswerLost(t *testing.T) {
 			}
 			t.Cleanup(func() { other.shutdown(nil) })
 			other.svc.refreshMembers()
-			name := homedAt(t, other.svc, "home")
+			name := nameHomedAt(t, other.svc, "home")
 
 			ctx := context.Background()
 			sess := other.svc.NewSession()
@@ -143,5 +130,61 @@ func TestForwardedUnlockAnswerLost(t *testing.T) {
 				t.Errorf("the lock was not released at its home: %v", err)
 			}
 		})
+	}
+}
+
+// A home whose connections stop being read (its proxy shuts down) while
+// it carries out an unlock forwarded to it finishes the unlock and
+// answers it: cancelled half way, the unlock may be done all the same,
+// and the forwarding proxy, told "cancelled", would serve it again (it
+// serves here what its home cancelled of itself), answering NOT_FOUND to
+// a holder whose grant ran, or taking off a second level of an rlock.
+// Found by TestCrossStress (NOT_OWNER to an unlock forwarded to a home
+// that was shutting down).
+func TestUnlockFinishedByAHomeShuttingDown(t *testing.T) {
+	f := fakes("a:1")
+	cfg := testConfig(t, 1, 5, "a:1")
+	cfg.Timeout = 5 * time.Second // the slow lock server below is slow, not down
+	cfg.Instance = "home"
+	home, err := startPeerProxy(startService(t, f, cfg), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { home.shutdown(nil) })
+	cfg.Instance = "other"
+	other, err := startPeerProxy(startService(t, f, cfg), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.shutdown(nil) })
+	other.svc.refreshMembers()
+	name := nameHomedAt(t, other.svc, "home")
+
+	ctx := context.Background()
+	g, err := home.svc.NewSession().Lock(ctx, lockext.Request{Name: name, TTL: 5, Owner: "holder"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f["a:1"].set(false, 300*time.Millisecond)
+	type result struct {
+		left int
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		left, err := other.svc.NewSession().Unlock(ctx, name, g.Fence)
+		got <- result{left, err}
+	}()
+	for i := 0; home.svc.Stats().ForwardedIn == 0; i++ {
+		if i == 1000 {
+			t.Fatal("the unlock never reached its home")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	home.stopReading()
+	r := <-got
+	f["a:1"].set(false, 0)
+	if r.err != nil || r.left != 0 {
+		t.Fatalf("unlock of a grant that ran, its home shutting down meanwhile: %d %v", r.left, r.err)
 	}
 }
