@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memcachedlock/memcachedlock/internal/testmc"
 	"github.com/memcachedlock/memcachedlock/lockext"
 )
 
@@ -19,8 +20,7 @@ import (
 // on, and the home's answers back, except that it cuts the connection,
 // both ways, in place of the first answer that cut picks.
 type cutRelay struct {
-	l    net.Listener
-	to   string
+	addr string
 	cut  func(line string) bool
 	mu   sync.Mutex
 	done bool // a connection was cut: the next ones pass everything
@@ -28,30 +28,19 @@ type cutRelay struct {
 
 func startCutRelay(t *testing.T, to string, cut func(line string) bool) *cutRelay {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &cutRelay{l: l, to: to, cut: cut}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			in, err := l.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", to)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			go func() {
-				io.Copy(out, in)
-				out.Close()
-			}()
-			go r.answers(in, out)
+	r := &cutRelay{cut: cut}
+	r.addr = testmc.Serve(t, func(in net.Conn) {
+		out, err := net.Dial("tcp", to)
+		if err != nil {
+			in.Close()
+			return
 		}
-	}()
+		go func() {
+			io.Copy(out, in)
+			out.Close()
+		}()
+		r.answers(in, out)
+	})
 	return r
 }
 
@@ -96,7 +85,7 @@ func TestForwardedUnlockAnswerLost(t *testing.T) {
 			}
 			t.Cleanup(func() { home.shutdown(nil) })
 			relay := startCutRelay(t, home.addr, func(line string) bool { return strings.Contains(line, " UNLOCKED ") })
-			home.svc.Advertise(relay.l.Addr().String()) // the others reach the home through the relay
+			home.svc.Advertise(relay.addr) // the others reach the home through the relay
 			cfg.Instance = "other"
 			other, err := startPeerProxy(startService(t, f, cfg), "127.0.0.1:0")
 			if err != nil {
