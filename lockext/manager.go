@@ -145,6 +145,9 @@ type waiter struct {
 	wake  chan struct{} // a signal: something changed, look again
 	grant *Grant        // set under the mutex by a handoff
 	fence uint64        // the fence of its reservation as successor, if it has one
+	// handed is the fence of the grant a release last wrote for it, which
+	// may have landed though the release saw the write fail.
+	handed uint64
 }
 
 // successorOf makes w the successor of the grant this process holds,
@@ -359,7 +362,7 @@ func (m *Manager) wait(ctx context.Context, st *keyState, w *waiter) (Grant, err
 			m.reserve(ctx, st, w)
 		}
 		if try {
-			g, ttl, err := m.attempt(ctx, st, req)
+			g, ttl, err := m.attempt(ctx, st, w)
 			m.mu.Lock()
 			m.endTry(st)
 			if err == nil || !errors.Is(err, ErrNotLocked) {
@@ -552,9 +555,10 @@ func (m *Manager) leave(st *keyState, w *waiter) {
 	m.forget(st)
 }
 
-// attempt tries once to take the lock in memcached. It returns ErrNotLocked
-// with the holder's ttl when somebody else holds it.
-func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Grant, int, error) {
+// attempt tries once to take the lock in memcached for w. It returns
+// ErrNotLocked with the holder's ttl when somebody else holds it.
+func (m *Manager) attempt(ctx context.Context, st *keyState, w *waiter) (Grant, int, error) {
+	req := &w.req
 	for tries := 0; tries < 8; tries++ {
 		m.mu.Lock()
 		mine := record{fence: m.nextFence(st), mode: mode(req), count: 1, kind: req.kind, owner: req.owner}
@@ -587,6 +591,7 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 			st.held = nil // released or taken over through another process
 		}
 		abandoned := rec.next != nil && cur.fence == rec.next.fence && m.abandoned(st, rec.next)
+		forW := cur.fence == w.fence || cur.fence == w.handed // set under m.mu, by whoever wrote them
 		m.mu.Unlock()
 		if abandoned {
 			// A successor of ours that left, still named after its grant
@@ -611,12 +616,16 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, req *Request) (Gran
 			return Grant{}, ttl, ErrNotLocked
 		}
 		// Ours already: taken through another process or before a lost
-		// reply, or reserved for us by a grant whose time is up.
-		g, err := m.renew(ctx, st, req, cur, it.Version)
+		// reply, reserved for us by a grant whose time is up (or made the
+		// holder by a release elsewhere), or handed to us by a release
+		// whose write landed unbeknown to it. A grant written for this
+		// very request is the level it asks for, taken as it is: a level
+		// on top would outlast its owner's unlock.
+		g, err := m.renew(ctx, st, req, cur, it.Version, req.Reentrant && !forW)
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
 			continue
 		}
-		g.Again = cur.fence == rec.fence && !req.Reentrant
+		g.Again = cur.fence == rec.fence && !req.Reentrant && !forW // a grant written for w is new to it
 		return g, 0, err
 	}
 	return Grant{}, -1, ErrNotLocked
@@ -652,7 +661,7 @@ func (m *Manager) refresh(ctx context.Context, st *keyState, req *Request) (Gran
 	}
 	st.trying = true
 	m.mu.Unlock()
-	g, err := m.renew(ctx, st, req, h.rec, h.ver)
+	g, err := m.renew(ctx, st, req, h.rec, h.ver, req.Reentrant)
 	stale := errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss)
 	if stale {
 		m.mu.Lock()
@@ -669,13 +678,13 @@ func (m *Manager) refresh(ctx context.Context, st *keyState, req *Request) (Gran
 	return g, err, true
 }
 
-// renew writes cur back for its holder: ttl refreshed, and one level deeper
-// for a reentrant request.
-func (m *Manager) renew(ctx context.Context, st *keyState, req *Request, cur record, ver Version) (Grant, error) {
+// renew writes cur back for its holder: ttl refreshed, and one level
+// deeper if deeper (a reentrant request taking another level).
+func (m *Manager) renew(ctx context.Context, st *keyState, req *Request, cur record, ver Version, deeper bool) (Grant, error) {
 	if cur.mode != mode(req) {
 		return Grant{}, ErrModeMismatch
 	}
-	if req.Reentrant {
+	if deeper {
 		cur.count++
 	}
 	newVer, err := m.store.CompareAndSwap(ctx, st.key, cur.encode(), cur.itemTTL(req.TTL), ver)

@@ -212,6 +212,7 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 		req := &w.req
 		rec := record{fence: m.nextFence(st), mode: mode(req), count: 1, kind: req.kind, owner: req.owner}
 		rec.next = m.nextSuccessor(st, 1)
+		w.handed = rec.fence
 		m.mu.Unlock()
 
 		newVer, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), rec.itemTTL(req.TTL), cur.ver)

@@ -200,7 +200,7 @@ func (l *peerLink) call(ctx context.Context, req string, onWait func(), wait tim
 		select {
 		case f, ok := <-ch:
 			if !ok {
-				return nil, errPeer
+				return nil, errAnswerLost
 			}
 			if f[0] == "W" {
 				if onWait != nil {
@@ -224,7 +224,7 @@ func (l *peerLink) call(ctx context.Context, req string, onWait func(), wait tim
 				return nil, ctx.Err()
 			}
 			l.cancel(tag, nc) // a home that is merely slow stops waiting too
-			return nil, errPeer
+			return nil, errAnswerLost
 		}
 	}
 }

@@ -45,6 +45,11 @@ const peerHello = "peer "
 // serves the name itself.
 var errPeer = errors.New("lockservice: home proxy unreachable")
 
+// errAnswerLost means a request reached the home, which may have carried
+// it out, but its answer did not come back: serving it here as well is
+// right only for a request that may be carried out twice.
+var errAnswerLost = fmt.Errorf("%w: its answer lost", errPeer)
+
 var errCodes = []struct {
 	code string
 	err  error

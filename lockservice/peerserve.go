@@ -58,7 +58,15 @@ func (s *Service) ServePeer(ctx context.Context, next func() ([]byte, error), se
 			mu.Unlock()
 			continue
 		}
-		rctx, stop := context.WithCancel(ctx)
+		// A wait ends with the link; anything else (a few memcached round
+		// trips) runs to its end and is answered if the link still writes:
+		// cancelled half way it may be done all the same, and the proxy
+		// that sent it, told "cancelled", would carry it out again.
+		parent := ctx
+		if op != "L" {
+			parent = context.WithoutCancel(ctx)
+		}
+		rctx, stop := context.WithCancel(parent)
 		mu.Lock()
 		running[tag] = stop
 		mu.Unlock()

@@ -316,7 +316,8 @@ func (s *Service) remote(name string) *peerLink {
 }
 
 // forward asks name's home the request that req makes, which may wait
-// there for wait; ok is false when the name must be served here.
+// there for wait; ok is false when the name must be served here (err then
+// says why: errAnswerLost when the home may have carried the request out).
 func (s *Service) forward(ctx context.Context, name string, req func() string, onWait func(), wait time.Duration) (f []string, err error, ok bool) {
 	l := s.remote(name)
 	if l == nil {
@@ -331,7 +332,7 @@ func (s *Service) ask(ctx context.Context, l *peerLink, req string, onWait func(
 	f, err = l.call(ctx, req, onWait, wait)
 	if errors.Is(err, errPeer) {
 		s.forwardFailed.Add(1)
-		return nil, nil, false
+		return nil, err, false
 	}
 	if err == nil && len(f) > 0 && f[0] == "ERR" {
 		err = decodeErr(f[1:])
@@ -400,11 +401,26 @@ func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant
 
 // Unlock releases one level of a grant.
 func (ss *Session) Unlock(ctx context.Context, name string, fence uint64) (int, error) {
+	return ss.unlock(ctx, name, fence, false)
+}
+
+// unlock releases one level of a grant. An unlock forwarded to the home
+// whose answer was lost may have been carried out there: served here as
+// well, it would take off a second level of a reentrant lock, freeing it
+// under its outer holder, or answer NOT_FOUND to a holder whose grant ran
+// until then. It is answered unavailable instead (the client, which knows
+// its levels, may try again), unless again: a connection's lock released
+// as the connection closes has one level, and a second release of it
+// finds the grant gone.
+func (ss *Session) unlock(ctx context.Context, name string, fence uint64, again bool) (int, error) {
 	f, err, ok := ss.svc.forward(ctx, name, func() string { return fmt.Sprintf("U %s %d", name, fence) }, nil, 0)
 	var left int
-	if !ok {
+	switch {
+	case !ok && !again && errors.Is(err, errAnswerLost):
+		return 0, fmt.Errorf("%w: %w", lockext.ErrUnavailable, err)
+	case !ok:
 		left, err = ss.ls.Unlock(ctx, name, fence)
-	} else if err == nil {
+	case err == nil:
 		if len(f) < 2 || f[0] != "UNLOCKED" {
 			return 0, lockext.ErrUnavailable
 		}
@@ -501,7 +517,7 @@ func (ss *Session) Close(ctx context.Context) {
 	ss.forwarded = nil
 	ss.mu.Unlock()
 	for name, fence := range forwarded {
-		ss.Unlock(ctx, name, fence)
+		ss.unlock(ctx, name, fence, true)
 	}
 	ss.ls.Close(ctx)
 }

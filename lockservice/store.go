@@ -183,6 +183,25 @@ func (s *store) decide(total int) func([]outcome) bool {
 	}
 }
 
+// tallyChange is tally for a change of prev (write with prev set): a
+// replica that held nothing and was caught up (added) is no vote that
+// prev still stands. When a majority held nothing, the grant is gone
+// (released, or run out) and the change fails with ErrStoreMiss: written
+// back, a released grant would come back to life.
+func (s *store) tallyChange(outs []outcome) (ok int, err error) {
+	ok, err = tally(outs)
+	empty := 0
+	for _, o := range outs {
+		if o.err == nil && o.added {
+			empty++
+		}
+	}
+	if empty >= s.majority() {
+		err = lockext.ErrStoreMiss
+	}
+	return ok - empty, err
+}
+
 func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 	if err := s.differ(); err != nil {
 		return lockext.Item{}, err
@@ -302,9 +321,17 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 			reps[o.i].restore(k.Item, prev.value, max(prev.ttl, ttl), o.cas)
 		}
 	}
+	count := tally
+	if prev != nil {
+		count = s.tallyChange
+	}
+	need := s.majority()
 	outs := fanOut(reps, func(i int, r *replica) outcome {
 		return swapOn(ctx, i, r, k.Item, value, ttl, prev)
-	}, s.decide(len(reps)), func(o outcome) {
+	}, func(outs []outcome) bool {
+		ok, err := count(outs)
+		return ok >= need || len(outs)-ok > len(reps)-need || errors.Is(err, lockext.ErrStoreMiss)
+	}, func(o outcome) {
 		mu.Lock()
 		if !resolved {
 			pending = append(pending, o)
@@ -322,9 +349,9 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 			s.overwrite(k.Item, value, ttl, reps[o.i], ver, o.i)
 		}
 	})
-	ok, err := tally(outs)
+	ok, err := count(outs)
 	mu.Lock()
-	resolved, failed = true, ok < s.majority()
+	resolved, failed = true, ok < need
 	late := pending
 	mu.Unlock()
 	if failed {

@@ -1,0 +1,117 @@
+package lockext
+
+import (
+	"bytes"
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// A reentrant request reserved as the successor of a grant finds, when it
+// looks, its own reservation in force: the holder's grant ran out without
+// an unlock, or was unlocked through another process, which made the
+// successor the holder. That is the level the request asked for, taken as
+// it is, not a second level on top (which its owner would never release:
+// the lock would stand for its ttl after the owner's unlock). Found by
+// lockservice's TestCrossStress.
+func TestReservedReentrantTakesOneLevel(t *testing.T) {
+	for _, tc := range []struct {
+		what      string
+		holderTTL int
+		elsewhere bool // the holder unlocks through another process
+	}{
+		{"the holder's grant runs out", 1, false},
+		{"the holder unlocks through another process", 10, true},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			store := newMemStore()
+			cfg := Config{Prefix: "L:", MaxTTL: 10, MaxWait: time.Minute, Poll: 5 * time.Millisecond, EarlyHandoff: true}
+			cfg.Instance = "a"
+			m := New(store, cfg)
+			cfg.Instance = "b"
+			other := New(store, cfg)
+			ctx := context.Background()
+			h, err := m.Lock(ctx, Request{Name: "k", TTL: tc.holderTTL, Owner: "holder"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := make(chan lockResult, 1)
+			go func() {
+				g, err := m.Lock(ctx, Request{Name: "k", TTL: 2, Wait: 10 * time.Second, Owner: "next", Reentrant: true})
+				got <- lockResult{g, err}
+			}()
+			waitFor(t, func() bool { // reserved: the item names a successor
+				store.mu.Lock()
+				defer store.mu.Unlock()
+				it, ok := store.live("L:k")
+				return ok && bytes.Contains(it.value, []byte("\n"))
+			})
+			if tc.elsewhere {
+				if _, err := other.Unlock(ctx, "k", h.Fence); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := <-got
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if r.g.Count != 1 {
+				t.Fatalf("the reserved reentrant waiter took the lock with %d levels, want 1", r.g.Count)
+			}
+			if left, err := m.Unlock(ctx, "k", r.g.Fence); err != nil || left != 0 {
+				t.Fatalf("its one unlock: %d levels left, %v", left, err)
+			}
+		})
+	}
+}
+
+// landsLostStore is a memStore whose first compare-and-swap of a value
+// that lose picks lands, and its reply is lost: the caller gets an error.
+type landsLostStore struct {
+	*memStore
+	lose  func(value []byte) bool
+	fired atomic.Bool
+}
+
+func (s *landsLostStore) CompareAndSwap(ctx context.Context, k Key, value []byte, ttl int, v Version) (Version, error) {
+	ver, err := s.memStore.CompareAndSwap(ctx, k, value, ttl, v)
+	if err == nil && s.lose(value) && !s.fired.Swap(true) {
+		return nil, errDown
+	}
+	return ver, err
+}
+
+// A release hands the lock to a waiter, and the write that names it the
+// holder lands with its reply lost: the waiter, looking again, finds the
+// grant written for it. That grant is new to it: one level, not a second
+// one on top (found by lockservice's TestCrossStress), and not one it had
+// already (Again), which the proxy would keep if its reply could not be
+// delivered.
+func TestHandedGrantTakenAsNew(t *testing.T) {
+	for _, reentrant := range []bool{true, false} {
+		store := &landsLostStore{memStore: newMemStore(), lose: func(v []byte) bool { return bytes.HasSuffix(v, []byte(" o next")) }}
+		m := New(store, Config{Prefix: "L:", MaxTTL: 10, MaxWait: time.Minute, Poll: 5 * time.Millisecond, Instance: "a"})
+		ctx := context.Background()
+		h, err := m.Lock(ctx, Request{Name: "k", TTL: 10, Owner: "holder"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan lockResult, 1)
+		go func() {
+			g, err := m.Lock(ctx, Request{Name: "k", TTL: 2, Wait: 10 * time.Second, Owner: "next", Reentrant: reentrant})
+			got <- lockResult{g, err}
+		}()
+		waitFor(t, func() bool { return m.Stats().Waits == 1 })
+		if _, err := m.Unlock(ctx, "k", h.Fence); err == nil {
+			t.Fatal("the handoff's reply was lost, and the unlock said nothing")
+		}
+		r := <-got
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if r.g.Count != 1 || r.g.Again {
+			t.Errorf("reentrant %v: the waiter took the lock with %d levels, again %v; want 1, false", reentrant, r.g.Count, r.g.Again)
+		}
+	}
+}
