@@ -263,13 +263,39 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 	case len(best) > 0:
 		// Replicas disagree (a write half done, a replica that missed one):
 		// the lock is not free. Report it held by whoever most replicas
-		// name; a change from there finds each replica's cas by value.
-		return lockext.Item{Value: best[0].value, Version: &version{cas: make([]uint64, len(reps)), value: best[0].value, ttl: -1}, TTL: -1}, nil
+		// name, and of as many, by the newest grant: a replica that was
+		// down when the holder changed still names the grant before, and
+		// its holder must not be told the lock is not its own. A change
+		// from there finds each replica's cas by value.
+		v := newest(outs, len(best))
+		return lockext.Item{Value: v, Version: &version{cas: make([]uint64, len(reps)), value: v, ttl: -1}, TTL: -1}, nil
 	case misses > 0:
 		return lockext.Item{}, lockext.ErrStoreMiss
 	}
 	_, err := tally(outs)
 	return lockext.Item{}, err
+}
+
+// newest is, of the values that n of the replicas answered alike, the one
+// with the highest fence: the latest grant.
+func newest(outs []outcome, n int) []byte {
+	var v []byte
+	var top uint64
+	for _, o := range outs {
+		if o.err != nil {
+			continue
+		}
+		same := 0
+		for _, p := range outs {
+			if p.err == nil && bytes.Equal(p.value, o.value) {
+				same++
+			}
+		}
+		if f, _ := lockext.Fence(o.value); same == n && (v == nil || f > top) {
+			v, top = o.value, f
+		}
+	}
+	return v
 }
 
 func (s *store) Add(ctx context.Context, k lockext.Key, value []byte, ttl int) (lockext.Version, error) {

@@ -1,0 +1,37 @@
+package lockservice
+
+import (
+	"context"
+	"testing"
+)
+
+// One replica of three missed a change of holder (it was down), and then
+// another is down: the two that answer disagree. The holder's extend and
+// unlock must not be told NOT_OWNER because the stale replica still names
+// the grant before it.
+func TestStaleReplicaDoesNotDisownTheHolder(t *testing.T) {
+	f := fakes("a:1", "b:1", "c:1")
+	s := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1")
+	ctx := context.Background()
+	first, err := tryLock(s, "k", "first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f["b:1"].set(true, 0) // b misses the release and the next grant
+	if _, err := s.NewSession().Unlock(ctx, "k", first.Fence); err != nil {
+		t.Fatal(err)
+	}
+	second, err := tryLock(s, "k", "second")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f["b:1"].set(false, 0)
+	f["a:1"].set(true, 0)
+	other := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1") // knows nothing of the grant
+	if _, err := other.NewSession().Extend(ctx, "k", second.Fence, 30); err != nil {
+		t.Errorf("the holder's extend with one replica down and one stale: %v", err)
+	}
+	if _, err := other.NewSession().Unlock(ctx, "k", second.Fence); err != nil {
+		t.Fatalf("the holder's unlock with one replica down and one stale: %v", err)
+	}
+}
