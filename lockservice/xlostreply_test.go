@@ -66,6 +66,18 @@ func (r *cutRelay) answers(in, out net.Conn) {
 	}
 }
 
+// testPeerProxy runs a service with cfg over f behind a peer listener of
+// its own, shut down at the end of the test.
+func testPeerProxy(t *testing.T, f map[string]*fakeMC, cfg Config) *peerProxy {
+	t.Helper()
+	p, err := startPeerProxy(startService(t, f, cfg), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.shutdown(nil) })
+	return p
+}
+
 // A proxy forwards an unlock to the name's home, which carries it out,
 // and the link breaks before the answer arrives. Serving the unlock here
 // as well would answer NOT_FOUND to a holder whose grant ran until its
@@ -79,19 +91,11 @@ func TestForwardedUnlockAnswerLost(t *testing.T) {
 			cfg := testConfig(t, 1, 5, "a:1")
 			cfg.EarlyHandoff = true
 			cfg.Instance = "home"
-			home, err := startPeerProxy(startService(t, f, cfg), "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { home.shutdown(nil) })
+			home := testPeerProxy(t, f, cfg)
 			relay := startCutRelay(t, home.addr, func(line string) bool { return strings.Contains(line, " UNLOCKED ") })
 			home.svc.Advertise(relay.addr) // the others reach the home through the relay
 			cfg.Instance = "other"
-			other, err := startPeerProxy(startService(t, f, cfg), "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { other.shutdown(nil) })
+			other := testPeerProxy(t, f, cfg)
 			other.svc.refreshMembers()
 			name := nameHomedAt(t, other.svc, "home")
 
@@ -99,6 +103,7 @@ func TestForwardedUnlockAnswerLost(t *testing.T) {
 			sess := other.svc.NewSession()
 			req := lockext.Request{Name: name, TTL: 5, Owner: "holder", Reentrant: levels > 1}
 			var g lockext.Grant
+			var err error
 			for level := 1; level <= levels; level++ {
 				if g, err = sess.Lock(ctx, req); err != nil || g.Count != level {
 					t.Fatalf("lock level %d: %+v %v", level, g, err)
@@ -135,17 +140,9 @@ func TestUnlockFinishedByAHomeShuttingDown(t *testing.T) {
 	cfg := testConfig(t, 1, 5, "a:1")
 	cfg.Timeout = 5 * time.Second // the slow lock server below is slow, not down
 	cfg.Instance = "home"
-	home, err := startPeerProxy(startService(t, f, cfg), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { home.shutdown(nil) })
+	home := testPeerProxy(t, f, cfg)
 	cfg.Instance = "other"
-	other, err := startPeerProxy(startService(t, f, cfg), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { other.shutdown(nil) })
+	other := testPeerProxy(t, f, cfg)
 	other.svc.refreshMembers()
 	name := nameHomedAt(t, other.svc, "home")
 
