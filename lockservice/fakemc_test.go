@@ -23,6 +23,7 @@ type fakeMC struct {
 	evictable bool
 	down      bool
 	delay     time.Duration // before each answer
+	gate      chan struct{} // when set, commands wait until it is closed
 }
 
 type fakeItem struct {
@@ -63,6 +64,24 @@ func (f *fakeMC) set(down bool, delay time.Duration) {
 	f.mu.Unlock()
 }
 
+// hold keeps every command from now on waiting until the returned
+// channel is closed (or its caller gives up): a server paused at a chosen
+// moment, which the test resumes at another.
+func (f *fakeMC) hold() chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.gate = make(chan struct{})
+	return f.gate
+}
+
+// value is what the server holds under key; nil when nothing.
+func (f *fakeMC) value(key string) []byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	it, _ := f.live(key)
+	return it.value
+}
+
 func (f *fakeMC) has(key string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -81,10 +100,16 @@ func (f *fakeMC) live(key string) (fakeItem, bool) {
 
 func (f *fakeMC) Exchange(ctx context.Context, batch, reply []byte) ([]byte, error) {
 	f.mu.Lock()
-	down, delay := f.down, f.delay
+	down, delay, gate := f.down, f.delay, f.gate
 	f.mu.Unlock()
 	if down {
 		return nil, errFakeDown
+	}
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+		}
 	}
 	if delay > 0 {
 		// Like a paused server: the commands are carried out when it

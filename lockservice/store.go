@@ -397,17 +397,24 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 	return ver, nil
 }
 
-// overwrite puts a write that won its majority on a replica that refused
-// it because something else was there: most often a losing contender's add
-// not yet undone, which the next change would find under another value
-// again and again while clients contend, leaving the replica out of every
-// version until its copy expired (and one other replica out would then
-// stall the name). With the majority ours, what is there is no grant.
+// overwrite catches up a replica that refused a write which won its
+// majority because it held an older grant (a lower fence): a losing
+// contender's add not yet undone, or a grant it missed the end of. Left
+// there, the next change would find it again and again while clients
+// contend, and the replica would stay out of every version until its copy
+// expired (one other replica out would then stall the name).
+//
+// Nothing else is written over. By the time the refusal is handled the
+// majority may have moved on: the same grant changed by another process
+// (a level released, an extend) or handed on. Written back over that, a
+// state that is gone would stand on this replica, and two such replicas
+// are a majority for a change based on it. A newer fence is left to the
+// contender that added it, which undoes its add when it loses.
 func (s *store) overwrite(item string, value []byte, ttl int, r *replica, ver *version, i int) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	held, cas, _, err := r.get(ctx, item)
-	if err != nil || bytes.Equal(held, value) {
+	if err != nil || bytes.Equal(held, value) || !sameOrStale(held, value) {
 		return
 	}
 	if c, err := r.write(ctx, item, value, ttl, cas); err == nil {
