@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -144,16 +145,35 @@ type waiter struct {
 	req   Request       // a copy: the waiter is the one allocation a wait needs
 	wake  chan struct{} // a signal: something changed, look again
 	grant *Grant        // set under the mutex by a handoff
-	fence uint64        // the fence of its reservation as successor, if it has one
-	// handed is the fence of the grant a release last wrote for it, which
-	// may have landed though the release saw the write fail.
-	handed uint64
+	fence uint64        // the fence of its latest reservation as successor, if it has one
+	// written are the fences of the grants and reservations written for it
+	// (as successor, or by a release handing it the lock), the latest last.
+	// Any of them may have landed though its writer saw the write fail, and
+	// be in force when the waiter looks: it is then the grant the waiter
+	// asked for, not one its owner held before.
+	written []uint64
 }
+
+// maxWritten bounds waiter.written: a waiter is written in again only when
+// a write fails or a record changes under it, a few times in a long wait.
+const maxWritten = 8
+
+// wrote notes a fence written for w; m.mu must be held.
+func (w *waiter) wrote(fence uint64) {
+	if len(w.written) == maxWritten {
+		w.written = append(w.written[:0], w.written[1:]...)
+	}
+	w.written = append(w.written, fence)
+}
+
+// writtenFor reports whether fence was written for w; m.mu must be held.
+func (w *waiter) writtenFor(fence uint64) bool { return slices.Contains(w.written, fence) }
 
 // successorOf makes w the successor of the grant this process holds,
 // with a fence of its own; m.mu must be held.
 func (m *Manager) successorOf(st *keyState, w *waiter) *successor {
 	w.fence = m.nextFence(st)
+	w.wrote(w.fence)
 	return &successor{fence: w.fence, mode: mode(&w.req), kind: w.req.kind, ttl: w.req.TTL, by: m.cfg.Instance, owner: w.req.owner}
 }
 
@@ -186,7 +206,7 @@ func (m *Manager) abandoned(st *keyState, s *successor) bool {
 		return false
 	}
 	for _, w := range st.queue {
-		if w.fence == s.fence {
+		if w.writtenFor(s.fence) {
 			return false
 		}
 	}
@@ -591,7 +611,7 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, w *waiter) (Grant, 
 			st.held = nil // released or taken over through another process
 		}
 		abandoned := rec.next != nil && cur.fence == rec.next.fence && m.abandoned(st, rec.next)
-		forW := cur.fence == w.fence || cur.fence == w.handed // set under m.mu, by whoever wrote them
+		forW := w.writtenFor(cur.fence) // set under m.mu, by whoever wrote them
 		m.mu.Unlock()
 		if abandoned {
 			// A successor of ours that left, still named after its grant

@@ -204,7 +204,7 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 			return m.store.CompareAndDelete(ctx, st.key, cur.ver)
 		}
 		w := st.queue[0]
-		if next != nil && w.fence == next.fence && covered && m.kept(st.key, cur.ver) {
+		if next != nil && w.writtenFor(next.fence) && covered && m.kept(st.key, cur.ver) {
 			st.handedOn = cur.rec.fence
 			m.handOver(ctx, st, next, cur.ver)
 			return nil
@@ -212,7 +212,7 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 		req := &w.req
 		rec := record{fence: m.nextFence(st), mode: mode(req), count: 1, kind: req.kind, owner: req.owner}
 		rec.next = m.nextSuccessor(st, 1)
-		w.handed = rec.fence
+		w.wrote(rec.fence)
 		m.mu.Unlock()
 
 		newVer, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), rec.itemTTL(req.TTL), cur.ver)

@@ -115,3 +115,58 @@ func TestHandedGrantTakenAsNew(t *testing.T) {
 		}
 	}
 }
+
+// countingStore is a landsLostStore that counts the compare-and-swaps of
+// values lose picks.
+type countingStore struct {
+	landsLostStore
+	picked atomic.Int32
+}
+
+func (s *countingStore) CompareAndSwap(ctx context.Context, k Key, value []byte, ttl int, v Version) (Version, error) {
+	if s.lose(value) {
+		s.picked.Add(1)
+	}
+	return s.landsLostStore.CompareAndSwap(ctx, k, value, ttl, v)
+}
+
+// The write that reserves a reentrant waiter as successor lands, but its
+// reply is lost; the head reserves itself again, under another fence,
+// which fails (the record changed). The first reservation is in force all
+// the same, and a release through another process makes it the holder:
+// that grant was written for this very waiter, which takes it with one
+// level, not a second on top. Found by lockservice's TestCrossStress
+// (a proxy leaving the registry while its head waited).
+func TestEarlierReservationTakesOneLevel(t *testing.T) {
+	store := &countingStore{landsLostStore: landsLostStore{memStore: newMemStore(),
+		lose: func(v []byte) bool { return bytes.HasSuffix(v, []byte(" a next")) }}}
+	cfg := Config{Prefix: "L:", MaxTTL: 10, MaxWait: time.Minute, Poll: 5 * time.Millisecond, EarlyHandoff: true}
+	cfg.Instance = "a"
+	m := New(store, cfg)
+	cfg.Instance = "b"
+	other := New(store, cfg)
+	ctx := context.Background()
+	h, err := m.Lock(ctx, Request{Name: "k", TTL: 10, Owner: "holder"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan lockResult, 1)
+	go func() {
+		g, err := m.Lock(ctx, Request{Name: "k", TTL: 2, Wait: 10 * time.Second, Owner: "next", Reentrant: true})
+		got <- lockResult{g, err}
+	}()
+	waitFor(t, func() bool { return store.picked.Load() >= 2 }) // reserved, and again
+	if _, err := other.Unlock(ctx, "k", h.Fence); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.g.Count != 1 {
+		t.Fatalf("the waiter took its earlier reservation with %d levels, want 1", r.g.Count)
+	}
+	if left, err := m.Unlock(ctx, "k", r.g.Fence); err != nil || left != 0 {
+		t.Fatalf("its one unlock: %d levels left, %v", left, err)
+	}
+}
