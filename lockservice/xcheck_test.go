@@ -65,15 +65,15 @@ func (r *crossRun) anomaly(format string, args ...any) {
 	r.anomalies = append(r.anomalies, s+"; last events:"+r.recent())
 }
 
-// knownDefect records a defect the long runs of 2026-11-26 found and that
-// is not fixed, or not yet shown fixed by longer runs: NOT_OWNER or
-// NOT_FOUND to a client whose grant still runs (seen twice with three lock
-// servers, one slow or down; most likely replicas that disagreed reporting
-// the grant before, fixed since: TestStaleReplicaDoesNotDisownTheHolder),
-// and a reentrant lock left a level deep by its last unlock (seen once, two
-// proxies each taking itself for the name's home). Long runs
-// (LOCKSERVICE_STRESS) fail on it; short ones note it, so that make test
-// does not fail now and then on a defect the README lists.
+// knownDefect records an anomaly of a kind the long runs of 2026-11-26
+// found and whose fixes more long runs have yet to confirm: NOT_OWNER or
+// NOT_FOUND to a client whose grant still runs (replicas that disagreed
+// reporting the grant before: TestStaleReplicaDoesNotDisownTheHolder; one
+// more case seen after that fix), and a reentrant lock left a level deep
+// by its last unlock (a late refusal written over a newer change:
+// TestLateRefusalKeepsANewerChange). Long runs (LOCKSERVICE_STRESS) fail
+// on it; short ones note it, so that make test does not fail now and then
+// on a defect the README lists.
 func (r *crossRun) knownDefect(format string, args ...any) {
 	if crossStrict {
 		r.anomaly(format, args...)
