@@ -113,6 +113,9 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 			cur.ver = nil // changed behind our back (extended elsewhere, expired): read again
 			continue
 		}
+		if errors.Is(err, ErrNotOwner) {
+			return 0, err
+		}
 		if err != nil {
 			return 0, unavailable(err)
 		}
@@ -159,6 +162,16 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 				return ctx.Err()
 			}
 			continue
+		}
+		if n := cur.rec.next; n != nil && st.held != nil && st.held.rec.fence == n.fence {
+			// The successor this grant's record names holds the lock here:
+			// another release of this very grant (a retried unlock) that
+			// waited for the same write has handed it over, ahead of the
+			// write that says so. Until that write lands the record still
+			// names this grant, and a write over it would grant the lock a
+			// second time.
+			m.mu.Unlock()
+			return ErrNotOwner
 		}
 		if cur.reply != 0 {
 			// A later reply for the grant (its owner asked again while the
