@@ -22,8 +22,9 @@ type fakeMC struct {
 	evictions int64
 	evictable bool
 	down      bool
-	delay     time.Duration // before each answer
-	gate      chan struct{} // when set, commands wait until it is closed
+	delay     time.Duration      // before each answer
+	gate      chan struct{}      // when set, commands wait until it is closed
+	stall     func(batch []byte) // when set, runs before each batch is carried out
 }
 
 type fakeItem struct {
@@ -74,6 +75,20 @@ func (f *fakeMC) hold() chan struct{} {
 	return f.gate
 }
 
+// stallOn holds back, until the returned func is called, the batches that
+// pick chooses; the others go through.
+func (f *fakeMC) stallOn(pick func(batch []byte) bool) (resume func()) {
+	ch := make(chan struct{})
+	f.mu.Lock()
+	f.stall = func(b []byte) {
+		if pick(b) {
+			<-ch
+		}
+	}
+	f.mu.Unlock()
+	return sync.OnceFunc(func() { close(ch) })
+}
+
 // value is what the server holds under key; nil when nothing.
 func (f *fakeMC) value(key string) []byte {
 	f.mu.Lock()
@@ -100,7 +115,7 @@ func (f *fakeMC) live(key string) (fakeItem, bool) {
 
 func (f *fakeMC) Exchange(ctx context.Context, batch, reply []byte) ([]byte, error) {
 	f.mu.Lock()
-	down, delay, gate := f.down, f.delay, f.gate
+	down, delay, gate, stall := f.down, f.delay, f.gate, f.stall
 	f.mu.Unlock()
 	if down {
 		return nil, errFakeDown
@@ -110,6 +125,9 @@ func (f *fakeMC) Exchange(ctx context.Context, batch, reply []byte) ([]byte, err
 		case <-gate:
 		case <-ctx.Done():
 		}
+	}
+	if stall != nil {
+		stall(batch)
 	}
 	if delay > 0 {
 		// Like a paused server: the commands are carried out when it

@@ -32,6 +32,10 @@ func TestLateRefusalKeepsANewerChange(t *testing.T) {
 	const item = "__memcachedlock:k"
 	two := f["a:1"].value(item)
 	one := bytes.Replace(two, []byte(" r 2 "), []byte(" r 1 "), 1)
+	for i := 0; i < 100 && !(bytes.Equal(f["b:1"].value(item), two) && bytes.Equal(f["c:1"].value(item), two)); i++ {
+		time.Sleep(time.Millisecond) // the second level's write, on the replica that took it late
+	}
+	time.Sleep(10 * time.Millisecond) // and its outcome noted
 
 	// c's copy is rewritten behind the service's back (a new cas, the same
 	// value), so that it refuses the extend; and c answers only later.
@@ -56,5 +60,40 @@ func TestLateRefusalKeepsANewerChange(t *testing.T) {
 	other := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1") // knows nothing of the grant
 	if left, err := other.NewSession().Unlock(ctx, "k", g.Fence); err != nil || left != 0 {
 		t.Fatalf("the last level's unlock with one replica down: %d levels left, %v", left, err)
+	}
+}
+
+// A grant's add reaches one replica late, after the grant was released:
+// the release found that replica empty and counted it released. The add
+// landing then must be undone, or it stands there for the grant's ttl,
+// and with another replica down no new grant can find a majority.
+func TestLateAddAfterTheReleaseIsUndone(t *testing.T) {
+	f := fakes("a:1", "b:1", "c:1")
+	s := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1")
+	const item = "__memcachedlock:k"
+	resume := f["c:1"].stallOn(func(b []byte) bool {
+		return bytes.HasPrefix(b, []byte("ms "+item)) && bytes.Contains(b, []byte(" o first\r\n"))
+	})
+	defer resume()
+	first, err := s.NewSession().Lock(context.Background(), lockext.Request{Name: "k", TTL: 30, Owner: "first"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f["b:1"].set(true, 0)
+	if _, err := s.NewSession().Unlock(context.Background(), "k", first.Fence); err != nil {
+		t.Fatal(err)
+	}
+	resume() // the add lands on c now
+	for i := 0; i < 100 && !f["c:1"].has(item); i++ {
+		time.Sleep(time.Millisecond) // the add landing
+	}
+	for i := 0; i < 100 && f["c:1"].has(item); i++ {
+		time.Sleep(10 * time.Millisecond) // time for it to be undone
+	}
+	if v := f["c:1"].value(item); v != nil {
+		t.Fatalf("the released grant's late add stands on c: %q", v)
+	}
+	if _, err := tryLock(s, "k", "second"); err != nil {
+		t.Fatalf("a new grant with one replica down: %v", err)
 	}
 }

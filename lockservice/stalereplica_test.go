@@ -3,6 +3,7 @@ package lockservice
 import (
 	"context"
 	"testing"
+	"time"
 )
 
 // One replica of three missed a change of holder (it was down), and then
@@ -16,6 +17,9 @@ func TestStaleReplicaDoesNotDisownTheHolder(t *testing.T) {
 	first, err := tryLock(s, "k", "first")
 	if err != nil {
 		t.Fatal(err)
+	}
+	for i := 0; i < 100 && !f["b:1"].has("__memcachedlock:k"); i++ {
+		time.Sleep(time.Millisecond) // b took the grant, if after the other two
 	}
 	f["b:1"].set(true, 0) // b misses the release and the next grant
 	if _, err := s.NewSession().Unlock(ctx, "k", first.Fence); err != nil {

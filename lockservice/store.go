@@ -32,6 +32,12 @@ type version struct {
 	value []byte
 	ttl   int       // the grant's seconds when written or read; -1 unknown
 	one   [1]uint64 // cas's array for a name with one replica: one allocation, not two
+	// released is set when a release of this version begins. A replica
+	// whose add arrives after that, late, held nothing when the release
+	// looked, and was counted released: the add is undone, or it would
+	// stand there for the grant's whole ttl, and with one other replica
+	// down no new grant could find a majority.
+	released atomic.Bool
 }
 
 func (v *version) casAt(i int) uint64 {
@@ -367,7 +373,7 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		f := failed
 		mu.Unlock()
 		switch {
-		case f:
+		case f, o.err == nil && o.added && ver.released.Load():
 			undo(o)
 		case o.err == nil:
 			atomic.StoreUint64(&ver.cas[o.i], o.cas)
@@ -481,6 +487,7 @@ func (s *store) CompareAndDelete(ctx context.Context, k lockext.Key, v lockext.V
 		}
 		return reps[0].del(ctx, k.Item, prev.casAt(0))
 	}
+	prev.released.Store(true)
 	outs := fanOut(reps, func(i int, r *replica) outcome {
 		return outcome{i: i, err: deleteOn(ctx, i, r, k.Item, prev)}
 	}, s.decide(len(reps)), nil)
