@@ -291,3 +291,35 @@ func waitQueued(t *testing.T, home, name string, n int) {
 		}
 	}
 }
+
+// A client waiting for a lock through a proxy that is not the name's home
+// hangs up: its proxy notices (it watches the client from the moment it
+// forwards the lock) and tells the home, whose queue lets the waiter go.
+func TestLockForwardedWaiterHangsUp(t *testing.T) {
+	c := startCluster(t, 1)
+	addrs, _ := proxies(t, 2, proxy.Config{Servers: c.servers(t)})
+	holder := testmc.Dial(t, addrs[0])
+	if got := holder.RoundTrip("lock k 30"); !strings.HasPrefix(got, "LOCKED ") {
+		t.Fatal(got)
+	}
+	var waiters []*testmc.Conn
+	for _, a := range addrs { // one of the two is not k's home
+		w := testmc.Dial(t, a)
+		w.Send("lock k 30 60000\r\n")
+		waiters = append(waiters, w)
+	}
+	waitUntil := func(what string, n int) {
+		t.Helper()
+		for i := 0; i < 500 && lockInfoWaiters(t, addrs[0], "k") != n; i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if got := lockInfoWaiters(t, addrs[0], "k"); got != n {
+			t.Fatalf("%s: %d waiters at the home, want %d", what, got, n)
+		}
+	}
+	waitUntil("both waiting", 2)
+	for _, w := range waiters {
+		w.NetConn.Close()
+	}
+	waitUntil("both hung up", 0)
+}

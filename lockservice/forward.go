@@ -168,11 +168,12 @@ func (l *peerLink) send(tag uint64, req string) error {
 	return l.bw.Flush()
 }
 
-// call sends req and returns the home's reply fields. onWait runs when the
-// home says the request waits, wait is how long the request may wait
-// there. When ctx ends first, the home is told to cancel and its answer is
-// still awaited (briefly): a grant that won the race must reach the
-// caller, who releases what it cannot deliver.
+// call sends req and returns the home's reply fields. wait is how long the
+// request may wait there; onWait runs once it is sent, if it may wait at
+// all (the caller then watches its client for hanging up, which cancels
+// the request). When ctx ends first, the home is told to cancel and its
+// answer is still awaited (briefly): a grant that won the race must reach
+// the caller, who releases what it cannot deliver.
 func (l *peerLink) call(ctx context.Context, req string, onWait func(), wait time.Duration) ([]string, error) {
 	l.mu.Lock()
 	if err := l.connect(); err != nil {
@@ -189,6 +190,12 @@ func (l *peerLink) call(ctx context.Context, req string, onWait func(), wait tim
 		return nil, fmt.Errorf("%w: %v", errPeer, err)
 	}
 	l.mu.Unlock()
+	if onWait != nil && wait > 0 {
+		// Rather than when the home says the request waits: that message
+		// cost both proxies a wake-up for nearly every lock under
+		// contention, a sixth of the CPU a forwarded grant takes.
+		onWait()
+	}
 
 	done := ctx.Done()
 	// Past its wait a request is a few memcached round trips at the home,
@@ -203,11 +210,7 @@ func (l *peerLink) call(ctx context.Context, req string, onWait func(), wait tim
 				return nil, errAnswerLost
 			}
 			if f[0] == "W" {
-				if onWait != nil {
-					onWait()
-					onWait = nil
-				}
-				continue
+				continue // from a home of an older version
 			}
 			return f, nil
 		case <-done:

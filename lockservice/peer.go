@@ -25,12 +25,14 @@ import (
 //
 // and the home answers:
 //
-//	<tag> W                                  the lock request started to wait
 //	<tag> LOCKED <fence> <ttl> <count> <owner> <reply> [again]  reply, again: see lockext.Grant
 //	<tag> UNLOCKED <levels left>                 to U, and to R when given back
 //	<tag> EXTENDED <ttl>
 //	<tag> LOCK <fence> <ttl> <count> <owner> <waiters>
 //	<tag> ERR <code> <n>                     an error (codes below); n is a holder's ttl
+//
+// Homes of versions before 2026-11-26 also sent "<tag> W" when a lock
+// request started to wait, which the forwarding proxy ignores.
 //
 // Homes of versions before R send no <reply> and answer R with an error:
 // the forwarding proxy then keeps the grant. (Proxies of those versions

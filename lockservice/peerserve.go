@@ -73,7 +73,7 @@ func (s *Service) ServePeer(ctx context.Context, next func() ([]byte, error), se
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out := s.servePeerRequest(rctx, op, args, func() { send([]byte(tag + " W\r\n")) })
+			out := s.servePeerRequest(rctx, op, args)
 			mu.Lock()
 			delete(running, tag)
 			if g, ok := held.note(op, args, out); ok {
@@ -87,7 +87,7 @@ func (s *Service) ServePeer(ctx context.Context, next func() ([]byte, error), se
 }
 
 // servePeerRequest carries out one forwarded request here, as home.
-func (s *Service) servePeerRequest(ctx context.Context, op string, args []string, onWait func()) string {
+func (s *Service) servePeerRequest(ctx context.Context, op string, args []string) string {
 	s.forwardedIn.Add(1)
 	need := map[string]int{"L": 6, "U": 2, "E": 3, "I": 1, "R": 4}[op]
 	if need == 0 || len(args) != need {
@@ -100,7 +100,6 @@ func (s *Service) servePeerRequest(ctx context.Context, op string, args []string
 		if err != nil {
 			return encodeErr(err)
 		}
-		req.OnWait = onWait
 		var g lockext.Grant
 		if conn != "" {
 			g, err = s.manager.LockConn(ctx, req, conn)
