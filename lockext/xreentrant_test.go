@@ -26,21 +26,7 @@ func TestReservedReentrantTakesOneLevel(t *testing.T) {
 	} {
 		t.Run(tc.what, func(t *testing.T) {
 			store := newMemStore()
-			cfg := Config{Prefix: "L:", MaxTTL: 10, MaxWait: time.Minute, Poll: 5 * time.Millisecond, EarlyHandoff: true}
-			cfg.Instance = "a"
-			m := New(store, cfg)
-			cfg.Instance = "b"
-			other := New(store, cfg)
-			ctx := context.Background()
-			h, err := m.Lock(ctx, Request{Name: "k", TTL: tc.holderTTL, Owner: "holder"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := make(chan lockResult, 1)
-			go func() {
-				g, err := m.Lock(ctx, Request{Name: "k", TTL: 2, Wait: 10 * time.Second, Owner: "next", Reentrant: true})
-				got <- lockResult{g, err}
-			}()
+			m, other, h, got := reentrantBehindHolder(t, store, tc.holderTTL)
 			waitFor(t, func() bool { // reserved: the item names a successor
 				store.mu.Lock()
 				defer store.mu.Unlock()
@@ -48,21 +34,50 @@ func TestReservedReentrantTakesOneLevel(t *testing.T) {
 				return ok && bytes.Contains(it.value, []byte("\n"))
 			})
 			if tc.elsewhere {
-				if _, err := other.Unlock(ctx, "k", h.Fence); err != nil {
+				if _, err := other.Unlock(context.Background(), "k", h.Fence); err != nil {
 					t.Fatal(err)
 				}
 			}
-			r := <-got
-			if r.err != nil {
-				t.Fatal(r.err)
-			}
-			if r.g.Count != 1 {
-				t.Fatalf("the reserved reentrant waiter took the lock with %d levels, want 1", r.g.Count)
-			}
-			if left, err := m.Unlock(ctx, "k", r.g.Fence); err != nil || left != 0 {
-				t.Fatalf("its one unlock: %d levels left, %v", left, err)
-			}
+			oneLevel(t, m, <-got)
 		})
+	}
+}
+
+// reentrantBehindHolder has "holder" take k on a manager over store for
+// holderTTL seconds, and a reentrant "next" queue behind it there. It
+// returns that manager, another over the same store (another proxy), the
+// holder's grant and, once it ends, the waiter's lock call.
+func reentrantBehindHolder(t *testing.T, store Store, holderTTL int) (m, other *Manager, h Grant, got chan lockResult) {
+	t.Helper()
+	cfg := Config{Prefix: "L:", MaxTTL: 10, MaxWait: time.Minute, Poll: 5 * time.Millisecond, EarlyHandoff: true}
+	cfg.Instance = "a"
+	m = New(store, cfg)
+	cfg.Instance = "b"
+	other = New(store, cfg)
+	ctx := context.Background()
+	h, err := m.Lock(ctx, Request{Name: "k", TTL: holderTTL, Owner: "holder"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = make(chan lockResult, 1)
+	go func() {
+		g, err := m.Lock(ctx, Request{Name: "k", TTL: 2, Wait: 10 * time.Second, Owner: "next", Reentrant: true})
+		got <- lockResult{g, err}
+	}()
+	return m, other, h, got
+}
+
+// oneLevel checks that r granted one level, which one unlock on m releases.
+func oneLevel(t *testing.T, m *Manager, r lockResult) {
+	t.Helper()
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.g.Count != 1 {
+		t.Fatalf("the reserved reentrant waiter took the lock with %d levels, want 1", r.g.Count)
+	}
+	if left, err := m.Unlock(context.Background(), "k", r.g.Fence); err != nil || left != 0 {
+		t.Fatalf("its one unlock: %d levels left, %v", left, err)
 	}
 }
 
@@ -140,33 +155,10 @@ func (s *countingStore) CompareAndSwap(ctx context.Context, k Key, value []byte,
 func TestEarlierReservationTakesOneLevel(t *testing.T) {
 	store := &countingStore{landsLostStore: landsLostStore{memStore: newMemStore(),
 		lose: func(v []byte) bool { return bytes.HasSuffix(v, []byte(" a next")) }}}
-	cfg := Config{Prefix: "L:", MaxTTL: 10, MaxWait: time.Minute, Poll: 5 * time.Millisecond, EarlyHandoff: true}
-	cfg.Instance = "a"
-	m := New(store, cfg)
-	cfg.Instance = "b"
-	other := New(store, cfg)
-	ctx := context.Background()
-	h, err := m.Lock(ctx, Request{Name: "k", TTL: 10, Owner: "holder"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make(chan lockResult, 1)
-	go func() {
-		g, err := m.Lock(ctx, Request{Name: "k", TTL: 2, Wait: 10 * time.Second, Owner: "next", Reentrant: true})
-		got <- lockResult{g, err}
-	}()
+	m, other, h, got := reentrantBehindHolder(t, store, 10)
 	waitFor(t, func() bool { return store.picked.Load() >= 2 }) // reserved, and again
-	if _, err := other.Unlock(ctx, "k", h.Fence); err != nil {
+	if _, err := other.Unlock(context.Background(), "k", h.Fence); err != nil {
 		t.Fatal(err)
 	}
-	r := <-got
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	if r.g.Count != 1 {
-		t.Fatalf("the waiter took its earlier reservation with %d levels, want 1", r.g.Count)
-	}
-	if left, err := m.Unlock(ctx, "k", r.g.Fence); err != nil || left != 0 {
-		t.Fatalf("its one unlock: %d levels left, %v", left, err)
-	}
+	oneLevel(t, m, <-got)
 }
