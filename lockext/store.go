@@ -110,6 +110,9 @@ type successor struct {
 	owner string
 }
 
+// String is the record as a line, for logs.
+func (r record) String() string { return strings.ReplaceAll(string(r.encode()), "\n", " then ") }
+
 // holder is the grant the successor holds once it has the lock.
 func (s *successor) holder() record {
 	return record{fence: s.fence, mode: s.mode, count: 1, kind: s.kind, owner: s.owner}

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +23,7 @@ type store struct {
 	alone    [][]*replica // each replica as a set of one, for names with one replica
 	n        int          // replicas per name
 	clash    atomic.Bool  // a lock server's marker names another list (see differ)
+	log      *slog.Logger // Config.Trace: told each read's and write's outcome
 }
 
 // version is a lock item's state as the store last wrote or read it: the
@@ -242,6 +246,7 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 		best, misses := agree(outs)
 		return len(best) >= need || misses >= need
 	}, nil)
+	s.log.Debug("store get", "lock", k.Name, "replicas", describe(reps, outs))
 	best, misses := agree(outs)
 	answered := 0
 	for _, o := range outs {
@@ -372,6 +377,7 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		}
 		f := failed
 		mu.Unlock()
+		s.log.Debug("store write: a late answer", "lock", k.Name, "value", line(value), "replica", describe(reps, []outcome{o}), "undone", f)
 		switch {
 		case f, o.err == nil && o.added && ver.released.Load():
 			undo(o)
@@ -386,6 +392,8 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 	resolved, failed = true, ok < need
 	late := pending
 	mu.Unlock()
+	s.log.Debug("store write", "lock", k.Name, "value", line(value), "ttl", ttl, "prev", prev.line(),
+		"replicas", describe(reps, outs), "late", describe(reps, late), "took", !failed, "err", err)
 	if failed {
 		for _, o := range append(outs, late...) {
 			undo(o)
@@ -401,6 +409,40 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		}
 	}
 	return ver, nil
+}
+
+// describe is outs as a line, for logs: each replica's answer.
+func describe(reps []*replica, outs []outcome) string {
+	var b strings.Builder
+	for n, o := range outs {
+		if n > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s=", reps[o.i].addr)
+		switch {
+		case o.err != nil:
+			b.WriteString(o.err.Error())
+		case o.value != nil:
+			fmt.Fprintf(&b, "%q ttl %d", line(o.value), o.ttl)
+		case o.added:
+			b.WriteString("added")
+		default:
+			b.WriteString("ok")
+		}
+		fmt.Fprintf(&b, " cas %d", o.cas)
+	}
+	return b.String()
+}
+
+// line is a lock item's value on one line, for logs.
+func line(value []byte) string { return strings.ReplaceAll(string(value), "\n", " then ") }
+
+// line is v's value on one line, for logs.
+func (v *version) line() string {
+	if v == nil {
+		return ""
+	}
+	return line(v.value)
 }
 
 // overwrite catches up a replica that refused a write which won its
@@ -421,11 +463,14 @@ func (s *store) overwrite(item string, value []byte, ttl int, r *replica, ver *v
 	defer cancel()
 	held, cas, _, err := r.get(ctx, item)
 	if err != nil || bytes.Equal(held, value) || !sameOrStale(held, value) {
+		s.log.Debug("store overwrite: left", "item", item, "replica", r.addr, "held", line(held), "err", err)
 		return
 	}
-	if c, err := r.write(ctx, item, value, ttl, cas); err == nil {
+	c, err := r.write(ctx, item, value, ttl, cas)
+	if err == nil {
 		atomic.StoreUint64(&ver.cas[i], c)
 	}
+	s.log.Debug("store overwrite", "item", item, "replica", r.addr, "held", line(held), "value", line(value), "err", err)
 }
 
 // swapOn writes value on replica r: added when prev is nil; else in place
@@ -491,6 +536,7 @@ func (s *store) CompareAndDelete(ctx context.Context, k lockext.Key, v lockext.V
 	outs := fanOut(reps, func(i int, r *replica) outcome {
 		return outcome{i: i, err: deleteOn(ctx, i, r, k.Item, prev)}
 	}, s.decide(len(reps)), nil)
+	s.log.Debug("store delete", "lock", k.Name, "prev", prev.line(), "replicas", describe(reps, outs))
 	ok, err := tally(outs)
 	if ok >= s.majority() {
 		return nil
