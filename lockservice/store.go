@@ -42,6 +42,55 @@ type version struct {
 	// stand there for the grant's whole ttl, and with one other replica
 	// down no new grant could find a majority.
 	released atomic.Bool
+	// replaced are the cas arrays of the versions this one's writes
+	// replaced on a majority, the latest first, up to keptReplaced (see
+	// supersedes).
+	replaced [][]uint64
+}
+
+// keptReplaced is how many replaced versions a version remembers: a
+// replica that missed more changes than that waits for its copy to
+// expire.
+const keptReplaced = 4
+
+// after is the version a write of value over prev makes (prev nil: an
+// add, which replaced nothing).
+func after(prev *version, value []byte, ttl, replicas int) *version {
+	v := &version{value: value, ttl: ttl}
+	if replicas == 1 {
+		v.cas = v.one[:]
+	} else {
+		v.cas = make([]uint64, replicas)
+	}
+	if prev != nil {
+		v.replaced = append(append(make([][]uint64, 0, keptReplaced), prev.cas), prev.replaced[:min(len(prev.replaced), keptReplaced-1)]...)
+	}
+	return v
+}
+
+// supersedes reports whether replica i holds, at cas, an item that v's
+// writes replaced on a majority: an earlier state of v's grant, or the
+// grant it was handed on from, as that replica took it. That state was
+// changed, released or handed on by a write that won, so it can never be
+// in force again; the replica missed that write and may be written over.
+//
+// Nothing else is written over, not even an older fence: it may be an
+// add still on its way (its fence taken from a clock before ours, or
+// before a grant that has come and gone since), whose writer counts this
+// replica's answer among its majority. Written over, the add would be
+// granted on fewer replicas than it counted, and a second grant could be
+// made on the others while it runs. (A cas, not a value, names the state:
+// a value comes back, as when a level taken is released again.)
+func (v *version) supersedes(i int, cas uint64) bool {
+	if cas == 0 {
+		return false
+	}
+	for _, r := range v.replaced {
+		if i < len(r) && atomic.LoadUint64(&r[i]) == cas {
+			return true
+		}
+	}
+	return false
 }
 
 func (v *version) casAt(i int) uint64 {
@@ -166,6 +215,26 @@ func tally(outs []outcome) (ok int, err error) {
 		}
 	}
 	return ok, err
+}
+
+// errNoMajority: a change or a release found neither a majority that
+// took it nor one that refused it, the others not answering.
+var errNoMajority = errors.New("lockservice: too few lock servers answered")
+
+// refused reports whether a majority refused a change or a release (its
+// grant changed or gone there). Fewer refusals, the other replicas not
+// answering, say nothing of the grant: told "changed", the manager would
+// read it again and again, find the same split, and at last tell its
+// holder it is not the owner. Unavailable is the answer then, as when
+// two replicas of three are down.
+func refused(outs []outcome, replicas, need int) bool {
+	n := 0
+	for _, o := range outs {
+		if errors.Is(o.err, lockext.ErrStoreExists) || errors.Is(o.err, lockext.ErrStoreMiss) || o.err == nil && o.added {
+			n++
+		}
+	}
+	return n > replicas-need
 }
 
 // unanswered is why too few replicas answered: a layout clash, else the
@@ -338,11 +407,11 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		if err != nil {
 			return nil, err
 		}
-		v := &version{value: value, ttl: ttl, one: [1]uint64{c}}
-		v.cas = v.one[:]
+		v := after(nil, value, ttl, 1) // one replica never lags: nothing to remember
+		v.cas[0] = c
 		return v, nil
 	}
-	ver := &version{cas: make([]uint64, len(reps)), value: value, ttl: ttl}
+	ver := after(prev, value, ttl, len(reps))
 	var mu sync.Mutex
 	resolved, failed := false, false
 	var pending []outcome
@@ -398,6 +467,12 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		for _, o := range append(outs, late...) {
 			undo(o)
 		}
+		if prev != nil && errors.Is(err, lockext.ErrStoreExists) && !refused(outs, len(reps), need) {
+			err = errNoMajority
+			if e := unanswered(outs); e != nil {
+				err = e
+			}
+		}
 		return nil, err
 	}
 	for _, o := range append(outs, late...) {
@@ -446,23 +521,22 @@ func (v *version) line() string {
 }
 
 // overwrite catches up a replica that refused a write which won its
-// majority because it held an older grant (a lower fence): a losing
-// contender's add not yet undone, or a grant it missed the end of. Left
-// there, the next change would find it again and again while clients
-// contend, and the replica would stay out of every version until its copy
-// expired (one other replica out would then stall the name).
+// majority because it held a value the write's version supersedes: a
+// grant it missed the change or the end of. Left there, the replica would
+// stay out of every version until its copy expired (one other replica out
+// would then stall the name).
 //
-// Nothing else is written over. By the time the refusal is handled the
-// majority may have moved on: the same grant changed by another process
-// (a level released, an extend) or handed on. Written back over that, a
-// state that is gone would stand on this replica, and two such replicas
-// are a majority for a change based on it. A newer fence is left to the
-// contender that added it, which undoes its add when it loses.
+// Nothing else is written over (see supersedes). By the time the refusal
+// is handled the majority may have moved on: the same grant changed by
+// another process (a level released, an extend) or handed on. Written
+// back over that, a state that is gone would stand on this replica, and
+// two such replicas are a majority for a change based on it. A losing
+// contender's add is left to the contender, which undoes it.
 func (s *store) overwrite(item string, value []byte, ttl int, r *replica, ver *version, i int) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	held, cas, _, err := r.get(ctx, item)
-	if err != nil || bytes.Equal(held, value) || !sameOrStale(held, value) {
+	if err != nil || !ver.supersedes(i, cas) {
 		s.log.Debug("store overwrite: left", "item", item, "replica", r.addr, "held", line(held), "err", err)
 		return
 	}
@@ -476,10 +550,10 @@ func (s *store) overwrite(item string, value []byte, ttl int, r *replica, ver *v
 // swapOn writes value on replica r: added when prev is nil; else in place
 // of prev's value, by its cas when known, and otherwise (unknown, or
 // changed since: a replica that missed a write or lost its items) by the
-// cas of what r holds if that is prev's value or an older grant, or added
-// if r holds nothing. So the replicas that fell behind catch up with every change,
-// and a lock held for long is back on all of them. Adds are checked
-// against the marker like any grant.
+// cas of what r holds if that is prev's value or one prev supersedes, or
+// added if r holds nothing. So the replicas that fell behind catch up with
+// the changes they missed, and a lock held for long is back on all of
+// them. Adds are checked against the marker like any grant.
 func swapOn(ctx context.Context, i int, r *replica, item string, value []byte, ttl int, prev *version) outcome {
 	cas := prev.casAt(i)
 	if prev == nil || cas != 0 {
@@ -494,26 +568,11 @@ func swapOn(ctx context.Context, i int, r *replica, item string, value []byte, t
 		c = 0
 	case err != nil:
 		return outcome{i: i, err: err}
-	case !sameOrStale(held, prev.value):
+	case !bytes.Equal(held, prev.value) && !prev.supersedes(i, c):
 		return outcome{i: i, err: lockext.ErrStoreExists}
 	}
 	nc, err := r.write(ctx, item, value, ttl, c)
 	return outcome{i: i, cas: nc, err: err, added: c == 0}
-}
-
-// sameOrStale reports whether a replica that holds held may be written
-// over as if it held want: it does, or it holds an older grant (a lower
-// fence) that it missed the end of. An older grant can never be current
-// again: want, granted after it, was once on a majority, and a grant
-// regains no majority it lost. A newer value (another writer's, on its
-// way) is left alone.
-func sameOrStale(held, want []byte) bool {
-	if bytes.Equal(held, want) {
-		return true
-	}
-	h, ok1 := lockext.Fence(held)
-	w, ok2 := lockext.Fence(want)
-	return ok1 && ok2 && h < w
 }
 
 // CompareAndDelete releases prev on every replica of the name. A replica
@@ -538,14 +597,21 @@ func (s *store) CompareAndDelete(ctx context.Context, k lockext.Key, v lockext.V
 	}, s.decide(len(reps)), nil)
 	s.log.Debug("store delete", "lock", k.Name, "prev", prev.line(), "replicas", describe(reps, outs))
 	ok, err := tally(outs)
-	if ok >= s.majority() {
+	switch {
+	case ok >= s.majority():
 		return nil
+	case errors.Is(err, lockext.ErrStoreExists) && !refused(outs, len(reps), s.majority()):
+		if e := unanswered(outs); e != nil {
+			return e
+		}
+		return errNoMajority
 	}
 	return err
 }
 
 // deleteOn deletes prev's value from replica r, by its cas when known,
-// else by the cas of what r holds if that is prev's value.
+// else by the cas of what r holds if that is prev's value or one prev
+// supersedes.
 func deleteOn(ctx context.Context, i int, r *replica, item string, prev *version) error {
 	if cas := prev.casAt(i); cas != 0 {
 		err := r.del(ctx, item, cas)
@@ -562,7 +628,7 @@ func deleteOn(ctx context.Context, i int, r *replica, item string, prev *version
 		return nil
 	case err != nil:
 		return err
-	case !sameOrStale(held, prev.value):
+	case !bytes.Equal(held, prev.value) && !prev.supersedes(i, c):
 		return lockext.ErrStoreExists
 	}
 	if err := r.del(ctx, item, c); err != nil && !errors.Is(err, lockext.ErrStoreMiss) {
