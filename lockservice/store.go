@@ -24,6 +24,7 @@ type store struct {
 	n        int          // replicas per name
 	clash    atomic.Bool  // a lock server's marker names another list (see differ)
 	log      *slog.Logger // Config.Trace: told each read's and write's outcome
+	catching sync.Map     // catchUp -> true: a replica's copy being caught up (see overwrite)
 }
 
 // version is a lock item's state as the store last wrote or read it: the
@@ -162,7 +163,21 @@ type outcome struct {
 	ttl   int
 	err   error
 	added bool // a write that added the item: nothing was there before
+	// stray: the write took, but answered after its vote window (see
+	// voteWindow). It counts for nothing, and is undone with the rest
+	// when the write fails.
+	stray bool
 }
+
+// voteWindow is how long after a write begins its replicas' answers count
+// as votes. The answers the exchange's own deadline lets through come
+// well within it (a timeout each, after the server is ready); one past
+// it took, but says nothing. It bounds how long a write's decision may
+// rest on a replica that took it (see overwrite).
+func voteWindow(r *replica) time.Duration { return 4 * r.timeout }
+
+// errStray: a replica took a write after its vote window.
+var errStray = errors.New("lockservice: lock server answered after the write's vote window")
 
 // fanOut runs op on every replica at once and collects outcomes until
 // enough decides the result: it returns as soon as done says so, so a
@@ -230,7 +245,7 @@ var errNoMajority = errors.New("lockservice: too few lock servers answered")
 func refused(outs []outcome, replicas, need int) bool {
 	n := 0
 	for _, o := range outs {
-		if errors.Is(o.err, lockext.ErrStoreExists) || errors.Is(o.err, lockext.ErrStoreMiss) || o.err == nil && o.added {
+		if errors.Is(o.err, lockext.ErrStoreExists) {
 			n++
 		}
 	}
@@ -417,7 +432,7 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 	var pending []outcome
 	undo := func(o outcome) {
 		switch {
-		case o.err != nil:
+		case o.err != nil && !o.stray:
 		case o.added:
 			reps[o.i].undo(k.Item, o.cas)
 		default:
@@ -432,8 +447,13 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		count = s.tallyChange
 	}
 	need := s.majority()
+	sent := time.Now()
 	outs := fanOut(reps, func(i int, r *replica) outcome {
-		return swapOn(ctx, i, r, k.Item, value, ttl, prev)
+		o := swapOn(ctx, i, r, k.Item, value, ttl, prev)
+		if o.err == nil && time.Since(sent) > voteWindow(r) {
+			o.err, o.stray = errStray, true
+		}
+		return o
 	}, func(outs []outcome) bool {
 		ok, err := count(outs)
 		return ok >= need || len(outs)-ok > len(reps)-need || errors.Is(err, lockext.ErrStoreMiss)
@@ -450,10 +470,10 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		switch {
 		case f, o.err == nil && o.added && ver.released.Load():
 			undo(o)
-		case o.err == nil:
+		case o.err == nil, o.stray:
 			atomic.StoreUint64(&ver.cas[o.i], o.cas)
 		case errors.Is(o.err, lockext.ErrStoreExists):
-			s.overwrite(k.Item, value, ttl, reps[o.i], ver, o.i)
+			s.overwrite(k, value, ttl, reps, ver, o.i)
 		}
 	})
 	ok, err := count(outs)
@@ -477,10 +497,10 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 	}
 	for _, o := range append(outs, late...) {
 		switch {
-		case o.err == nil:
+		case o.err == nil, o.stray:
 			atomic.StoreUint64(&ver.cas[o.i], o.cas)
 		case errors.Is(o.err, lockext.ErrStoreExists):
-			go s.overwrite(k.Item, value, ttl, reps[o.i], ver, o.i)
+			go s.overwrite(k, value, ttl, reps, ver, o.i)
 		}
 	}
 	return ver, nil
@@ -520,31 +540,90 @@ func (v *version) line() string {
 	return line(v.value)
 }
 
-// overwrite catches up a replica that refused a write which won its
-// majority because it held a value the write's version supersedes: a
-// grant it missed the change or the end of. Left there, the replica would
+// overwrite catches up replica i, which refused a write that won its
+// majority because it held something else. Left there, the replica would
 // stay out of every version until its copy expired (one other replica out
 // would then stall the name).
 //
-// Nothing else is written over (see supersedes). By the time the refusal
-// is handled the majority may have moved on: the same grant changed by
-// another process (a level released, an extend) or handed on. Written
-// back over that, a state that is gone would stand on this replica, and
-// two such replicas are a majority for a change based on it. A losing
-// contender's add is left to the contender, which undoes it.
-func (s *store) overwrite(item string, value []byte, ttl int, r *replica, ver *version, i int) {
+// A state the write's version supersedes is written over at once. Any
+// other older grant (a lower fence: one whose end the replica missed, or
+// a losing contender's add not yet undone) may also be an add still on
+// its way, whose writer counts this replica among its majority (see
+// supersedes). It is written over only once it has stood there for
+// longer than a write's vote window, so that its writer has decided, and
+// only if it is then on no majority (it lost, or its grant has ended)
+// while the write's value still is. A newer fence is left to its writer.
+//
+// Each is written over by the cas it was read with: by the time the
+// refusal is handled the majority may have moved on (the same grant
+// changed by another process, or handed on), and a state that is gone,
+// written back, would stand on this replica; two such replicas are a
+// majority for a change based on it.
+func (s *store) overwrite(k lockext.Key, value []byte, ttl int, reps []*replica, ver *version, i int) {
+	r := reps[i]
+	key := catchUp{k.Item, r}
+	if _, busy := s.catching.LoadOrStore(key, true); busy {
+		return // one catch-up of a replica at a time
+	}
+	defer s.catching.Delete(key)
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-	defer cancel()
-	held, cas, _, err := r.get(ctx, item)
-	if err != nil || !ver.supersedes(i, cas) {
-		s.log.Debug("store overwrite: left", "item", item, "replica", r.addr, "held", line(held), "err", err)
+	held, cas, _, err := r.get(ctx, k.Item)
+	cancel()
+	switch {
+	case err != nil:
+		return
+	case ver.supersedes(i, cas):
+	case olderGrant(held, value):
+		time.Sleep(voteWindow(r) + r.timeout)
+		if !s.settled(k.Item, reps, held, value) {
+			s.log.Debug("store overwrite: left, not settled", "lock", k.Name, "replica", r.addr, "held", line(held))
+			return
+		}
+	default:
+		s.log.Debug("store overwrite: left", "lock", k.Name, "replica", r.addr, "held", line(held))
 		return
 	}
-	c, err := r.write(ctx, item, value, ttl, cas)
+	ctx, cancel = context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	c, err := r.write(ctx, k.Item, value, ttl, cas)
 	if err == nil {
 		atomic.StoreUint64(&ver.cas[i], c)
 	}
-	s.log.Debug("store overwrite", "item", item, "replica", r.addr, "held", line(held), "value", line(value), "err", err)
+	s.log.Debug("store overwrite", "lock", k.Name, "replica", r.addr, "held", line(held), "value", line(value), "err", err)
+}
+
+// catchUp names a replica's copy of a lock item being caught up.
+type catchUp struct {
+	item string
+	r    *replica
+}
+
+// olderGrant reports whether held names a grant older (a lower fence)
+// than value.
+func olderGrant(held, value []byte) bool {
+	h, ok1 := lockext.Fence(held)
+	v, ok2 := lockext.Fence(value)
+	return ok1 && ok2 && h < v
+}
+
+// settled reports whether, read now, old is on no majority of the
+// replicas and value is on one.
+func (s *store) settled(item string, reps []*replica, old, value []byte) bool {
+	olds, values := 0, 0
+	for _, r := range reps {
+		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+		held, _, _, err := r.get(ctx, item)
+		cancel()
+		switch {
+		case err == nil && bytes.Equal(held, old):
+			olds++
+		case err == nil && bytes.Equal(held, value):
+			values++
+		case err != nil && !errors.Is(err, lockext.ErrStoreMiss):
+			return false // unanswered: it may hold old
+		}
+	}
+	return olds < s.majority() && values >= s.majority()
 }
 
 // swapOn writes value on replica r: added when prev is nil; else in place
