@@ -545,20 +545,20 @@ func (v *version) line() string {
 // stay out of every version until its copy expired (one other replica out
 // would then stall the name).
 //
-// A state the write's version supersedes is written over at once. Any
-// other older grant (a lower fence: one whose end the replica missed, or
-// a losing contender's add not yet undone) may also be an add still on
-// its way, whose writer counts this replica among its majority (see
-// supersedes). It is written over only once it has stood there for
-// longer than a write's vote window, so that its writer has decided, and
-// only if it is then on no majority (it lost, or its grant has ended)
-// while the write's value still is. A newer fence is left to its writer.
+// A state the write's version supersedes is written over at once, by the
+// cas it was read with: by the time the refusal is handled the majority
+// may have moved on (the same grant changed by another process, or handed
+// on), and a state that is gone, written back, would stand on this
+// replica; two such replicas are a majority for a change based on it.
 //
-// Each is written over by the cas it was read with: by the time the
-// refusal is handled the majority may have moved on (the same grant
-// changed by another process, or handed on), and a state that is gone,
-// written back, would stand on this replica; two such replicas are a
-// majority for a change based on it.
+// Any other older grant (a lower fence: one whose end the replica missed,
+// or a losing contender's add not yet undone) may also be an add still on
+// its way, whose writer counts this replica among its majority (see
+// supersedes). It is deleted only once it has stood there, unchanged, for
+// longer than a write's vote window, so that its writer has decided, and
+// only if it is then on no majority: it lost, or its grant has ended. The
+// next change brings the empty replica up to date. A newer fence is left
+// to its writer.
 func (s *store) overwrite(k lockext.Key, value []byte, ttl int, reps []*replica, ver *version, i int) {
 	r := reps[i]
 	key := catchUp{k.Item, r}
@@ -575,10 +575,15 @@ func (s *store) overwrite(k lockext.Key, value []byte, ttl int, reps []*replica,
 	case ver.supersedes(i, cas):
 	case olderGrant(held, value):
 		time.Sleep(voteWindow(r) + r.timeout)
-		if !s.settled(k.Item, reps, held, value) {
+		if !s.settled(k.Item, reps, held) {
 			s.log.Debug("store overwrite: left, not settled", "lock", k.Name, "replica", r.addr, "held", line(held))
 			return
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+		defer cancel()
+		err := r.del(ctx, k.Item, cas)
+		s.log.Debug("store overwrite: an older grant deleted", "lock", k.Name, "replica", r.addr, "held", line(held), "err", err)
+		return
 	default:
 		s.log.Debug("store overwrite: left", "lock", k.Name, "replica", r.addr, "held", line(held))
 		return
@@ -607,9 +612,9 @@ func olderGrant(held, value []byte) bool {
 }
 
 // settled reports whether, read now, old is on no majority of the
-// replicas and value is on one.
-func (s *store) settled(item string, reps []*replica, old, value []byte) bool {
-	olds, values := 0, 0
+// replicas: every one answered, and fewer than a majority hold it.
+func (s *store) settled(item string, reps []*replica, old []byte) bool {
+	olds := 0
 	for _, r := range reps {
 		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 		held, _, _, err := r.get(ctx, item)
@@ -617,13 +622,11 @@ func (s *store) settled(item string, reps []*replica, old, value []byte) bool {
 		switch {
 		case err == nil && bytes.Equal(held, old):
 			olds++
-		case err == nil && bytes.Equal(held, value):
-			values++
 		case err != nil && !errors.Is(err, lockext.ErrStoreMiss):
 			return false // unanswered: it may hold old
 		}
 	}
-	return olds < s.majority() && values >= s.majority()
+	return olds < s.majority()
 }
 
 // swapOn writes value on replica r: added when prev is nil; else in place
