@@ -236,16 +236,16 @@ func tally(outs []outcome) (ok int, err error) {
 // took it nor one that refused it, the others not answering.
 var errNoMajority = errors.New("lockservice: too few lock servers answered")
 
-// refused reports whether a majority refused a change or a release (its
-// grant changed or gone there). Fewer refusals, the other replicas not
+// refused reports whether a majority refused a change or a release: its
+// grant changed or gone there (a replica that held nothing, and was
+// added to, says it is gone). Fewer refusals, the other replicas not
 // answering, say nothing of the grant: told "changed", the manager would
-// read it again and again, find the same split, and at last tell its
-// holder it is not the owner. Unavailable is the answer then, as when
+// read it again and find no more. Unavailable is the answer then, as when
 // two replicas of three are down.
 func refused(outs []outcome, replicas, need int) bool {
 	n := 0
 	for _, o := range outs {
-		if errors.Is(o.err, lockext.ErrStoreExists) {
+		if errors.Is(o.err, lockext.ErrStoreExists) || errors.Is(o.err, lockext.ErrStoreMiss) || o.added && (o.err == nil || o.stray) {
 			n++
 		}
 	}
@@ -468,7 +468,7 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		mu.Unlock()
 		s.log.Debug("store write: a late answer", "lock", k.Name, "value", line(value), "replica", describe(reps, []outcome{o}), "undone", f)
 		switch {
-		case f, o.err == nil && o.added && ver.released.Load():
+		case f, (o.err == nil || o.stray) && o.added && ver.released.Load():
 			undo(o)
 		case o.err == nil, o.stray:
 			atomic.StoreUint64(&ver.cas[o.i], o.cas)
