@@ -70,8 +70,10 @@ func (r *crossRun) anomaly(format string, args ...any) {
 // knownDefect records an anomaly of a kind the long runs of 2026-11-26
 // found and whose fixes more long runs have yet to confirm: NOT_OWNER or
 // NOT_FOUND to a client whose grant still runs (replicas that disagreed
-// reporting the grant before: TestStaleReplicaDoesNotDisownTheHolder; one
-// more case seen after that fix), and a reentrant lock left a level deep
+// reporting the grant before: TestStaleReplicaDoesNotDisownTheHolder;
+// eight failed changes of a grant found in force:
+// TestChangedUnderEveryTryIsUnavailable; an add on its way written over:
+// TestAnAddOnItsWayKeepsItsReplicas), and a reentrant lock left a level deep
 // by its last unlock (a late refusal written over a newer change:
 // TestLateRefusalKeepsANewerChange). Long runs (LOCKSERVICE_STRESS) fail
 // on it; short ones note it, so that make test does not fail now and then
