@@ -74,6 +74,10 @@ func after(prev *version, value []byte, ttl, replicas int) *version {
 // grant it was handed on from, as that replica took it. That state was
 // changed, released or handed on by a write that won, so it can never be
 // in force again; the replica missed that write and may be written over.
+// Only a grant handed on from (an older fence) is: an earlier state of
+// the same grant is left, as a write still on its way to that replica
+// finds it by its bytes, and those may come back (see ARCHITECTURE.md,
+// Replicas that fall behind).
 //
 // Nothing else is written over, not even an older fence: it may be an
 // add still on its way (its fence taken from a clock before ours, or
@@ -572,7 +576,7 @@ func (s *store) overwrite(k lockext.Key, value []byte, ttl int, reps []*replica,
 	switch {
 	case err != nil:
 		return
-	case ver.supersedes(i, cas):
+	case ver.supersedes(i, cas) && olderGrant(held, value):
 	case olderGrant(held, value):
 		time.Sleep(voteWindow(r) + r.timeout)
 		if !s.settled(k.Item, reps, held) {
@@ -650,7 +654,7 @@ func swapOn(ctx context.Context, i int, r *replica, item string, value []byte, t
 		c = 0
 	case err != nil:
 		return outcome{i: i, err: err}
-	case !bytes.Equal(held, prev.value) && !prev.supersedes(i, c):
+	case !bytes.Equal(held, prev.value) && !(prev.supersedes(i, c) && olderGrant(held, prev.value)):
 		return outcome{i: i, err: lockext.ErrStoreExists}
 	}
 	nc, err := r.write(ctx, item, value, ttl, c)
@@ -710,7 +714,7 @@ func deleteOn(ctx context.Context, i int, r *replica, item string, prev *version
 		return nil
 	case err != nil:
 		return err
-	case !bytes.Equal(held, prev.value) && !prev.supersedes(i, c):
+	case !bytes.Equal(held, prev.value) && !(prev.supersedes(i, c) && olderGrant(held, prev.value)):
 		return lockext.ErrStoreExists
 	}
 	if err := r.del(ctx, item, c); err != nil && !errors.Is(err, lockext.ErrStoreMiss) {
