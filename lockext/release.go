@@ -105,6 +105,14 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 					ttl = min(it.TTL, n.ttl)
 				}
 			}
+			if held.fence != fence && it.TTL < 0 {
+				// The store could not say how long the item lives: its
+				// copies disagree, none of them on a majority. Another
+				// grant named by one of them is no proof that this one
+				// has ended.
+				m.log.Debug("unsure: another grant named, no majority", "lock", name, "fence", fence, "try", tries, "record", rec)
+				return 0, errNoMajorityRead
+			}
 			if held.fence != fence {
 				m.log.Debug("not owner: another grant in force", "lock", name, "fence", fence, "try", tries,
 					"record", rec, "item ttl", it.TTL, "in force", held.fence)
@@ -132,6 +140,9 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 	m.log.Debug("changed under every try", "lock", name, "fence", fence)
 	return 0, errChangedEveryTry
 }
+
+// errNoMajorityRead: see withGrant.
+var errNoMajorityRead = fmt.Errorf("%w: its lock servers disagree on who holds it", ErrUnavailable)
 
 // errChangedEveryTry: see withGrant.
 var errChangedEveryTry = fmt.Errorf("%w: the grant could not be changed (its lock servers disagree)", ErrUnavailable)

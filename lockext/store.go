@@ -25,7 +25,7 @@ type Version any
 type Item struct {
 	Value   []byte
 	Version Version
-	TTL     int // the grant's remaining seconds; -1 when it does not expire
+	TTL     int // the grant's remaining seconds; -1 when it does not expire, or is not known (copies that disagree)
 }
 
 // Store is the memcached server that holds a lock's state. Implementations
