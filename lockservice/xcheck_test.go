@@ -72,7 +72,8 @@ func (r *crossRun) anomaly(format string, args ...any) {
 // NOT_FOUND to a client whose grant still runs (replicas that disagreed
 // reporting the grant before: TestStaleReplicaDoesNotDisownTheHolder;
 // eight failed changes of a grant found in force:
-// TestChangedUnderEveryTryIsUnavailable; an add on its way written over:
+// TestChangedUnderEveryTryIsUnavailable; a split read naming a contender:
+// TestSplitReplicasDoNotDisownTheHolder; an add on its way written over:
 // TestAnAddOnItsWayKeepsItsReplicas), and a reentrant lock left a level deep
 // by its last unlock (a late refusal written over a newer change:
 // TestLateRefusalKeepsANewerChange). Long runs (LOCKSERVICE_STRESS) fail
