@@ -25,7 +25,7 @@ type Version any
 type Item struct {
 	Value   []byte
 	Version Version
-	TTL     int // the grant's remaining seconds; -1 when it does not expire
+	TTL     int // the grant's remaining seconds; -1 when it does not expire, or is not known (copies that disagree)
 }
 
 // Store is the memcached server that holds a lock's state. Implementations
@@ -109,6 +109,9 @@ type successor struct {
 	by    string // the Manager's Instance that reserved it
 	owner string
 }
+
+// String is the record as a line, for logs.
+func (r record) String() string { return strings.ReplaceAll(string(r.encode()), "\n", " then ") }
 
 // holder is the grant the successor holds once it has the lock.
 func (s *successor) holder() record {
