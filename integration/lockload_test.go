@@ -403,6 +403,9 @@ func (l *lockLoad) check(t *testing.T, start, end time.Time) loadReport {
 	for _, s := range l.stalls {
 		t.Log("stall: " + s)
 	}
+	if gap := end.Sub(l.lastGrant); gap > time.Second {
+		t.Logf("stall: %s without a grant, from %s to the end:\n%s", gap.Round(time.Millisecond), l.lastGrant.Format(stamp), l.story(l.lastGrant, end, recentKept))
+	}
 	l.mu.Unlock()
 	if r.stale > 0 {
 		t.Errorf("%d stale writes reached the fenced register", r.stale)
