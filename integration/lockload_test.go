@@ -37,11 +37,11 @@ type lockLoad struct {
 	log       []logLine         // the latest replies and proxy log lines (a ring), for the stories below
 	logged    int               // lines noted in log so far
 	overlaps  []string
-	stalls    []string // the first few gaps of over a second without a grant, each with its story
-	replies  map[string]int // replies other than LOCKED, by kind
-	slowest  string         // the lock command that took longest to answer
-	slowTook time.Duration
-	faults   []faultEvent
+	stalls    []string       // the first few gaps of over a second without a grant, each with its story
+	replies   map[string]int // replies other than LOCKED, by kind
+	slowest   string         // the lock command that took longest to answer
+	slowTook  time.Duration
+	faults    []faultEvent
 
 	reg fencedRegister
 
@@ -314,19 +314,40 @@ func (l *lockLoad) client(i int) {
 		time.Sleep(time.Duration(rand.N(3000)) * time.Microsecond)
 		l.reg.write(fence, v+1)
 		l.unlocking(i)
-		// An unlock lost with its connection is sent again on a new one,
-		// perhaps to another proxy, as a careful client does.
-		for try := 0; try < 2; try++ {
-			line, err = exchange(fmt.Sprintf("unlock %s %d", l.name, fence), 0)
-			l.note(fmt.Sprintf("client %d unlock %d through %s: %q %v", i, fence, l.proxy(i), line, err))
-			if err == nil {
-				if !strings.HasPrefix(line, "UNLOCKED") {
-					l.reply("unlock: " + line)
-				}
-				break
-			}
+		l.unlock(i, fence, exchange, drop)
+	}
+}
+
+// unlockRetries are the pauses before a client sends an unlock again, as
+// lockclient.Hold does: when its connection was lost, or the answer was a
+// server error (its proxy going, or the name's home gone with the answer).
+// Left to run out its ttl, the lock would be a gap in the grants that says
+// nothing of the proxies.
+var unlockRetries = []time.Duration{20 * time.Millisecond, 40 * time.Millisecond, 80 * time.Millisecond,
+	160 * time.Millisecond, 320 * time.Millisecond, 640 * time.Millisecond}
+
+// unlock releases client i's grant, on a new connection after a lost one
+// (through the proxy now in its slot). A try that did arrive shows as
+// NOT_OWNER or NOT_FOUND to the next: then the lock is released.
+func (l *lockLoad) unlock(i int, fence uint64, exchange func(string, time.Duration) (string, error), drop func(string)) {
+	for try := 0; ; try++ {
+		line, err := exchange(fmt.Sprintf("unlock %s %d", l.name, fence), 0)
+		l.note(fmt.Sprintf("client %d unlock %d through %s: %q %v", i, fence, l.proxy(i), line, err))
+		switch {
+		case err != nil:
 			drop("connection lost")
+		case strings.HasPrefix(line, "UNLOCKED"), try > 0 && (line == "NOT_OWNER" || line == "NOT_FOUND"):
+			return
+		default:
+			l.reply("unlock: " + line)
+			if !strings.HasPrefix(line, "SERVER_ERROR") {
+				return
+			}
 		}
+		if try == len(unlockRetries) {
+			return
+		}
+		time.Sleep(unlockRetries[try])
 	}
 }
 
