@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/memcachedlock/memcachedlock/lockext"
 )
@@ -30,7 +31,13 @@ func TestLosingAddIsNoGrant(t *testing.T) {
 		t.Fatal(err)
 	}
 	const item = "__memcachedlock:k"
+	for i := 0; i < 100 && !f["c:1"].has(item); i++ {
+		time.Sleep(10 * time.Millisecond) // the grant's add may reach c after its majority
+	}
 	held := f["c:1"].value(item)
+	if held == nil {
+		t.Fatal("c never took first's grant")
+	}
 	// second's add, refused by a and c, is still on b; then a goes down.
 	f["b:1"].put(item, fmt.Appendf(nil, "%d x 1 o second", first.Fence+1), 1<<40)
 	f["a:1"].set(true, 0)
