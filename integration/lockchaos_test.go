@@ -3,9 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -32,16 +30,23 @@ const rigClients = 9
 func newLockRig(t *testing.T, lockers, replicas int, writeFirst bool) *lockRig {
 	c := startCluster(t, lockers)
 	cfg := proxy.Config{Servers: c.servers(t), Timeout: 300 * time.Millisecond, LockTTL: 2, LockTTLMax: 3,
-		LockReplicas: replicas, LockNoEarlyHandoff: writeFirst, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))}
-	rig := &lockRig{t: t, lockers: c, cfg: cfg, hold: time.Duration(cfg.LockTTLMax+2) * time.Second}
-	var addrs []string
-	for i := 0; i < 3; i++ {
-		addr, srv := startProxy(t, cfg)
-		addrs = append(addrs, addr)
+		LockReplicas: replicas, LockNoEarlyHandoff: writeFirst}
+	rig := &lockRig{t: t, lockers: c, cfg: cfg, hold: time.Duration(cfg.LockTTLMax+2) * time.Second,
+		load: newLockLoad("reg", 2*time.Second, 2*time.Second, make([]string, 3))}
+	for slot := range 3 {
+		addr, srv := startProxy(t, rig.proxyConfig(slot))
+		rig.load.setProxy(slot, addr)
 		rig.proxies = append(rig.proxies, srv)
 	}
-	rig.load = newLockLoad("reg", 2*time.Second, 2*time.Second, addrs)
 	return rig
+}
+
+// proxyConfig is the configuration of the proxy in a slot: its warnings
+// go to the load's stories.
+func (r *lockRig) proxyConfig(slot int) proxy.Config {
+	cfg := r.cfg
+	cfg.Logger = r.load.logger(fmt.Sprint(slot))
+	return cfg
 }
 
 // quiet waits until every proxy has every lock server ready again, so that
@@ -102,7 +107,7 @@ func (r *lockRig) replaceProxy(slot int) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	r.proxies[slot].Shutdown(ctx)
 	cancel()
-	addr, srv := startProxyStrict(r.t, r.cfg)
+	addr, srv := startProxyStrict(r.t, r.proxyConfig(slot))
 	r.proxies[slot] = srv
 	r.load.setProxy(slot, addr)
 	return "proxy"

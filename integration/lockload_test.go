@@ -2,7 +2,9 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -28,16 +30,18 @@ type lockLoad struct {
 	slotsMu sync.Mutex
 	slots   []string // proxy addresses; client i uses slot i%len
 
-	mu       sync.Mutex
-	holding  map[int]heldGrant // by client
-	grants   []time.Time       // when each LOCKED arrived
-	recent   []string          // the last lock replies, for an overlap's report (a ring)
-	events   int               // replies noted in recent so far
-	overlaps []string
-	replies  map[string]int // replies other than LOCKED, by kind
-	slowest  string         // the lock command that took longest to answer
-	slowTook time.Duration
-	faults   []faultEvent
+	mu        sync.Mutex
+	holding   map[int]heldGrant // by client
+	grants    []time.Time       // when each LOCKED arrived
+	lastGrant time.Time         // the latest of them
+	log       []logLine         // the latest replies and proxy log lines (a ring), for the stories below
+	logged    int               // lines noted in log so far
+	overlaps  []string
+	stalls    []string       // the first few gaps of over a second without a grant, each with its story
+	replies   map[string]int // replies other than LOCKED, by kind
+	slowest   string         // the lock command that took longest to answer
+	slowTook  time.Duration
+	faults    []faultEvent
 
 	reg fencedRegister
 
@@ -51,6 +55,11 @@ type heldGrant struct {
 }
 
 type faultEvent struct {
+	at   time.Time
+	what string
+}
+
+type logLine struct {
 	at   time.Time
 	what string
 }
@@ -80,6 +89,31 @@ func (r *fencedRegister) write(fence uint64, v int) {
 	}
 	r.highest, r.value = fence, v
 	r.writes++
+}
+
+// logger is a proxy's logger: what it logs goes to the stories,
+// errors to stderr too.
+func (l *lockLoad) logger(proxy string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(proxyLog{l, proxy}, &slog.HandlerOptions{Level: slog.LevelInfo,
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{} // the story has its own times
+			}
+			return a
+		}}))
+}
+
+type proxyLog struct {
+	l     *lockLoad
+	proxy string
+}
+
+func (p proxyLog) Write(b []byte) (int, error) {
+	p.l.note("proxy " + p.proxy + ": " + strings.TrimSpace(string(b)))
+	if bytes.Contains(b, []byte("level=ERROR")) {
+		os.Stderr.Write(b)
+	}
+	return len(b), nil
 }
 
 func newLockLoad(name string, ttl, wait time.Duration, proxies []string) *lockLoad {
@@ -121,7 +155,8 @@ func (l *lockLoad) finish() time.Time {
 	return end
 }
 
-// granted records a LOCKED and checks it against every grant held.
+// granted records a LOCKED and checks it against every grant held. A
+// grant that ends a gap of over a second keeps the story of that gap.
 func (l *lockLoad) granted(i int, g heldGrant) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -129,20 +164,33 @@ func (l *lockLoad) granted(i int, g heldGrant) {
 	for j, h := range l.holding {
 		if j != i && g.got.Before(h.sent.Add(l.ttl)) {
 			l.overlaps = append(l.overlaps, fmt.Sprintf("client %d got fence %d while client %d held fence %d (%s of its ttl left); before it:\n%s",
-				i, g.fence, j, h.fence, h.sent.Add(l.ttl).Sub(g.got).Round(time.Millisecond), l.story(g.got)))
+				i, g.fence, j, h.fence, h.sent.Add(l.ttl).Sub(g.got).Round(time.Millisecond), l.story(g.got, g.got, recentKept)))
 		}
+	}
+	if gap := g.got.Sub(l.lastGrant); !l.lastGrant.IsZero() && gap > time.Second && len(l.stalls) < stallsKept {
+		l.stalls = append(l.stalls, fmt.Sprintf("%s without a grant, from %s:\n%s",
+			gap.Round(time.Millisecond), l.lastGrant.Format(stamp), l.story(l.lastGrant, g.got, recentKept)))
 	}
 	l.holding[i] = g
 	l.grants = append(l.grants, g.got)
+	if g.got.After(l.lastGrant) {
+		l.lastGrant = g.got
+	}
 }
 
-// stamp is how the story of an overlap writes times.
+// stamp is how stories write times.
 const stamp = "15:04:05.000000"
 
-// recentKept is how many replies an overlap's report shows.
+// recentKept is how many lines a story shows from before its start.
 const recentKept = 40
 
-// note records a reply for an overlap's report.
+// logKept bounds the log: some seconds of a busy run.
+const logKept = 1 << 14
+
+// stallsKept is how many gaps without a grant get a story.
+const stallsKept = 5
+
+// note records a reply, or a proxy's log line, for the stories.
 func (l *lockLoad) note(what string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -150,26 +198,36 @@ func (l *lockLoad) note(what string) {
 }
 
 func (l *lockLoad) noteLocked(at time.Time, what string) {
-	line := at.Format(stamp) + " " + what
-	if len(l.recent) < recentKept {
-		l.recent = append(l.recent, line)
+	line := logLine{at, what}
+	if len(l.log) < logKept {
+		l.log = append(l.log, line)
 	} else {
-		l.recent[l.events%recentKept] = line
+		l.log[l.logged%logKept] = line
 	}
-	l.events++
+	l.logged++
 }
 
-// story is what led up to an overlap at t: the faults of the last five
-// seconds and the last replies, oldest first; l.mu held.
-func (l *lockLoad) story(t time.Time) string {
+// story is what the load saw from from to to, oldest first: the faults
+// since five seconds before, and the lines logged, with the `before` lines
+// logged before from; l.mu held.
+func (l *lockLoad) story(from, to time.Time, before int) string {
 	var b strings.Builder
 	for _, f := range l.faults {
-		if f.at.After(t.Add(-5 * time.Second)) {
+		if f.at.After(from.Add(-5*time.Second)) && !f.at.After(to) {
 			fmt.Fprintf(&b, "  %s fault: %s\n", f.at.Format(stamp), f.what)
 		}
 	}
-	for k := max(l.events-recentKept, 0); k < l.events; k++ {
-		fmt.Fprintf(&b, "  %s\n", l.recent[k%recentKept])
+	oldest := max(l.logged-logKept, 0)
+	first := l.logged
+	for first > oldest && !l.log[(first-1)%logKept].at.Before(from) {
+		first--
+	}
+	for k := max(first-before, oldest); k < l.logged; k++ {
+		line := l.log[k%logKept]
+		if line.at.After(to) {
+			break
+		}
+		fmt.Fprintf(&b, "  %s %s\n", line.at.Format(stamp), line.what)
 	}
 	return b.String()
 }
@@ -233,14 +291,14 @@ func (l *lockLoad) client(i int) {
 		line, err := exchange(fmt.Sprintf("lock %s %d %d c%d.%d", l.name, int(l.ttl.Seconds()), l.wait.Milliseconds(), i, n), l.wait)
 		l.took(time.Since(sent), fmt.Sprintf("client %d through proxy %d at %s: %q %v", i, i%len(l.slots), sent.Format("15:04:05.000"), line, err))
 		if err != nil {
-			l.note(fmt.Sprintf("client %d lock through %s: %v", i, l.proxy(i), err))
+			l.note(fmt.Sprintf("client %d lock through %s: %v (sent at %s)", i, l.proxy(i), err, sent.Format(stamp)))
 			drop("connection lost")
 			time.Sleep(20 * time.Millisecond)
 			continue
 		}
 		f := strings.Fields(line)
 		if len(f) == 0 || f[0] != "LOCKED" {
-			l.note(fmt.Sprintf("client %d lock through %s: %q", i, l.proxy(i), line))
+			l.note(fmt.Sprintf("client %d lock through %s: %q (sent at %s)", i, l.proxy(i), line, sent.Format(stamp)))
 			kind := line
 			if len(f) > 0 && f[0] == "NOT_LOCKED" {
 				kind = "NOT_LOCKED"
@@ -256,19 +314,40 @@ func (l *lockLoad) client(i int) {
 		time.Sleep(time.Duration(rand.N(3000)) * time.Microsecond)
 		l.reg.write(fence, v+1)
 		l.unlocking(i)
-		// An unlock lost with its connection is sent again on a new one,
-		// perhaps to another proxy, as a careful client does.
-		for try := 0; try < 2; try++ {
-			line, err = exchange(fmt.Sprintf("unlock %s %d", l.name, fence), 0)
-			l.note(fmt.Sprintf("client %d unlock %d through %s: %q %v", i, fence, l.proxy(i), line, err))
-			if err == nil {
-				if !strings.HasPrefix(line, "UNLOCKED") {
-					l.reply("unlock: " + line)
-				}
-				break
-			}
+		l.unlock(i, fence, exchange, drop)
+	}
+}
+
+// unlockRetries are the pauses before a client sends an unlock again, as
+// lockclient.Hold does: when its connection was lost, or the answer was a
+// server error (its proxy going, or the name's home gone with the answer).
+// Left to run out its ttl, the lock would be a gap in the grants that says
+// nothing of the proxies.
+var unlockRetries = []time.Duration{20 * time.Millisecond, 40 * time.Millisecond, 80 * time.Millisecond,
+	160 * time.Millisecond, 320 * time.Millisecond, 640 * time.Millisecond}
+
+// unlock releases client i's grant, on a new connection after a lost one
+// (through the proxy now in its slot). A try that did arrive shows as
+// NOT_OWNER or NOT_FOUND to the next: then the lock is released.
+func (l *lockLoad) unlock(i int, fence uint64, exchange func(string, time.Duration) (string, error), drop func(string)) {
+	for try := 0; ; try++ {
+		line, err := exchange(fmt.Sprintf("unlock %s %d", l.name, fence), 0)
+		l.note(fmt.Sprintf("client %d unlock %d through %s: %q %v", i, fence, l.proxy(i), line, err))
+		switch {
+		case err != nil:
 			drop("connection lost")
+		case strings.HasPrefix(line, "UNLOCKED"), try > 0 && (line == "NOT_OWNER" || line == "NOT_FOUND"):
+			return
+		default:
+			l.reply("unlock: " + line)
+			if !strings.HasPrefix(line, "SERVER_ERROR") {
+				return
+			}
 		}
+		if try == len(unlockRetries) {
+			return
+		}
+		time.Sleep(unlockRetries[try])
 	}
 }
 
@@ -332,7 +411,8 @@ func (r loadReport) String() string {
 	return b.String()
 }
 
-// check fails the test on overlaps and stale writes, and logs the report.
+// check fails the test on overlaps and stale writes, and logs the report,
+// with the story of each gap of over a second without a grant.
 func (l *lockLoad) check(t *testing.T, start, end time.Time) loadReport {
 	t.Helper()
 	r := l.report(start, end)
@@ -340,6 +420,12 @@ func (l *lockLoad) check(t *testing.T, start, end time.Time) loadReport {
 	l.mu.Lock()
 	for _, o := range l.overlaps {
 		t.Error("overlap: " + o)
+	}
+	for _, s := range l.stalls {
+		t.Log("stall: " + s)
+	}
+	if gap := end.Sub(l.lastGrant); gap > time.Second {
+		t.Logf("stall: %s without a grant, from %s to the end:\n%s", gap.Round(time.Millisecond), l.lastGrant.Format(stamp), l.story(l.lastGrant, end, recentKept))
 	}
 	l.mu.Unlock()
 	if r.stale > 0 {

@@ -622,6 +622,15 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, w *waiter) (Grant, 
 		if rec.next != nil {
 			st.seen = max(st.seen, rec.next.fence)
 		}
+		if it.Disputed {
+			// Held, but what was read may never have been granted: this
+			// very request's add of a moment ago, say, lost and not yet
+			// undone. Taken for ours and written back, it would go over
+			// the grant that beat it (an older fence, so taken for stale)
+			// on the servers that hold that grant. Look again later.
+			m.mu.Unlock()
+			return Grant{}, ttl, ErrNotLocked
+		}
 		if h := st.held; h != nil && h.rec.fence != cur.fence {
 			st.held = nil // released or taken over through another process
 		}

@@ -26,6 +26,11 @@ type Item struct {
 	Value   []byte
 	Version Version
 	TTL     int // the grant's remaining seconds; -1 when it does not expire, or is not known (copies that disagree)
+	// Disputed is set when the store's servers disagree and Value is the
+	// likeliest grant of those they hold: the lock is not free, but Value
+	// may be a write that no majority took (an add that lost, not yet
+	// undone), never granted.
+	Disputed bool
 }
 
 // Store is the memcached server that holds a lock's state. Implementations

@@ -365,9 +365,10 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 		// name, and of as many, by the newest grant: a replica that was
 		// down when the holder changed still names the grant before, and
 		// its holder must not be told the lock is not its own. A change
-		// from there finds each replica's cas by value.
+		// from there finds each replica's cas by value. The newest may
+		// also be an add that lost, not yet undone: the item is disputed.
 		v := newest(outs, len(best))
-		return lockext.Item{Value: v, Version: &version{cas: make([]uint64, len(reps)), value: v, ttl: -1}, TTL: -1}, nil
+		return lockext.Item{Value: v, Version: &version{cas: make([]uint64, len(reps)), value: v, ttl: -1}, TTL: -1, Disputed: true}, nil
 	case misses > 0:
 		return lockext.Item{}, lockext.ErrStoreMiss
 	}
