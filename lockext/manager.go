@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -26,11 +25,6 @@ type Config struct {
 	// successor, so that a release hands over before memcached is written
 	// (see successor). Off, every handoff waits for its write.
 	EarlyHandoff bool
-	// Trace, if set, is told (at debug level) what the Manager decides
-	// on each name, request by request: grants and how they were made,
-	// reservations, handoffs, refusals and why. It is for tests that
-	// need to see how a run came to an answer; nil logs nothing.
-	Trace *slog.Logger
 }
 
 // Request asks for a lock.
@@ -79,7 +73,6 @@ type Stats struct {
 type Manager struct {
 	store Store
 	cfg   Config
-	log   *slog.Logger // Config.Trace, or one that drops everything
 
 	mu        sync.Mutex
 	keys      map[string]*keyState
@@ -232,11 +225,7 @@ func New(store Store, cfg Config) *Manager {
 	if cfg.Instance == "" {
 		cfg.Instance = fmt.Sprintf("%08x", rand.Uint32())
 	}
-	log := cfg.Trace
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Manager{store: store, cfg: cfg, log: log, keys: make(map[string]*keyState)}
+	return &Manager{store: store, cfg: cfg, keys: make(map[string]*keyState)}
 }
 
 // Stats returns the counters.
@@ -483,7 +472,6 @@ func (m *Manager) reserve(ctx context.Context, st *keyState, w *waiter) {
 	holdTTL := max(int(math.Ceil(time.Until(h.expires).Seconds())), 1)
 	m.mu.Unlock()
 	ver, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), rec.itemTTL(holdTTL), h.ver)
-	m.log.Debug("reserve", "lock", st.key.Name, "record", rec, "err", err)
 	m.mu.Lock()
 	switch {
 	case err == nil && st.held == h:
@@ -503,7 +491,6 @@ func (m *Manager) reserve(ctx context.Context, st *keyState, w *waiter) {
 // (see keyState.inForce) unless it was released through another process
 // meanwhile. m.mu must be held.
 func (m *Manager) stale(st *keyState, h *holding) {
-	m.log.Debug("record changed under the grant held here", "lock", st.key.Name, "fence", h.rec.fence, "early", h.early)
 	if h.early {
 		h.checked = time.Time{}
 		return
@@ -535,7 +522,6 @@ func (m *Manager) giveUp(ctx context.Context, st *keyState, w *waiter, holderTTL
 	if granted := m.quit(ctx, st, w); granted != nil {
 		return *granted, nil
 	}
-	m.log.Debug("wait ended", "lock", st.key.Name, "owner", w.req.owner, "written", w.written, "err", ctx.Err())
 	if ctx.Err() != nil {
 		return Grant{}, ctx.Err()
 	}
@@ -599,7 +585,6 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, w *waiter) (Grant, 
 		m.mu.Unlock()
 		ver, err := m.store.Add(ctx, st.key, mine.encode(), req.TTL)
 		if err == nil {
-			m.log.Debug("granted: added", "lock", st.key.Name, "record", mine)
 			return m.granted(st, mine, ver, req.TTL), 0, nil
 		}
 		if !errors.Is(err, ErrStoreExists) {
@@ -637,13 +622,10 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, w *waiter) (Grant, 
 		abandoned := rec.next != nil && cur.fence == rec.next.fence && m.abandoned(st, rec.next)
 		forW := w.writtenFor(cur.fence) // set under m.mu, by whoever wrote them
 		m.mu.Unlock()
-		m.log.Debug("looked", "lock", st.key.Name, "owner", req.owner, "record", rec, "item ttl", it.TTL,
-			"in force", cur.fence, "abandoned", abandoned, "written for it", forW)
 		if abandoned {
 			// A successor of ours that left, still named after its grant
 			// ran out (the write taking it out failed): the lock is free.
 			ver, err := m.store.CompareAndSwap(ctx, st.key, mine.encode(), req.TTL, it.Version)
-			m.log.Debug("taken from an abandoned successor", "lock", st.key.Name, "record", mine, "err", err)
 			if err == nil {
 				return m.granted(st, mine, ver, req.TTL), 0, nil
 			}
@@ -669,7 +651,6 @@ func (m *Manager) attempt(ctx context.Context, st *keyState, w *waiter) (Grant, 
 		// very request is the level it asks for, taken as it is: a level
 		// on top would outlast its owner's unlock.
 		g, err := m.renew(ctx, st, req, cur, it.Version, req.Reentrant && !forW)
-		m.log.Debug("granted: ours already", "lock", st.key.Name, "fence", cur.fence, "count", g.Count, "err", err)
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
 			continue
 		}
@@ -710,7 +691,6 @@ func (m *Manager) refresh(ctx context.Context, st *keyState, req *Request) (Gran
 	st.trying = true
 	m.mu.Unlock()
 	g, err := m.renew(ctx, st, req, h.rec, h.ver, req.Reentrant)
-	m.log.Debug("refresh", "lock", st.key.Name, "fence", h.rec.fence, "count", g.Count, "err", err)
 	stale := errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss)
 	if stale {
 		m.mu.Lock()

@@ -30,7 +30,6 @@ func (m *Manager) release(ctx context.Context, name string, fence uint64, all bo
 		if cur.rec.count > 1 && !all {
 			cur.rec.count--
 			ver, err := m.store.CompareAndSwap(ctx, st.key, cur.rec.encode(), cur.rec.itemTTL(cur.ttl), cur.ver)
-			m.log.Debug("released a level", "lock", st.key.Name, "record", cur.rec, "err", err)
 			if err == nil {
 				m.granted(st, cur.rec, ver, cur.ttl)
 			}
@@ -56,16 +55,13 @@ type current struct {
 // version this process left when it holds the grant, else (or when that
 // turns out stale) read afresh. change reports ErrStoreExists or
 // ErrStoreMiss when the item changed under it; it is then read again and
-// change retried. A grant read in force every time whose change fails
-// every time (replicas split, none of their states on a majority) is
-// still its holder's: the answer is unavailable, never NOT_OWNER.
+// change retried.
 func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, change func(st *keyState, cur current) (int, error)) (int, error) {
 	m.mu.Lock()
 	st := m.state(name)
 	if st.handedOn == fence {
 		m.forget(st)
 		m.mu.Unlock()
-		m.log.Debug("not owner: handed on here already", "lock", name, "fence", fence)
 		return 0, ErrNotOwner
 	}
 	var cur current
@@ -82,7 +78,6 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 		if cur.ver == nil {
 			it, err := m.store.Get(ctx, st.key)
 			if errors.Is(err, ErrStoreMiss) {
-				m.log.Debug("not found", "lock", name, "fence", fence, "try", tries)
 				m.dropHeld(st, fence)
 				return 0, ErrNotFound
 			}
@@ -105,17 +100,7 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 					ttl = min(it.TTL, n.ttl)
 				}
 			}
-			if held.fence != fence && it.TTL < 0 {
-				// The store could not say how long the item lives: its
-				// copies disagree, none of them on a majority. Another
-				// grant named by one of them is no proof that this one
-				// has ended.
-				m.log.Debug("unsure: another grant named, no majority", "lock", name, "fence", fence, "try", tries, "record", rec)
-				return 0, errNoMajorityRead
-			}
 			if held.fence != fence {
-				m.log.Debug("not owner: another grant in force", "lock", name, "fence", fence, "try", tries,
-					"record", rec, "item ttl", it.TTL, "in force", held.fence)
 				m.dropHeld(st, fence)
 				return 0, ErrNotOwner
 			}
@@ -125,7 +110,6 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 		}
 		n, err := change(st, cur)
 		if errors.Is(err, ErrStoreExists) || errors.Is(err, ErrStoreMiss) {
-			m.log.Debug("changed under the release or extend: read again", "lock", name, "fence", fence, "try", tries, "err", err)
 			cur.ver = nil // changed behind our back (extended elsewhere, expired): read again
 			continue
 		}
@@ -137,15 +121,8 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 		}
 		return n, nil
 	}
-	m.log.Debug("changed under every try", "lock", name, "fence", fence)
-	return 0, errChangedEveryTry
+	return 0, ErrNotOwner
 }
-
-// errNoMajorityRead: see withGrant.
-var errNoMajorityRead = fmt.Errorf("%w: its lock servers disagree on who holds it", ErrUnavailable)
-
-// errChangedEveryTry: see withGrant.
-var errChangedEveryTry = fmt.Errorf("%w: the grant could not be changed (its lock servers disagree)", ErrUnavailable)
 
 // handOn frees the grant cur: to the successor its record names, else
 // straight to the head waiter here when there is one, else by deleting
@@ -229,7 +206,6 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 			// home changed).
 			m.mu.Unlock()
 			ver, err := m.store.CompareAndSwap(ctx, st.key, next.holder().encode(), next.ttl, cur.ver)
-			m.log.Debug("released to a successor reserved elsewhere", "lock", st.key.Name, "released", cur.rec, "err", err)
 			if err == nil {
 				m.grantHere(st, next, ver)
 			}
@@ -238,13 +214,10 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 		if len(st.queue) == 0 {
 			// Nobody to hand to (a successor of ours has left): free the lock.
 			m.mu.Unlock()
-			err := m.store.CompareAndDelete(ctx, st.key, cur.ver)
-			m.log.Debug("released: deleted", "lock", st.key.Name, "released", cur.rec, "err", err)
-			return err
+			return m.store.CompareAndDelete(ctx, st.key, cur.ver)
 		}
 		w := st.queue[0]
 		if next != nil && w.writtenFor(next.fence) && covered && m.kept(st.key, cur.ver) {
-			m.log.Debug("released: handed over early", "lock", st.key.Name, "released", cur.rec)
 			st.handedOn = cur.rec.fence
 			m.handOver(ctx, st, next, cur.ver)
 			return nil
@@ -256,8 +229,6 @@ func (m *Manager) handOn(ctx context.Context, st *keyState, cur current) error {
 		m.mu.Unlock()
 
 		newVer, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), rec.itemTTL(req.TTL), cur.ver)
-		m.log.Debug("released: handed to the head waiter", "lock", st.key.Name, "released", cur.rec, "record", rec,
-			"covered", covered, "err", err)
 		if err != nil {
 			return err
 		}
@@ -341,7 +312,6 @@ func (m *Manager) confirm(ctx context.Context, st *keyState, h *holding, rec rec
 	ver := h.ver
 	for tries := 0; tries < 8; tries++ {
 		newVer, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), rec.itemTTL(ttl), ver)
-		m.log.Debug("confirm", "lock", st.key.Name, "record", rec, "err", err)
 		if err == nil {
 			m.mu.Lock()
 			if st.held == h {
@@ -361,7 +331,6 @@ func (m *Manager) confirm(ctx context.Context, st *keyState, h *holding, rec rec
 		if err != nil {
 			break
 		}
-		m.log.Debug("confirm looked", "lock", st.key.Name, "record", there)
 		if there.next != nil && there.next.fence == h.rec.fence {
 			ver = it.Version
 			continue
@@ -403,7 +372,6 @@ func (m *Manager) afterWrite(ctx context.Context, st *keyState, handing int) {
 		holdTTL := max(int(math.Ceil(time.Until(h.expires).Seconds())), 1)
 		m.mu.Unlock()
 		ver, err := m.store.CompareAndSwap(ctx, st.key, rec.encode(), holdTTL, h.ver)
-		m.log.Debug("successor written out", "lock", st.key.Name, "record", rec, "err", err)
 		m.mu.Lock()
 		if err != nil {
 			m.endTry(st)
@@ -450,7 +418,6 @@ func (m *Manager) Extend(ctx context.Context, name string, fence uint64, ttl int
 			keep = max(ttl, cur.ttl)
 		}
 		ver, err := m.store.CompareAndSwap(ctx, st.key, cur.rec.encode(), cur.rec.itemTTL(keep), cur.ver)
-		m.log.Debug("extend", "lock", st.key.Name, "record", cur.rec, "ttl", keep, "err", err)
 		if err != nil {
 			return 0, err
 		}

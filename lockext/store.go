@@ -25,7 +25,7 @@ type Version any
 type Item struct {
 	Value   []byte
 	Version Version
-	TTL     int // the grant's remaining seconds; -1 when it does not expire, or is not known (copies that disagree)
+	TTL     int // the grant's remaining seconds; -1 when it does not expire
 	// Disputed is set when the store's servers disagree and Value is the
 	// likeliest grant of those they hold: the lock is not free, but Value
 	// may be a write that no majority took (an add that lost, not yet
@@ -114,9 +114,6 @@ type successor struct {
 	by    string // the Manager's Instance that reserved it
 	owner string
 }
-
-// String is the record as a line, for logs.
-func (r record) String() string { return strings.ReplaceAll(string(r.encode()), "\n", " then ") }
 
 // holder is the grant the successor holds once it has the lock.
 func (s *successor) holder() record {

@@ -79,7 +79,6 @@ func (m *Manager) Undelivered(ctx context.Context, g Grant) (int, error) {
 func (m *Manager) dropLevel(ctx context.Context, st *keyState, h *holding, cur current) error {
 	cur.rec.count--
 	ver, err := m.store.CompareAndSwap(ctx, st.key, cur.rec.encode(), cur.rec.itemTTL(cur.ttl), cur.ver)
-	m.log.Debug("undelivered level given back", "lock", st.key.Name, "record", cur.rec, "err", err)
 	m.mu.Lock()
 	switch {
 	case err == nil && st.held == h:

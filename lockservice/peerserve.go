@@ -36,7 +36,6 @@ func (s *Service) ServePeer(ctx context.Context, next func() ([]byte, error), se
 	defer func() {
 		cancel()
 		wg.Wait()
-		s.cfg.Trace.Debug("peer link ended", "connection locks held over it", len(held.grants))
 		if len(held.grants) > 0 {
 			go s.releaseIfGone(held)
 		}
@@ -75,7 +74,6 @@ func (s *Service) ServePeer(ctx context.Context, next func() ([]byte, error), se
 		go func() {
 			defer wg.Done()
 			out := s.servePeerRequest(rctx, op, args)
-			s.cfg.Trace.Debug("served for a peer", "request", op+" "+strings.Join(args, " "), "answer", out)
 			mu.Lock()
 			delete(running, tag)
 			if g, ok := held.note(op, args, out); ok {

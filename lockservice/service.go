@@ -45,10 +45,6 @@ type Config struct {
 	// EarlyHandoff: see lockext.Config.
 	EarlyHandoff bool
 	Logger       *slog.Logger
-	// Trace, if set, is told what the lock manager, the store and the
-	// links to other proxies decide, request by request (see
-	// lockext.Config.Trace); for tests, not for an operator's log.
-	Trace *slog.Logger
 }
 
 // Service is the lock service of one proxy.
@@ -81,9 +77,6 @@ func New(cfg Config, dial func(addr string) Conn) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Trace == nil {
-		cfg.Trace = slog.New(slog.DiscardHandler)
-	}
 	r, err := ring.New(cfg.Servers, cfg.Distribution, cfg.Hash)
 	if err != nil {
 		return nil, err
@@ -109,14 +102,13 @@ func New(cfg Config, dial func(addr string) Conn) (*Service, error) {
 			remembered: remembered[srv.Addr],
 		})
 	}
-	s.store = &store{ring: r, replicas: s.replicas, n: cfg.Replicas, log: cfg.Trace}
+	s.store = &store{ring: r, replicas: s.replicas, n: cfg.Replicas}
 	for _, rep := range s.replicas {
 		s.store.alone = append(s.store.alone, []*replica{rep})
 		rep.clash = &s.store.clash
 	}
 	s.manager = lockext.New(s.store, lockext.Config{
 		Prefix: cfg.Prefix, MaxTTL: cfg.MaxTTL, MaxWait: cfg.MaxWait, Poll: cfg.Poll, Instance: cfg.Instance, EarlyHandoff: cfg.EarlyHandoff,
-		Trace: cfg.Trace,
 	})
 	for _, rep := range s.replicas {
 		rep.othersMarked = func(ctx context.Context) bool { return s.othersMarked(ctx, rep) }
@@ -338,7 +330,6 @@ func (s *Service) forward(ctx context.Context, name string, req func() string, o
 func (s *Service) ask(ctx context.Context, l *peerLink, req string, onWait func(), wait time.Duration) (f []string, err error, ok bool) {
 	s.forwardedOut.Add(1)
 	f, err = l.call(ctx, req, onWait, wait)
-	s.cfg.Trace.Debug("forwarded", "home", l.instance, "request", req, "answer", strings.Join(f, " "), "err", err)
 	if errors.Is(err, errPeer) {
 		s.forwardFailed.Add(1)
 		return nil, err, false

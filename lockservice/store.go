@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,8 +20,6 @@ type store struct {
 	alone    [][]*replica // each replica as a set of one, for names with one replica
 	n        int          // replicas per name
 	clash    atomic.Bool  // a lock server's marker names another list (see differ)
-	log      *slog.Logger // Config.Trace: told each read's and write's outcome
-	catching sync.Map     // catchUp -> true: a replica's copy being caught up (see overwrite)
 }
 
 // version is a lock item's state as the store last wrote or read it: the
@@ -43,59 +38,6 @@ type version struct {
 	// stand there for the grant's whole ttl, and with one other replica
 	// down no new grant could find a majority.
 	released atomic.Bool
-	// replaced are the cas arrays of the versions this one's writes
-	// replaced on a majority, the latest first, up to keptReplaced (see
-	// supersedes).
-	replaced [][]uint64
-}
-
-// keptReplaced is how many replaced versions a version remembers: a
-// replica that missed more changes than that waits for its copy to
-// expire.
-const keptReplaced = 4
-
-// after is the version a write of value over prev makes (prev nil: an
-// add, which replaced nothing).
-func after(prev *version, value []byte, ttl, replicas int) *version {
-	v := &version{value: value, ttl: ttl}
-	if replicas == 1 {
-		v.cas = v.one[:]
-	} else {
-		v.cas = make([]uint64, replicas)
-	}
-	if prev != nil {
-		v.replaced = append(append(make([][]uint64, 0, keptReplaced), prev.cas), prev.replaced[:min(len(prev.replaced), keptReplaced-1)]...)
-	}
-	return v
-}
-
-// supersedes reports whether replica i holds, at cas, an item that v's
-// writes replaced on a majority: an earlier state of v's grant, or the
-// grant it was handed on from, as that replica took it. That state was
-// changed, released or handed on by a write that won, so it can never be
-// in force again; the replica missed that write and may be written over.
-// Only a grant handed on from (an older fence) is: an earlier state of
-// the same grant is left, as a write still on its way to that replica
-// finds it by its bytes, and those may come back (see ARCHITECTURE.md,
-// Replicas that fall behind).
-//
-// Nothing else is written over, not even an older fence: it may be an
-// add still on its way (its fence taken from a clock before ours, or
-// before a grant that has come and gone since), whose writer counts this
-// replica's answer among its majority. Written over, the add would be
-// granted on fewer replicas than it counted, and a second grant could be
-// made on the others while it runs. (A cas, not a value, names the state:
-// a value comes back, as when a level taken is released again.)
-func (v *version) supersedes(i int, cas uint64) bool {
-	if cas == 0 {
-		return false
-	}
-	for _, r := range v.replaced {
-		if i < len(r) && atomic.LoadUint64(&r[i]) == cas {
-			return true
-		}
-	}
-	return false
 }
 
 func (v *version) casAt(i int) uint64 {
@@ -167,21 +109,7 @@ type outcome struct {
 	ttl   int
 	err   error
 	added bool // a write that added the item: nothing was there before
-	// stray: the write took, but answered after its vote window (see
-	// voteWindow). It counts for nothing, and is undone with the rest
-	// when the write fails.
-	stray bool
 }
-
-// voteWindow is how long after a write begins its replicas' answers count
-// as votes. The answers the exchange's own deadline lets through come
-// well within it (a timeout each, after the server is ready); one past
-// it took, but says nothing. It bounds how long a write's decision may
-// rest on a replica that took it (see overwrite).
-func voteWindow(r *replica) time.Duration { return 4 * r.timeout }
-
-// errStray: a replica took a write after its vote window.
-var errStray = errors.New("lockservice: lock server answered after the write's vote window")
 
 // fanOut runs op on every replica at once and collects outcomes until
 // enough decides the result: it returns as soon as done says so, so a
@@ -234,26 +162,6 @@ func tally(outs []outcome) (ok int, err error) {
 		}
 	}
 	return ok, err
-}
-
-// errNoMajority: a change or a release found neither a majority that
-// took it nor one that refused it, the others not answering.
-var errNoMajority = errors.New("lockservice: too few lock servers answered")
-
-// refused reports whether a majority refused a change or a release: its
-// grant changed or gone there (a replica that held nothing, and was
-// added to, says it is gone). Fewer refusals, the other replicas not
-// answering, say nothing of the grant: told "changed", the manager would
-// read it again and find no more. Unavailable is the answer then, as when
-// two replicas of three are down.
-func refused(outs []outcome, replicas, need int) bool {
-	n := 0
-	for _, o := range outs {
-		if errors.Is(o.err, lockext.ErrStoreExists) || errors.Is(o.err, lockext.ErrStoreMiss) || o.added && (o.err == nil || o.stray) {
-			n++
-		}
-	}
-	return n > replicas-need
 }
 
 // unanswered is why too few replicas answered: a layout clash, else the
@@ -334,7 +242,6 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 		best, misses := agree(outs)
 		return len(best) >= need || misses >= need
 	}, nil)
-	s.log.Debug("store get", "lock", k.Name, "replicas", describe(reps, outs))
 	best, misses := agree(outs)
 	answered := 0
 	for _, o := range outs {
@@ -427,17 +334,17 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		if err != nil {
 			return nil, err
 		}
-		v := after(nil, value, ttl, 1) // one replica never lags: nothing to remember
-		v.cas[0] = c
+		v := &version{value: value, ttl: ttl, one: [1]uint64{c}}
+		v.cas = v.one[:]
 		return v, nil
 	}
-	ver := after(prev, value, ttl, len(reps))
+	ver := &version{cas: make([]uint64, len(reps)), value: value, ttl: ttl}
 	var mu sync.Mutex
 	resolved, failed := false, false
 	var pending []outcome
 	undo := func(o outcome) {
 		switch {
-		case o.err != nil && !o.stray:
+		case o.err != nil:
 		case o.added:
 			reps[o.i].undo(k.Item, o.cas)
 		default:
@@ -452,13 +359,8 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		count = s.tallyChange
 	}
 	need := s.majority()
-	sent := time.Now()
 	outs := fanOut(reps, func(i int, r *replica) outcome {
-		o := swapOn(ctx, i, r, k.Item, value, ttl, prev)
-		if o.err == nil && time.Since(sent) > voteWindow(r) {
-			o.err, o.stray = errStray, true
-		}
-		return o
+		return swapOn(ctx, i, r, k.Item, value, ttl, prev)
 	}, func(outs []outcome) bool {
 		ok, err := count(outs)
 		return ok >= need || len(outs)-ok > len(reps)-need || errors.Is(err, lockext.ErrStoreMiss)
@@ -471,14 +373,13 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		}
 		f := failed
 		mu.Unlock()
-		s.log.Debug("store write: a late answer", "lock", k.Name, "value", line(value), "replica", describe(reps, []outcome{o}), "undone", f)
 		switch {
-		case f, (o.err == nil || o.stray) && o.added && ver.released.Load():
+		case f, o.err == nil && o.added && ver.released.Load():
 			undo(o)
-		case o.err == nil, o.stray:
+		case o.err == nil:
 			atomic.StoreUint64(&ver.cas[o.i], o.cas)
 		case errors.Is(o.err, lockext.ErrStoreExists):
-			s.overwrite(k, value, ttl, reps, ver, o.i)
+			s.overwrite(k.Item, value, ttl, reps[o.i], ver, o.i)
 		}
 	})
 	ok, err := count(outs)
@@ -486,161 +387,55 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 	resolved, failed = true, ok < need
 	late := pending
 	mu.Unlock()
-	s.log.Debug("store write", "lock", k.Name, "value", line(value), "ttl", ttl, "prev", prev.line(),
-		"replicas", describe(reps, outs), "late", describe(reps, late), "took", !failed, "err", err)
 	if failed {
 		for _, o := range append(outs, late...) {
 			undo(o)
-		}
-		if prev != nil && errors.Is(err, lockext.ErrStoreExists) && !refused(outs, len(reps), need) {
-			err = errNoMajority
-			if e := unanswered(outs); e != nil {
-				err = e
-			}
 		}
 		return nil, err
 	}
 	for _, o := range append(outs, late...) {
 		switch {
-		case o.err == nil, o.stray:
+		case o.err == nil:
 			atomic.StoreUint64(&ver.cas[o.i], o.cas)
 		case errors.Is(o.err, lockext.ErrStoreExists):
-			go s.overwrite(k, value, ttl, reps, ver, o.i)
+			go s.overwrite(k.Item, value, ttl, reps[o.i], ver, o.i)
 		}
 	}
 	return ver, nil
 }
 
-// describe is outs as a line, for logs: each replica's answer.
-func describe(reps []*replica, outs []outcome) string {
-	var b strings.Builder
-	for n, o := range outs {
-		if n > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "%s=", reps[o.i].addr)
-		switch {
-		case o.err != nil:
-			b.WriteString(o.err.Error())
-		case o.value != nil:
-			fmt.Fprintf(&b, "%q ttl %d", line(o.value), o.ttl)
-		case o.added:
-			b.WriteString("added")
-		default:
-			b.WriteString("ok")
-		}
-		fmt.Fprintf(&b, " cas %d", o.cas)
-	}
-	return b.String()
-}
-
-// line is a lock item's value on one line, for logs.
-func line(value []byte) string { return strings.ReplaceAll(string(value), "\n", " then ") }
-
-// line is v's value on one line, for logs.
-func (v *version) line() string {
-	if v == nil {
-		return ""
-	}
-	return line(v.value)
-}
-
-// overwrite catches up replica i, which refused a write that won its
-// majority because it held something else. Left there, the replica would
-// stay out of every version until its copy expired (one other replica out
-// would then stall the name).
+// overwrite catches up a replica that refused a write which won its
+// majority because it held an older grant (a lower fence): a losing
+// contender's add not yet undone, or a grant it missed the end of. Left
+// there, the next change would find it again and again while clients
+// contend, and the replica would stay out of every version until its copy
+// expired (one other replica out would then stall the name).
 //
-// A state the write's version supersedes is written over at once, by the
-// cas it was read with: by the time the refusal is handled the majority
-// may have moved on (the same grant changed by another process, or handed
-// on), and a state that is gone, written back, would stand on this
-// replica; two such replicas are a majority for a change based on it.
-//
-// Any other older grant (a lower fence: one whose end the replica missed,
-// or a losing contender's add not yet undone) may also be an add still on
-// its way, whose writer counts this replica among its majority (see
-// supersedes). It is deleted only once it has stood there, unchanged, for
-// longer than a write's vote window, so that its writer has decided, and
-// only if it is then on no majority: it lost, or its grant has ended. The
-// next change brings the empty replica up to date. A newer fence is left
-// to its writer.
-func (s *store) overwrite(k lockext.Key, value []byte, ttl int, reps []*replica, ver *version, i int) {
-	r := reps[i]
-	key := catchUp{k.Item, r}
-	if _, busy := s.catching.LoadOrStore(key, true); busy {
-		return // one catch-up of a replica at a time
-	}
-	defer s.catching.Delete(key)
+// Nothing else is written over. By the time the refusal is handled the
+// majority may have moved on: the same grant changed by another process
+// (a level released, an extend) or handed on. Written back over that, a
+// state that is gone would stand on this replica, and two such replicas
+// are a majority for a change based on it. A newer fence is left to the
+// contender that added it, which undoes its add when it loses.
+func (s *store) overwrite(item string, value []byte, ttl int, r *replica, ver *version, i int) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-	held, cas, _, err := r.get(ctx, k.Item)
-	cancel()
-	switch {
-	case err != nil:
-		return
-	case ver.supersedes(i, cas) && olderGrant(held, value):
-	case olderGrant(held, value):
-		time.Sleep(voteWindow(r) + r.timeout)
-		if !s.settled(k.Item, reps, held) {
-			s.log.Debug("store overwrite: left, not settled", "lock", k.Name, "replica", r.addr, "held", line(held))
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-		defer cancel()
-		err := r.del(ctx, k.Item, cas)
-		s.log.Debug("store overwrite: an older grant deleted", "lock", k.Name, "replica", r.addr, "held", line(held), "err", err)
-		return
-	default:
-		s.log.Debug("store overwrite: left", "lock", k.Name, "replica", r.addr, "held", line(held))
+	defer cancel()
+	held, cas, _, err := r.get(ctx, item)
+	if err != nil || bytes.Equal(held, value) || !sameOrStale(held, value) {
 		return
 	}
-	ctx, cancel = context.WithTimeout(context.Background(), r.timeout)
-	defer cancel()
-	c, err := r.write(ctx, k.Item, value, ttl, cas)
-	if err == nil {
+	if c, err := r.write(ctx, item, value, ttl, cas); err == nil {
 		atomic.StoreUint64(&ver.cas[i], c)
 	}
-	s.log.Debug("store overwrite", "lock", k.Name, "replica", r.addr, "held", line(held), "value", line(value), "err", err)
-}
-
-// catchUp names a replica's copy of a lock item being caught up.
-type catchUp struct {
-	item string
-	r    *replica
-}
-
-// olderGrant reports whether held names a grant older (a lower fence)
-// than value.
-func olderGrant(held, value []byte) bool {
-	h, ok1 := lockext.Fence(held)
-	v, ok2 := lockext.Fence(value)
-	return ok1 && ok2 && h < v
-}
-
-// settled reports whether, read now, old is on no majority of the
-// replicas: every one answered, and fewer than a majority hold it.
-func (s *store) settled(item string, reps []*replica, old []byte) bool {
-	olds := 0
-	for _, r := range reps {
-		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-		held, _, _, err := r.get(ctx, item)
-		cancel()
-		switch {
-		case err == nil && bytes.Equal(held, old):
-			olds++
-		case err != nil && !errors.Is(err, lockext.ErrStoreMiss):
-			return false // unanswered: it may hold old
-		}
-	}
-	return olds < s.majority()
 }
 
 // swapOn writes value on replica r: added when prev is nil; else in place
 // of prev's value, by its cas when known, and otherwise (unknown, or
 // changed since: a replica that missed a write or lost its items) by the
-// cas of what r holds if that is prev's value or one prev supersedes, or
-// added if r holds nothing. So the replicas that fell behind catch up with
-// the changes they missed, and a lock held for long is back on all of
-// them. Adds are checked against the marker like any grant.
+// cas of what r holds if that is prev's value or an older grant, or added
+// if r holds nothing. So the replicas that fell behind catch up with every change,
+// and a lock held for long is back on all of them. Adds are checked
+// against the marker like any grant.
 func swapOn(ctx context.Context, i int, r *replica, item string, value []byte, ttl int, prev *version) outcome {
 	cas := prev.casAt(i)
 	if prev == nil || cas != 0 {
@@ -655,11 +450,26 @@ func swapOn(ctx context.Context, i int, r *replica, item string, value []byte, t
 		c = 0
 	case err != nil:
 		return outcome{i: i, err: err}
-	case !bytes.Equal(held, prev.value) && !(prev.supersedes(i, c) && olderGrant(held, prev.value)):
+	case !sameOrStale(held, prev.value):
 		return outcome{i: i, err: lockext.ErrStoreExists}
 	}
 	nc, err := r.write(ctx, item, value, ttl, c)
 	return outcome{i: i, cas: nc, err: err, added: c == 0}
+}
+
+// sameOrStale reports whether a replica that holds held may be written
+// over as if it held want: it does, or it holds an older grant (a lower
+// fence) that it missed the end of. An older grant can never be current
+// again: want, granted after it, was once on a majority, and a grant
+// regains no majority it lost. A newer value (another writer's, on its
+// way) is left alone.
+func sameOrStale(held, want []byte) bool {
+	if bytes.Equal(held, want) {
+		return true
+	}
+	h, ok1 := lockext.Fence(held)
+	w, ok2 := lockext.Fence(want)
+	return ok1 && ok2 && h < w
 }
 
 // CompareAndDelete releases prev on every replica of the name. A replica
@@ -682,23 +492,15 @@ func (s *store) CompareAndDelete(ctx context.Context, k lockext.Key, v lockext.V
 	outs := fanOut(reps, func(i int, r *replica) outcome {
 		return outcome{i: i, err: deleteOn(ctx, i, r, k.Item, prev)}
 	}, s.decide(len(reps)), nil)
-	s.log.Debug("store delete", "lock", k.Name, "prev", prev.line(), "replicas", describe(reps, outs))
 	ok, err := tally(outs)
-	switch {
-	case ok >= s.majority():
+	if ok >= s.majority() {
 		return nil
-	case errors.Is(err, lockext.ErrStoreExists) && !refused(outs, len(reps), s.majority()):
-		if e := unanswered(outs); e != nil {
-			return e
-		}
-		return errNoMajority
 	}
 	return err
 }
 
 // deleteOn deletes prev's value from replica r, by its cas when known,
-// else by the cas of what r holds if that is prev's value or one prev
-// supersedes.
+// else by the cas of what r holds if that is prev's value.
 func deleteOn(ctx context.Context, i int, r *replica, item string, prev *version) error {
 	if cas := prev.casAt(i); cas != 0 {
 		err := r.del(ctx, item, cas)
@@ -715,7 +517,7 @@ func deleteOn(ctx context.Context, i int, r *replica, item string, prev *version
 		return nil
 	case err != nil:
 		return err
-	case !bytes.Equal(held, prev.value) && !(prev.supersedes(i, c) && olderGrant(held, prev.value)):
+	case !sameOrStale(held, prev.value):
 		return lockext.ErrStoreExists
 	}
 	if err := r.del(ctx, item, c); err != nil && !errors.Is(err, lockext.ErrStoreMiss) {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 )
@@ -27,7 +26,6 @@ func (r *crossRun) logLocked(format string, args ...any) {
 	e := time.Now().Format("05.000000 ") + fmt.Sprintf(format, args...)
 	if traceCross {
 		fmt.Fprintf(os.Stderr, "%d %s\n", r.seed, e)
-		r.traceAdd(e)
 	}
 	if len(r.events) == 4*keptCrossEvents {
 		r.events = append(r.events[:0], r.events[3*keptCrossEvents:]...)
@@ -70,11 +68,8 @@ func (r *crossRun) anomaly(format string, args ...any) {
 // knownDefect records an anomaly of a kind the long runs of 2026-11-26
 // found and whose fixes more long runs have yet to confirm: NOT_OWNER or
 // NOT_FOUND to a client whose grant still runs (replicas that disagreed
-// reporting the grant before: TestStaleReplicaDoesNotDisownTheHolder;
-// eight failed changes of a grant found in force:
-// TestChangedUnderEveryTryIsUnavailable; a split read naming a contender:
-// TestSplitReplicasDoNotDisownTheHolder; an add on its way written over:
-// TestAnAddOnItsWayKeepsItsReplicas), and a reentrant lock left a level deep
+// reporting the grant before: TestStaleReplicaDoesNotDisownTheHolder; one
+// more case seen after that fix), and a reentrant lock left a level deep
 // by its last unlock (a late refusal written over a newer change:
 // TestLateRefusalKeepsANewerChange). Long runs (LOCKSERVICE_STRESS) fail
 // on it; short ones note it, so that make test does not fail now and then
@@ -92,33 +87,6 @@ func (r *crossRun) knownDefect(format string, args ...any) {
 }
 
 var crossStrict = os.Getenv("LOCKSERVICE_STRESS") != ""
-
-// traceAdd keeps an event in the run's trace (LOCKSERVICE_STRESS_TRACE).
-// It has a mutex of its own: the services log while holding theirs.
-func (r *crossRun) traceAdd(e string) {
-	r.traceMu.Lock()
-	r.trace = append(r.trace, e)
-	r.traceMu.Unlock()
-}
-
-// writeTrace writes the run's trace to a file of its own, when the run
-// found anything, and names it on stderr.
-func (r *crossRun) writeTrace() {
-	r.mu.Lock()
-	found := len(r.overlaps)+len(r.anomalies)+len(r.notes) > 0
-	r.mu.Unlock()
-	if !traceCross || !found {
-		return
-	}
-	r.traceMu.Lock()
-	defer r.traceMu.Unlock()
-	path := filepath.Join(os.TempDir(), fmt.Sprintf("crossstress-%d.trace", r.seed))
-	if err := os.WriteFile(path, []byte(strings.Join(r.trace, "\n")+"\n"), 0o644); err != nil {
-		fmt.Fprintf(os.Stderr, "seed %d: trace not written: %v\n", r.seed, err)
-		return
-	}
-	fmt.Fprintf(os.Stderr, "seed %d: its trace, the services' decisions too, is in %s\n", r.seed, path)
-}
 
 func (r *crossRun) reply(kind string) {
 	r.mu.Lock()
@@ -191,16 +159,16 @@ func (r *crossRun) releasingLocked(g *xGrant) {
 	}
 }
 
-// sample looks at the lock servers every few milliseconds until stop is
-// closed: a name whose item is on no majority of them is free. It notes
+// sample looks at the lock servers every few milliseconds until the run
+// stops: a name whose item is on no majority of them is free. It notes
 // since when each name has stood free with no fault under way (a lock
 // server slow or down, a proxy being replaced), for refused.
-func (r *crossRun) sample(stop chan struct{}) {
+func (r *crossRun) sample() {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
-		case <-stop:
+		case <-r.stopCh:
 			return
 		case <-tick.C:
 		}
@@ -247,33 +215,14 @@ func (r *crossRun) refused(i int, name, via string, sent time.Time) {
 
 // logCounter counts what the services log at Warn and above, to show
 // which paths a run took (a lock server seen losing its state, which no
-// fault here can cause, fails the run). With LOCKSERVICE_STRESS_TRACE it
-// is the services' Trace too, and keeps everything it is told in the
-// run's trace.
-type logCounter struct {
-	r     *crossRun
-	proxy string
-}
+// fault here can cause, fails the run).
+type logCounter struct{ r *crossRun }
 
-func (h logCounter) Enabled(_ context.Context, l slog.Level) bool {
-	return l >= slog.LevelWarn || traceCross
-}
-func (h logCounter) WithAttrs([]slog.Attr) slog.Handler { return h }
-func (h logCounter) WithGroup(string) slog.Handler      { return h }
+func (h logCounter) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (h logCounter) WithAttrs([]slog.Attr) slog.Handler           { return h }
+func (h logCounter) WithGroup(string) slog.Handler                { return h }
 
 func (h logCounter) Handle(_ context.Context, rec slog.Record) error {
-	if traceCross {
-		var b strings.Builder
-		fmt.Fprintf(&b, "%s %s: %s", rec.Time.Format("05.000000"), h.proxy, rec.Message)
-		rec.Attrs(func(a slog.Attr) bool {
-			fmt.Fprintf(&b, "; %s=%v", a.Key, a.Value)
-			return true
-		})
-		h.r.traceAdd(b.String())
-	}
-	if rec.Level < slog.LevelWarn {
-		return nil
-	}
 	msg, _, _ := strings.Cut(rec.Message, ":")
 	if strings.Contains(msg, "lost its lock state") || rec.Level >= slog.LevelError {
 		h.r.anomaly("a service logged %q", rec.Message)

@@ -49,9 +49,7 @@ import (
 //
 // Each seed runs for a few seconds. LOCKSERVICE_STRESS=5m runs seeds for
 // that long, two at a time; LOCKSERVICE_STRESS_SEED=n runs seed n alone;
-// LOCKSERVICE_STRESS_TRACE=1 prints every event, and writes a seed that
-// finds anything to a file, with what the services decided on the way
-// (Config.Trace). A seed picks the run's
+// LOCKSERVICE_STRESS_TRACE=1 prints every event. A seed picks the run's
 // shape and every client's and fault's choices; the goroutines' schedule
 // is the machine's, so a seed that failed once may pass the next time.
 func TestCrossStress(t *testing.T) {
@@ -97,9 +95,6 @@ type crossRun struct {
 	anomalies []string
 	notes     []string
 	replies   map[string]int
-
-	traceMu sync.Mutex
-	trace   []string // every event, the services' own too (LOCKSERVICE_STRESS_TRACE)
 }
 
 // xProxy is the proxy in one slot, and its clients' connections.
@@ -149,10 +144,6 @@ func (r *crossRun) newProxy(addr string, fresh bool) (*xProxy, error) {
 	cfg := r.cfg
 	cfg.Instance = fmt.Sprintf("p%d", r.instances)
 	r.mu.Unlock()
-	cfg.Logger = slog.New(logCounter{r: r, proxy: cfg.Instance})
-	if traceCross {
-		cfg.Trace = cfg.Logger
-	}
 	cfg.Fresh = fresh
 	svc, err := New(cfg, func(addr string) Conn { return r.fakes[addr] })
 	if err != nil {
@@ -289,6 +280,7 @@ func runCross(seed uint64, d time.Duration, checkGoroutines bool) *crossRun {
 		Prefix: "__memcachedlock:", MaxTTL: 3, MaxWait: time.Minute,
 		Poll:    time.Duration(5+rnd.IntN(50)) * time.Millisecond,
 		Timeout: time.Duration(100+rnd.IntN(200)) * time.Millisecond, EarlyHandoff: rnd.IntN(5) > 0,
+		Logger: slog.New(logCounter{r}),
 	}
 	r.names = []string{"k"}
 	if rnd.IntN(3) == 0 {
@@ -327,18 +319,14 @@ func runCross(seed uint64, d time.Duration, checkGoroutines bool) *crossRun {
 		defer bg.Done()
 		r.faults(rnd)
 	}()
-	// The sampler runs until the clients' last requests have ended: they
-	// are checked against what it saw (refused).
-	sampled := make(chan struct{})
 	go func() {
 		defer bg.Done()
-		r.sample(sampled)
+		r.sample()
 	}()
 	time.Sleep(d)
 	close(r.stopCh)
-	wg.Wait()
-	close(sampled)
 	bg.Wait()
+	wg.Wait()
 	r.checkIdle()
 	for _, p := range r.proxies {
 		p.shutdown(nil)
@@ -347,7 +335,6 @@ func runCross(seed uint64, d time.Duration, checkGoroutines bool) *crossRun {
 	if checkGoroutines && !r.failed() {
 		r.checkGoroutines(baseline)
 	}
-	r.writeTrace()
 	return r
 }
 
