@@ -159,16 +159,16 @@ func (r *crossRun) releasingLocked(g *xGrant) {
 	}
 }
 
-// sample looks at the lock servers every few milliseconds until the run
-// stops: a name whose item is on no majority of them is free. It notes
+// sample looks at the lock servers every few milliseconds until stop is
+// closed: a name whose item is on no majority of them is free. It notes
 // since when each name has stood free with no fault under way (a lock
 // server slow or down, a proxy being replaced), for refused.
-func (r *crossRun) sample() {
+func (r *crossRun) sample(stop chan struct{}) {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
-		case <-r.stopCh:
+		case <-stop:
 			return
 		case <-tick.C:
 		}

@@ -319,14 +319,18 @@ func runCross(seed uint64, d time.Duration, checkGoroutines bool) *crossRun {
 		defer bg.Done()
 		r.faults(rnd)
 	}()
+	// The sampler runs until the clients' last requests have ended: they
+	// are checked against what it saw (refused).
+	sampled := make(chan struct{})
 	go func() {
 		defer bg.Done()
-		r.sample()
+		r.sample(sampled)
 	}()
 	time.Sleep(d)
 	close(r.stopCh)
-	bg.Wait()
 	wg.Wait()
+	close(sampled)
+	bg.Wait()
 	r.checkIdle()
 	for _, p := range r.proxies {
 		p.shutdown(nil)
