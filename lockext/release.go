@@ -55,7 +55,9 @@ type current struct {
 // version this process left when it holds the grant, else (or when that
 // turns out stale) read afresh. change reports ErrStoreExists or
 // ErrStoreMiss when the item changed under it; it is then read again and
-// change retried.
+// change retried. A grant read in force every time whose change fails
+// every time (replicas split, none of their states on a majority) is
+// still its holder's: the answer is unavailable, never NOT_OWNER.
 func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, change func(st *keyState, cur current) (int, error)) (int, error) {
 	m.mu.Lock()
 	st := m.state(name)
@@ -121,8 +123,11 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 		}
 		return n, nil
 	}
-	return 0, ErrNotOwner
+	return 0, errChangedEveryTry
 }
+
+// errChangedEveryTry: see withGrant.
+var errChangedEveryTry = fmt.Errorf("%w: the grant could not be changed (its lock servers disagree)", ErrUnavailable)
 
 // handOn frees the grant cur: to the successor its record names, else
 // straight to the head waiter here when there is one, else by deleting
