@@ -102,6 +102,12 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 					ttl = min(it.TTL, n.ttl)
 				}
 			}
+			if held.fence != fence && it.Disputed {
+				// The store's copies disagree, none of them on a majority:
+				// another grant named by one of them (a contender's add
+				// not yet undone, say) is no proof that this one has ended.
+				return 0, errNoMajorityRead
+			}
 			if held.fence != fence {
 				m.dropHeld(st, fence)
 				return 0, ErrNotOwner
@@ -125,6 +131,9 @@ func (m *Manager) withGrant(ctx context.Context, name string, fence uint64, chan
 	}
 	return 0, errChangedEveryTry
 }
+
+// errNoMajorityRead: see withGrant.
+var errNoMajorityRead = fmt.Errorf("%w: its lock servers disagree on who holds it", ErrUnavailable)
 
 // errChangedEveryTry: see withGrant.
 var errChangedEveryTry = fmt.Errorf("%w: the grant could not be changed (its lock servers disagree)", ErrUnavailable)

@@ -2,8 +2,12 @@ package lockservice
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/memcachedlock/memcachedlock/lockext"
 )
 
 // One replica of three missed a change of holder (it was down), and then
@@ -37,5 +41,25 @@ func TestStaleReplicaDoesNotDisownTheHolder(t *testing.T) {
 	}
 	if _, err := other.NewSession().Unlock(ctx, "k", second.Fence); err != nil {
 		t.Fatalf("the holder's unlock with one replica down and one stale: %v", err)
+	}
+}
+
+// Two replicas answer, one with the holder's grant, the other with
+// another (a contender's add not yet undone, say), the third down: no
+// copy is on a majority, and the one naming another grant proves nothing.
+// The holder's unlock is unavailable, never NOT_OWNER.
+func TestSplitReplicasDoNotDisownTheHolder(t *testing.T) {
+	f := fakes("a:1", "b:1", "c:1")
+	s := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1")
+	ctx := context.Background()
+	g, err := tryLock(s, "k", "holder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f["b:1"].put("__memcachedlock:k", fmt.Appendf(nil, "%d x 1 o contender", g.Fence+1), 1<<40)
+	f["c:1"].set(true, 0)
+	other := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1") // knows nothing of the grant
+	if _, err := other.NewSession().Unlock(ctx, "k", g.Fence); errors.Is(err, lockext.ErrNotOwner) || errors.Is(err, lockext.ErrNotFound) {
+		t.Fatalf("the holder's unlock, its replicas split: %v", err)
 	}
 }
