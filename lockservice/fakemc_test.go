@@ -89,6 +89,15 @@ func (f *fakeMC) stallOn(pick func(batch []byte) bool) (resume func()) {
 	return sync.OnceFunc(func() { close(ch) })
 }
 
+// within waits until cond holds, or d has passed, looking every few
+// milliseconds: for what the fake servers will hold once a write late on
+// its way lands. The caller checks cond again where it must hold.
+func within(d time.Duration, cond func() bool) {
+	for end := time.Now().Add(d); !cond() && time.Now().Before(end); {
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
 // value is what the server holds under key; nil when nothing.
 func (f *fakeMC) value(key string) []byte {
 	f.mu.Lock()

@@ -32,9 +32,9 @@ func TestLateRefusalKeepsANewerChange(t *testing.T) {
 	const item = "__memcachedlock:k"
 	two := f["a:1"].value(item)
 	one := bytes.Replace(two, []byte(" r 2 "), []byte(" r 1 "), 1)
-	for i := 0; i < 100 && !(bytes.Equal(f["b:1"].value(item), two) && bytes.Equal(f["c:1"].value(item), two)); i++ {
-		time.Sleep(time.Millisecond) // the second level's write, on the replica that took it late
-	}
+	within(time.Second, func() bool { // the second level's write, on the replica that took it late
+		return bytes.Equal(f["b:1"].value(item), two) && bytes.Equal(f["c:1"].value(item), two)
+	})
 	time.Sleep(10 * time.Millisecond) // and its outcome noted
 
 	// c's copy is rewritten behind the service's back (a new cas, the same
@@ -49,9 +49,8 @@ func TestLateRefusalKeepsANewerChange(t *testing.T) {
 		f[n].put(item, one, 1<<41+uint64(i))
 	}
 	close(gate)
-	for i := 0; i < 50 && bytes.Equal(f["c:1"].value(item), one); i++ {
-		time.Sleep(10 * time.Millisecond) // time for the late refusal to be handled
-	}
+	// Time for the late refusal to be handled: a write over c would show.
+	within(500*time.Millisecond, func() bool { return !bytes.Equal(f["c:1"].value(item), one) })
 	if v := f["c:1"].value(item); !bytes.Equal(v, one) {
 		t.Errorf("the refusing replica holds %q, want the newer %q", v, one)
 	}
@@ -83,13 +82,9 @@ func TestLateAddAfterTheReleaseIsUndone(t *testing.T) {
 	if _, err := s.NewSession().Unlock(context.Background(), "k", first.Fence); err != nil {
 		t.Fatal(err)
 	}
-	resume() // the add lands on c now
-	for i := 0; i < 100 && !f["c:1"].has(item); i++ {
-		time.Sleep(time.Millisecond) // the add landing
-	}
-	for i := 0; i < 100 && f["c:1"].has(item); i++ {
-		time.Sleep(10 * time.Millisecond) // time for it to be undone
-	}
+	resume()                                                        // the add lands on c now
+	within(time.Second, func() bool { return f["c:1"].has(item) })  // the add landing
+	within(time.Second, func() bool { return !f["c:1"].has(item) }) // and being undone
 	if v := f["c:1"].value(item); v != nil {
 		t.Fatalf("the released grant's late add stands on c: %q", v)
 	}

@@ -31,9 +31,7 @@ func TestLosingAddIsNoGrant(t *testing.T) {
 		t.Fatal(err)
 	}
 	const item = "__memcachedlock:k"
-	for i := 0; i < 100 && !f["c:1"].has(item); i++ {
-		time.Sleep(10 * time.Millisecond) // the grant's add may reach c after its majority
-	}
+	within(time.Second, func() bool { return f["c:1"].has(item) }) // the grant's add may reach c after its majority
 	held := f["c:1"].value(item)
 	if held == nil {
 		t.Fatal("c never took first's grant")

@@ -22,10 +22,8 @@ func TestStaleReplicaDoesNotDisownTheHolder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 100 && !f["b:1"].has("__memcachedlock:k"); i++ {
-		time.Sleep(time.Millisecond) // b took the grant, if after the other two
-	}
-	f["b:1"].set(true, 0) // b misses the release and the next grant
+	within(time.Second, func() bool { return f["b:1"].has("__memcachedlock:k") }) // b took the grant, if after the other two
+	f["b:1"].set(true, 0)                                                         // b misses the release and the next grant
 	if _, err := s.NewSession().Unlock(ctx, "k", first.Fence); err != nil {
 		t.Fatal(err)
 	}
