@@ -30,6 +30,7 @@ type fakeMC struct {
 type fakeItem struct {
 	value   []byte
 	cas     uint64
+	flags   uint64
 	expires time.Time // zero: never
 }
 
@@ -169,6 +170,9 @@ func (f *fakeMC) Exchange(ctx context.Context, batch, reply []byte) ([]byte, err
 				continue
 			}
 			fmt.Fprintf(&out, "VA %d c%d", len(it.value), it.cas)
+			if strings.Contains(line, " f") {
+				fmt.Fprintf(&out, " f%d", it.flags)
+			}
 			if strings.Contains(line, " t") {
 				ttl := -1
 				if !it.expires.IsZero() {
@@ -183,9 +187,12 @@ func (f *fakeMC) Exchange(ctx context.Context, batch, reply []byte) ([]byte, err
 			batch = batch[n+2:]
 			it, exists := f.live(w[1])
 			var expires time.Time
+			var flags uint64
 			status := ""
 			for _, fl := range w[3:] {
 				switch {
+				case fl[0] == 'F':
+					flags, _ = strconv.ParseUint(fl[1:], 10, 32)
 				case fl == "ME" && exists:
 					status = "NS"
 				case fl[0] == 'C' && !exists:
@@ -204,7 +211,7 @@ func (f *fakeMC) Exchange(ctx context.Context, batch, reply []byte) ([]byte, err
 				continue
 			}
 			f.cas++
-			f.items[w[1]] = fakeItem{value: value, cas: f.cas, expires: expires}
+			f.items[w[1]] = fakeItem{value: value, cas: f.cas, flags: flags, expires: expires}
 			fmt.Fprintf(&out, "HD c%d\r\n", f.cas)
 		case "md":
 			it, ok := f.live(w[1])

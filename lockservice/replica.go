@@ -473,25 +473,26 @@ func (r *replica) evicts() bool {
 	return r.evictable
 }
 
-// get reads a lock item.
-func (r *replica) get(ctx context.Context, item string) (value []byte, cas uint64, ttl int, err error) {
+// get reads a lock item: its state, cas and seconds left.
+func (r *replica) get(ctx context.Context, item string) (st state, cas uint64, ttl int, err error) {
 	if _, err := r.ready(ctx); err != nil {
-		return nil, 0, 0, err
+		return state{}, 0, 0, err
 	}
-	reply, err := r.conn.Exchange(ctx, append(append(append(make([]byte, 0, 16+len(item)), "mg "...), item...), " v c t\r\n"...), nil)
+	reply, err := r.conn.Exchange(ctx, append(append(append(make([]byte, 0, 16+len(item)), "mg "...), item...), " v c t f\r\n"...), nil)
 	if err != nil {
-		return nil, 0, 0, err
+		return state{}, 0, 0, err
 	}
 	rs := replies{reply}
 	m, err := rs.meta()
 	if err != nil {
-		return nil, 0, 0, err
+		return state{}, 0, 0, err
 	}
 	switch m.status {
 	case "EN":
-		return nil, 0, 0, lockext.ErrStoreMiss
+		return state{}, 0, 0, lockext.ErrStoreMiss
 	case "VA":
 		c, _ := m.flag('c')
+		f, _ := m.flag('f')
 		t, ok := m.flag('t')
 		switch {
 		case !ok:
@@ -499,25 +500,26 @@ func (r *replica) get(ctx context.Context, item string) (value []byte, cas uint6
 		case t > 0:
 			t-- // the item outlives its grant by up to a second
 		}
-		return m.value, uint64(c), int(t), nil
+		return state{value: m.value, change: uint32(f)}, uint64(c), int(t), nil
 	}
-	return nil, 0, 0, fmt.Errorf("%w: mg: %s", errBadReply, m.status)
+	return state{}, 0, 0, fmt.Errorf("%w: mg: %s", errBadReply, m.status)
 }
 
 // batches are the buffers lock writes are built in: Exchange keeps no
 // reference to a batch once it returns.
 var batches = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
 
-// write stores an item: added when cas is 0, else compare-and-swapped; ttl
-// is a grant's, and the item is written to live a second more, since
-// memcached's clock ticks once a second. The marker is read back behind it.
-func (r *replica) write(ctx context.Context, item string, value []byte, ttl int, cas uint64) (uint64, error) {
+// write stores an item in state st (its change number in the item's
+// flags): added when cas is 0, else compare-and-swapped; ttl is a grant's,
+// and the item is written to live a second more, since memcached's clock
+// ticks once a second. The marker is read back behind it.
+func (r *replica) write(ctx context.Context, item string, st state, ttl int, cas uint64) (uint64, error) {
 	for tries := 0; ; tries++ {
 		trusted, err := r.ready(ctx)
 		if err != nil {
 			return 0, err
 		}
-		newCAS, err := r.writeOnce(ctx, trusted, item, value, ttl, cas)
+		newCAS, err := r.writeOnce(ctx, trusted, item, st, ttl, cas)
 		if errors.Is(err, errMarkerMoved) {
 			if tries == 0 && cas == 0 {
 				continue // another proxy wrote a new marker: add again under it
@@ -531,18 +533,21 @@ func (r *replica) write(ctx context.Context, item string, value []byte, ttl int,
 // writeOnce is one batch of write: the change, the marker read behind it,
 // and the evictions counter where the server may evict. A change the
 // marker does not confirm is undone.
-func (r *replica) writeOnce(ctx context.Context, trusted, item string, value []byte, ttl int, cas uint64) (uint64, error) {
+func (r *replica) writeOnce(ctx context.Context, trusted, item string, st state, ttl int, cas uint64) (uint64, error) {
 	bp := batches.Get().(*[]byte)
 	defer batches.Put(bp)
 	batch := append(append((*bp)[:0], "ms "...), item...)
-	batch = strconv.AppendInt(append(batch, ' '), int64(len(value)), 10)
+	batch = strconv.AppendInt(append(batch, ' '), int64(len(st.value)), 10)
 	batch = strconv.AppendInt(append(batch, " T"...), int64(ttl+1), 10)
+	if st.change != 0 {
+		batch = strconv.AppendUint(append(batch, " F"...), uint64(st.change), 10)
+	}
 	if cas == 0 {
 		batch = append(batch, " ME"...)
 	} else {
 		batch = strconv.AppendUint(append(batch, " C"...), cas, 10)
 	}
-	batch = append(append(append(batch, " c\r\n"...), value...), "\r\n"...)
+	batch = append(append(append(batch, " c\r\n"...), st.value...), "\r\n"...)
 	batch = append(append(append(batch, "mg "...), r.marker...), " v c\r\n"...)
 	evicts := cas == 0 && r.evicts() // a compare-and-swap cannot succeed on an evicted item
 	if evicts {
@@ -619,15 +624,15 @@ func (r *replica) del(ctx context.Context, item string, cas uint64) error {
 	return fmt.Errorf("%w: md: %s", errBadReply, m.status)
 }
 
-// restore swaps value back over an item a void swap left (cas is its cas),
+// restore swaps st back over an item a void swap left (cas is its cas),
 // so that the replicas agree again; if that fails, its ttl ends it.
-func (r *replica) restore(item string, value []byte, ttl int, cas uint64) {
+func (r *replica) restore(item string, st state, ttl int, cas uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	if ttl < 1 {
 		ttl = int(r.hold / time.Second) // unknown: the longest a grant could have
 	}
-	r.write(ctx, item, value, ttl, cas)
+	r.write(ctx, item, st, ttl, cas)
 }
 
 // undo deletes an item a void write left, so that it blocks nobody; if

@@ -22,22 +22,52 @@ type store struct {
 	clash    atomic.Bool  // a lock server's marker names another list (see differ)
 }
 
-// version is a lock item's state as the store last wrote or read it: the
-// value, and its cas on each replica of the name (0 where unknown: that
-// replica did not answer in time, or missed an earlier write). A replica
-// that answers after the majority has decided is filled in then
-// (atomically: the version may be in use already).
+// state is what a replica holds of a lock item: the value, and its change
+// number (kept in the item's flags). Each write of one grant numbers its
+// state one higher than the state it replaces; a new grant starts at 1.
+// So a replica holding a grant's value can tell the state a change
+// replaces from the same bytes written again later (an extend, an rlock
+// level taken and released), and a change of a state that is gone is
+// refused, as memcached's cas would. 0 is unknown: a proxy older than
+// 2026-11-26 wrote it, and only the bytes can be compared.
+type state struct {
+	value  []byte
+	change uint32
+}
+
+// next is the state a write of value over st makes.
+func (st state) next(value []byte) state {
+	f, _ := lockext.Fence(value)
+	if g, _ := lockext.Fence(st.value); f != g || st.value == nil {
+		return state{value: value, change: 1}
+	}
+	return state{value: value, change: max(st.change+1, st.change)} // stays at the top rather than wrap
+}
+
+// version is a lock item's state as the store last wrote or read it, and
+// its cas on each replica of the name (0 where unknown: that replica did
+// not answer in time, or missed an earlier write). A replica that answers
+// after the majority has decided is filled in then (atomically: the
+// version may be in use already).
 type version struct {
-	cas   []uint64
-	value []byte
-	ttl   int       // the grant's seconds when written or read; -1 unknown
-	one   [1]uint64 // cas's array for a name with one replica: one allocation, not two
+	state
+	cas []uint64
+	ttl int       // the grant's seconds when written or read; -1 unknown
+	one [1]uint64 // cas's array for a name with one replica: one allocation, not two
 	// released is set when a release of this version begins. A replica
 	// whose add arrives after that, late, held nothing when the release
 	// looked, and was counted released: the add is undone, or it would
 	// stand there for the grant's whole ttl, and with one other replica
 	// down no new grant could find a majority.
 	released atomic.Bool
+}
+
+// held is the state v names; none when v is nil (an add).
+func (v *version) held() state {
+	if v == nil {
+		return state{}
+	}
+	return v.state
 }
 
 func (v *version) casAt(i int) uint64 {
@@ -103,9 +133,9 @@ func (s *store) differ() error {
 
 // outcome is one replica's answer.
 type outcome struct {
-	i     int
+	i int
+	state
 	cas   uint64
-	value []byte
 	ttl   int
 	err   error
 	added bool // a write that added the item: nothing was there before
@@ -236,8 +266,8 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 		return best, misses
 	}
 	outs := fanOut(reps, func(i int, r *replica) outcome {
-		v, cas, ttl, err := r.get(ctx, k.Item)
-		return outcome{i: i, cas: cas, value: v, ttl: ttl, err: err}
+		st, cas, ttl, err := r.get(ctx, k.Item)
+		return outcome{i: i, state: st, cas: cas, ttl: ttl, err: err}
 	}, func(outs []outcome) bool {
 		best, misses := agree(outs)
 		return len(best) >= need || misses >= need
@@ -256,10 +286,13 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 		// "held by this one" may be told to a holder asking after its grant.
 		return lockext.Item{}, unanswered(outs)
 	case len(best) >= need:
-		ver := &version{cas: make([]uint64, len(reps)), value: best[0].value, ttl: best[0].ttl}
+		// The same bytes under different change numbers: the lower ones
+		// missed a change that came back to these bytes, and are behind.
+		ver := &version{state: best[0].state, cas: make([]uint64, len(reps)), ttl: best[0].ttl}
 		it := lockext.Item{Value: best[0].value, Version: ver, TTL: best[0].ttl}
 		for _, o := range best {
 			ver.cas[o.i] = o.cas
+			ver.change = latest(ver.change, o.change)
 			it.TTL = min(it.TTL, o.ttl)
 			ver.ttl = max(ver.ttl, o.ttl)
 		}
@@ -275,7 +308,7 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 		// from there finds each replica's cas by value. The newest may
 		// also be an add that lost, not yet undone: the item is disputed.
 		v := newest(outs, len(best))
-		return lockext.Item{Value: v, Version: &version{cas: make([]uint64, len(reps)), value: v, ttl: -1}, TTL: -1, Disputed: true}, nil
+		return lockext.Item{Value: v.value, Version: &version{state: v, cas: make([]uint64, len(reps)), ttl: -1}, TTL: -1, Disputed: true}, nil
 	case misses > 0:
 		return lockext.Item{}, lockext.ErrStoreMiss
 	}
@@ -284,25 +317,36 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 }
 
 // newest is, of the values that n of the replicas answered alike, the one
-// with the highest fence: the latest grant.
-func newest(outs []outcome, n int) []byte {
-	var v []byte
+// with the highest fence: the latest grant (at its latest change).
+func newest(outs []outcome, n int) state {
+	var v state
 	var top uint64
 	for _, o := range outs {
 		if o.err != nil {
 			continue
 		}
 		same := 0
+		change := o.change
 		for _, p := range outs {
 			if p.err == nil && bytes.Equal(p.value, o.value) {
 				same++
+				change = latest(change, p.change)
 			}
 		}
-		if f, _ := lockext.Fence(o.value); same == n && (v == nil || f > top) {
-			v, top = o.value, f
+		if f, _ := lockext.Fence(o.value); same == n && (v.value == nil || f > top) {
+			v, top = state{value: o.value, change: change}, f
 		}
 	}
 	return v
+}
+
+// latest is the later of two change numbers of the same bytes; unknown
+// (0) when either is, so that the bytes alone decide after it.
+func latest(a, b uint32) uint32 {
+	if a == 0 || b == 0 {
+		return 0
+	}
+	return max(a, b)
 }
 
 func (s *store) Add(ctx context.Context, k lockext.Key, value []byte, ttl int) (lockext.Version, error) {
@@ -329,16 +373,17 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		return nil, err
 	}
 	reps := s.of(k.Name)
+	st := prev.held().next(value)
 	if len(reps) == 1 { // no majority to gather, nothing to catch up
-		c, err := reps[0].write(ctx, k.Item, value, ttl, prev.casAt(0))
+		c, err := reps[0].write(ctx, k.Item, st, ttl, prev.casAt(0))
 		if err != nil {
 			return nil, err
 		}
-		v := &version{value: value, ttl: ttl, one: [1]uint64{c}}
+		v := &version{state: st, ttl: ttl, one: [1]uint64{c}}
 		v.cas = v.one[:]
 		return v, nil
 	}
-	ver := &version{cas: make([]uint64, len(reps)), value: value, ttl: ttl}
+	ver := &version{state: st, cas: make([]uint64, len(reps)), ttl: ttl}
 	var mu sync.Mutex
 	resolved, failed := false, false
 	var pending []outcome
@@ -351,7 +396,7 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 			// Put back what was there, for no shorter than it had: the
 			// replicas that refused still hold it, and a name whose
 			// replicas disagree needs every one of them to decide.
-			reps[o.i].restore(k.Item, prev.value, max(prev.ttl, ttl), o.cas)
+			reps[o.i].restore(k.Item, prev.state, max(prev.ttl, ttl), o.cas)
 		}
 	}
 	count := tally
@@ -360,7 +405,7 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 	}
 	need := s.majority()
 	outs := fanOut(reps, func(i int, r *replica) outcome {
-		return swapOn(ctx, i, r, k.Item, value, ttl, prev)
+		return swapOn(ctx, i, r, k.Item, st, ttl, prev)
 	}, func(outs []outcome) bool {
 		ok, err := count(outs)
 		return ok >= need || len(outs)-ok > len(reps)-need || errors.Is(err, lockext.ErrStoreMiss)
@@ -379,7 +424,7 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		case o.err == nil:
 			atomic.StoreUint64(&ver.cas[o.i], o.cas)
 		case errors.Is(o.err, lockext.ErrStoreExists):
-			s.overwrite(k.Item, value, ttl, reps[o.i], ver, o.i)
+			s.overwrite(k.Item, ttl, reps[o.i], ver, o.i)
 		}
 	})
 	ok, err := count(outs)
@@ -398,7 +443,7 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		case o.err == nil:
 			atomic.StoreUint64(&ver.cas[o.i], o.cas)
 		case errors.Is(o.err, lockext.ErrStoreExists):
-			go s.overwrite(k.Item, value, ttl, reps[o.i], ver, o.i)
+			go s.overwrite(k.Item, ttl, reps[o.i], ver, o.i)
 		}
 	}
 	return ver, nil
@@ -417,14 +462,14 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 // state that is gone would stand on this replica, and two such replicas
 // are a majority for a change based on it. A newer fence is left to the
 // contender that added it, which undoes its add when it loses.
-func (s *store) overwrite(item string, value []byte, ttl int, r *replica, ver *version, i int) {
+func (s *store) overwrite(item string, ttl int, r *replica, ver *version, i int) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	held, cas, _, err := r.get(ctx, item)
-	if err != nil || bytes.Equal(held, value) || !sameOrStale(held, value) {
+	if err != nil || bytes.Equal(held.value, ver.value) || !sameOrStale(held, ver.state) {
 		return
 	}
-	if c, err := r.write(ctx, item, value, ttl, cas); err == nil {
+	if c, err := r.write(ctx, item, ver.state, ttl, cas); err == nil {
 		atomic.StoreUint64(&ver.cas[i], c)
 	}
 }
@@ -436,10 +481,10 @@ func (s *store) overwrite(item string, value []byte, ttl int, r *replica, ver *v
 // if r holds nothing. So the replicas that fell behind catch up with every change,
 // and a lock held for long is back on all of them. Adds are checked
 // against the marker like any grant.
-func swapOn(ctx context.Context, i int, r *replica, item string, value []byte, ttl int, prev *version) outcome {
+func swapOn(ctx context.Context, i int, r *replica, item string, st state, ttl int, prev *version) outcome {
 	cas := prev.casAt(i)
 	if prev == nil || cas != 0 {
-		c, err := r.write(ctx, item, value, ttl, cas)
+		c, err := r.write(ctx, item, st, ttl, cas)
 		if prev == nil || err == nil || !(errors.Is(err, lockext.ErrStoreExists) || errors.Is(err, lockext.ErrStoreMiss)) {
 			return outcome{i: i, cas: c, err: err, added: cas == 0}
 		}
@@ -450,25 +495,27 @@ func swapOn(ctx context.Context, i int, r *replica, item string, value []byte, t
 		c = 0
 	case err != nil:
 		return outcome{i: i, err: err}
-	case !sameOrStale(held, prev.value):
+	case !sameOrStale(held, prev.state):
 		return outcome{i: i, err: lockext.ErrStoreExists}
 	}
-	nc, err := r.write(ctx, item, value, ttl, c)
+	nc, err := r.write(ctx, item, st, ttl, c)
 	return outcome{i: i, cas: nc, err: err, added: c == 0}
 }
 
 // sameOrStale reports whether a replica that holds held may be written
-// over as if it held want: it does, or it holds an older grant (a lower
-// fence) that it missed the end of. An older grant can never be current
-// again: want, granted after it, was once on a majority, and a grant
-// regains no majority it lost. A newer value (another writer's, on its
-// way) is left alone.
-func sameOrStale(held, want []byte) bool {
-	if bytes.Equal(held, want) {
-		return true
+// over as if it held want: it does (the same bytes, at want's change or
+// an earlier one: a replica behind, never one ahead), or it holds an older
+// grant (a lower fence) that it missed the end of. An older grant can
+// never be current again: want, granted after it, was once on a majority,
+// and a grant regains no majority it lost. A newer value (another
+// writer's, on its way) is left alone, and so are want's bytes written
+// again since want, at a later change.
+func sameOrStale(held, want state) bool {
+	if bytes.Equal(held.value, want.value) {
+		return held.change == 0 || want.change == 0 || held.change <= want.change
 	}
-	h, ok1 := lockext.Fence(held)
-	w, ok2 := lockext.Fence(want)
+	h, ok1 := lockext.Fence(held.value)
+	w, ok2 := lockext.Fence(want.value)
 	return ok1 && ok2 && h < w
 }
 
@@ -517,7 +564,7 @@ func deleteOn(ctx context.Context, i int, r *replica, item string, prev *version
 		return nil
 	case err != nil:
 		return err
-	case !sameOrStale(held, prev.value):
+	case !sameOrStale(held, prev.state):
 		return lockext.ErrStoreExists
 	}
 	if err := r.del(ctx, item, c); err != nil && !errors.Is(err, lockext.ErrStoreMiss) {
