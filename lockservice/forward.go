@@ -30,7 +30,13 @@ type peerLink struct {
 	next      uint64
 	pending   map[uint64]chan []string
 	downUntil time.Time
+	awaited   int // answers its callers gave up on, still awaited (see abandon)
 }
+
+// maxAwaited bounds the answers a link awaits for callers that gave up: a
+// home hung with its connection open would otherwise collect one waiting
+// goroutine for every lock asked of it.
+const maxAwaited = 1024
 
 // peers holds the links to home proxies, by address.
 type peers struct {
@@ -173,8 +179,9 @@ func (l *peerLink) send(tag uint64, req string) error {
 // all (the caller then watches its client for hanging up, which cancels
 // the request). When ctx ends first, the home is told to cancel and its
 // answer is still awaited (briefly): a grant that won the race must reach
-// the caller, who releases what it cannot deliver.
-func (l *peerLink) call(ctx context.Context, req string, onWait func(), wait time.Duration) ([]string, error) {
+// the caller, who releases what it cannot deliver. An answer that comes
+// after the caller gave up goes to late, if set, for up to lateFor.
+func (l *peerLink) call(ctx context.Context, req string, onWait func(), wait time.Duration, late func([]string), lateFor time.Duration) ([]string, error) {
 	l.mu.Lock()
 	if err := l.connect(); err != nil {
 		l.mu.Unlock()
@@ -218,11 +225,7 @@ func (l *peerLink) call(ctx context.Context, req string, onWait func(), wait tim
 			l.cancel(tag, nc)
 			giveUp = time.After(2 * l.timeout)
 		case <-giveUp:
-			l.mu.Lock()
-			if l.pending != nil {
-				delete(l.pending, tag)
-			}
-			l.mu.Unlock()
+			l.abandon(tag, ch, late, lateFor)
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -230,6 +233,51 @@ func (l *peerLink) call(ctx context.Context, req string, onWait func(), wait tim
 			return nil, errAnswerLost
 		}
 	}
+}
+
+// abandon stops waiting for the answer to tag on its caller's behalf. A
+// grant the home makes after all would stand for its ttl with nobody
+// knowing of it: while the link lasts, up to lateFor, a final answer still
+// goes to late (which gives a grant back). Past that, with no late, or
+// with maxAwaited answers awaited already, it is dropped.
+func (l *peerLink) abandon(tag uint64, ch chan []string, late func([]string), lateFor time.Duration) {
+	l.mu.Lock()
+	if l.pending == nil || l.pending[tag] != ch { // the link broke, or the answer came
+		l.mu.Unlock()
+		return
+	}
+	if late == nil || l.awaited >= maxAwaited {
+		delete(l.pending, tag)
+		l.mu.Unlock()
+		return
+	}
+	l.awaited++
+	l.mu.Unlock()
+	go func() {
+		defer func() {
+			l.mu.Lock()
+			l.awaited--
+			if l.pending != nil && l.pending[tag] == ch {
+				delete(l.pending, tag)
+			}
+			l.mu.Unlock()
+		}()
+		expired := time.After(lateFor)
+		for {
+			select {
+			case f, ok := <-ch:
+				if !ok {
+					return
+				}
+				if f[0] != "W" { // W: from a home of an older version
+					late(f)
+					return
+				}
+			case <-expired:
+				return
+			}
+		}
+	}()
 }
 
 // cancel tells the home to cancel the request tag, sent on nc.

@@ -299,6 +299,7 @@ type Session struct {
 
 	mu        sync.Mutex
 	forwarded map[string]uint64 // connection-owned grants made by a home: name -> fence
+	closed    bool
 }
 
 // NewSession starts a session.
@@ -323,13 +324,15 @@ func (s *Service) forward(ctx context.Context, name string, req func() string, o
 	if l == nil {
 		return nil, nil, false
 	}
-	return s.ask(ctx, l, req(), onWait, wait)
+	return s.ask(ctx, l, req(), onWait, wait, nil)
 }
 
 // ask sends req to the home at the other end of l; see forward.
-func (s *Service) ask(ctx context.Context, l *peerLink, req string, onWait func(), wait time.Duration) (f []string, err error, ok bool) {
+// late, when set, takes the answer the caller gave up on (see
+// peerLink.call), for as long as a grant can last.
+func (s *Service) ask(ctx context.Context, l *peerLink, req string, onWait func(), wait time.Duration, late func([]string)) (f []string, err error, ok bool) {
 	s.forwardedOut.Add(1)
-	f, err = l.call(ctx, req, onWait, wait)
+	f, err = l.call(ctx, req, onWait, wait, late, time.Duration(s.cfg.MaxTTL)*time.Second)
 	if errors.Is(err, errPeer) {
 		s.forwardFailed.Add(1)
 		return nil, err, false
@@ -359,7 +362,7 @@ func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant
 	var err error
 	ok := false
 	if l != nil {
-		f, err, ok = ss.svc.ask(ctx, l, lockLine(req, ss.ls.ID()), req.OnWait, req.Wait)
+		f, err, ok = ss.svc.ask(ctx, l, lockLine(req, ss.ls.ID()), req.OnWait, req.Wait, func(f []string) { ss.late(req, l.instance, f) })
 	}
 	if !ok {
 		if d := time.Since(start); d > 0 && req.Wait > 0 {
@@ -370,6 +373,20 @@ func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant
 	if err != nil {
 		return lockext.Grant{}, err
 	}
+	g, err := grantFrom(f, req.Name, l.instance)
+	if err != nil {
+		return lockext.Grant{}, err
+	}
+	if req.Owner == "" {
+		ss.holdForwarded(req.Name, g.Fence)
+		g.Owner = "conn:" + g.Owner
+	}
+	return g, nil
+}
+
+// grantFrom reads the grant a home made, instance, from its answer f to
+// a lock request for name.
+func grantFrom(f []string, name, instance string) (lockext.Grant, error) {
 	if len(f) < 5 || f[0] != "LOCKED" {
 		return lockext.Grant{}, lockext.ErrUnavailable
 	}
@@ -383,20 +400,51 @@ func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant
 		if extra == "again" {
 			g.Again = true
 		} else if n, err := strconv.ParseUint(extra, 10, 64); err == nil {
-			g.Reply, g.By = n, l.instance
+			g.Reply, g.By = n, instance
 		}
 	}
-	g.Name = req.Name
-	if req.Owner == "" {
-		ss.mu.Lock()
+	g.Name = name
+	return g, nil
+}
+
+// holdForwarded remembers a connection's lock that a home granted, to be
+// released there when the session closes; once it has closed, the lock is
+// released now.
+func (ss *Session) holdForwarded(name string, fence uint64) {
+	ss.mu.Lock()
+	if !ss.closed {
 		if ss.forwarded == nil {
 			ss.forwarded = make(map[string]uint64)
 		}
-		ss.forwarded[req.Name] = g.Fence
+		ss.forwarded[name] = fence
 		ss.mu.Unlock()
-		g.Owner = "conn:" + g.Owner
+		return
 	}
-	return g, nil
+	ss.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*ss.svc.cfg.Timeout)
+	defer cancel()
+	ss.unlock(ctx, name, fence, true)
+}
+
+// late takes the home's answer to a lock request that its caller gave up
+// on (its client hung up, or the home took too long and the name was
+// served here). A grant in it reached nobody: it is given back, as one
+// whose reply failed to reach the client is, or else (the home keeps it:
+// its owner may know of it by now) a connection's lock is held by the
+// session until it closes.
+func (ss *Session) late(req lockext.Request, instance string, f []string) {
+	g, err := grantFrom(f, req.Name, instance)
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*ss.svc.cfg.Timeout)
+	defer cancel()
+	_, err = ss.Undelivered(ctx, g)
+	ss.svc.cfg.Logger.Info("a home granted a lock after its request was given up", "name", req.Name, "fence", g.Fence,
+		"home", instance, "given_back", err == nil)
+	if err != nil && req.Owner == "" {
+		ss.holdForwarded(req.Name, g.Fence)
+	}
 }
 
 // Unlock releases one level of a grant.
@@ -452,7 +500,7 @@ func (ss *Session) Undelivered(ctx context.Context, g lockext.Grant) (int, error
 	if l == nil || l.instance != g.By || g.Reply == 0 || g.Again {
 		return 0, lockext.ErrKept
 	}
-	f, err, ok := ss.svc.ask(ctx, l, fmt.Sprintf("R %s %d %d %s", g.Name, g.Fence, g.Reply, g.By), nil, 0)
+	f, err, ok := ss.svc.ask(ctx, l, fmt.Sprintf("R %s %d %d %s", g.Name, g.Fence, g.Reply, g.By), nil, 0, nil)
 	if !ok {
 		return 0, lockext.ErrKept
 	}
@@ -514,7 +562,7 @@ func (ss *Session) Info(ctx context.Context, name string) (lockext.Info, error) 
 func (ss *Session) Close(ctx context.Context) {
 	ss.mu.Lock()
 	forwarded := ss.forwarded
-	ss.forwarded = nil
+	ss.forwarded, ss.closed = nil, true
 	ss.mu.Unlock()
 	for name, fence := range forwarded {
 		ss.unlock(ctx, name, fence, true)
