@@ -213,14 +213,14 @@ func (h *connGrants) know(g connGrant, registry []member) {
 // releaseIfGone releases the connection locks a peer's sessions held when
 // its link here broke, if that proxy is gone: its clients' connections went
 // with it, and so did their locks. A proxy that may still run (it answers,
-// or cannot be reached to tell) keeps them: its clients may hold them, and
-// their ttl ends them otherwise.
+// cannot be reached to tell, or renews its registry entry) keeps them: its
+// clients may hold them, and their ttl ends them otherwise.
 func (s *Service) releaseIfGone(held *connGrants) {
 	gone := make(map[string]bool)
 	for name, g := range held.grants {
 		instance := g.instance()
 		if _, seen := gone[instance]; !seen {
-			gone[instance] = s.peerGoneAfterTries(held.proxies[instance])
+			gone[instance] = s.peerGoneAfterTries(held.proxies[instance]) && !s.renewing(instance)
 		}
 		if !gone[instance] {
 			continue
@@ -257,6 +257,35 @@ func (s *Service) pause(d time.Duration) bool {
 	case <-time.After(d):
 		return true
 	}
+}
+
+// renewing reports whether the proxy instance still renews its registry
+// entry: read twice, more than a renewal apart, its expiry moved on (both
+// times off its own clock, so clocks out of step do not matter). Such a
+// proxy runs, whatever its address answers: a firewall that rejects the
+// connections between proxies makes a live one refuse them, and its
+// clients may hold their locks.
+func (s *Service) renewing(instance string) bool {
+	first, ok := s.entry(instance)
+	if !ok {
+		return false
+	}
+	if !s.pause(2 * memberRenew) {
+		return true // closing: nothing is released, the ttl ends it
+	}
+	second, ok := s.entry(instance)
+	return ok && second.expires > first.expires
+}
+
+// entry reads the registry's entry for the proxy instance afresh.
+func (s *Service) entry(instance string) (member, bool) {
+	s.refreshMembers()
+	for _, m := range s.members.list() {
+		if m.instance == instance {
+			return m, true
+		}
+	}
+	return member{}, false
 }
 
 // peerGoneAfterTries asks peerGone a few times, a timeout apart: a busy

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/memcachedlock/memcachedlock/internal/testmc"
 	"github.com/memcachedlock/memcachedlock/lockext"
@@ -63,5 +64,54 @@ func TestDeadPeerOutOfTheRegistryIsStillReleased(t *testing.T) {
 	s.releaseIfGone(held) // the registry of s has never heard of it
 	if _, err := tryLock(s, "k", "next"); err != nil {
 		t.Fatalf("lock after the dead peer's grant was released: %v", err)
+	}
+}
+
+// A proxy whose address refuses connections, but which renews its
+// registry entry, is running: a firewall between the proxies that rejects
+// connections (ICMP port unreachable, a TCP reset) looks to the home like
+// a proxy gone. Its clients may hold their connection locks, which are
+// kept; a proxy whose entry stands still is gone, and its are released.
+func TestRefusingPeerThatRenewsIsNotGone(t *testing.T) {
+	f := fakes("a:1")
+	s := newTestService(t, f, 1, 5, "a:1")
+	var refusing [2]string // two: of two entries at one address, only the later counts
+	var ls [2]net.Listener
+	for i := range ls {
+		ls[i], _ = net.Listen("tcp", "127.0.0.1:0")
+		refusing[i] = ls[i].Addr().String()
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	live := newTestService(t, f, 1, 5, "a:1")
+	live.Advertise(refusing[0]) // renews every second from now on
+	cfg := testConfig(t, 1, 5, "a:1")
+	register(f["a:1"], cfg, member{instance: "dead", addr: refusing[1], token: "t",
+		expires: time.Now().Add(time.Hour).UnixMilli()}) // never renewed
+	s.refreshMembers()
+	for _, c := range []struct {
+		instance string
+		released bool
+	}{{live.cfg.Instance, false}, {"dead", true}} {
+		name := "k" + c.instance
+		conn := c.instance + ":1"
+		g, err := s.manager.LockConn(context.Background(), lockext.Request{Name: name, TTL: 5}, conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held := newConnGrants()
+		got, ok := held.note("L", []string{name, "5", "0", "x", "c", conn}, fmt.Sprintf("LOCKED %d 5 1 %s", g.Fence, conn))
+		if !ok {
+			t.Fatal("grant not noted")
+		}
+		held.know(got, s.members.list())
+		if !s.peerGone(held.proxies[c.instance]) {
+			t.Fatalf("%s: its address does not refuse connections", c.instance)
+		}
+		s.releaseIfGone(held)
+		if _, err := tryLock(s, name, "next"); (err == nil) != c.released {
+			t.Errorf("%s: lock after its link broke: %v, want released %v", c.instance, err, c.released)
+		}
 	}
 }
