@@ -3,6 +3,9 @@ package integration
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"runtime"
 	"strconv"
 	"strings"
@@ -166,6 +169,49 @@ func TestLockPeersUnreachable(t *testing.T) {
 		t.Fatal("no forward failed: the unreachable homes were never tried")
 	}
 	t.Logf("%d increments with every home unreachable (%d forwards fell back), none lost", n, failed)
+}
+
+// A proxy listening on a wildcard address, without --advertise, takes
+// forwarded lock commands at its host's address on the route to the lock
+// servers: here, loopback, where a second proxy forwards to it.
+func TestLockWildcardListenerAdvertisesItsRoute(t *testing.T) {
+	c := startCluster(t, 1)
+	srv, err := proxy.New(proxy.Config{Servers: c.servers(t), LockFresh: true,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	want := net.JoinHostPort("127.0.0.1", strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
+	other, _ := startProxy(t, proxy.Config{Servers: c.servers(t)})
+	waitStat(t, other, "proxy_lock_proxies", "2")
+	waitStat(t, want, "proxy_lock_proxies", "2") // both place names alike
+	name := ""
+	for i := 0; i < 1000 && name == ""; i++ {
+		if n := fmt.Sprintf("w-%d", i); srv.LockHome(n) == want {
+			name = n
+		}
+	}
+	if name == "" {
+		t.Fatalf("no name is homed at %s (home of w-0: %q)", want, srv.LockHome("w-0"))
+	}
+	cl := testmc.Dial(t, other)
+	fence := strings.Fields(cl.RoundTrip("lock " + name + " 30 0"))[1]
+	if got := cl.RoundTrip("unlock " + name + " " + fence); got != "UNLOCKED 0" {
+		t.Fatalf("unlock: %q", got)
+	}
+	if srv.Stats().Locks.ForwardedIn == 0 {
+		t.Error("no lock command reached the wildcard proxy from the other")
+	}
 }
 
 // When a name's home proxy goes away, waiters queued there from other

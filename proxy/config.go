@@ -41,7 +41,8 @@ type Config struct {
 	LockStateFile string
 	// Advertise is the address other proxies reach this one at to forward
 	// lock commands for the names it is home for; default: the listen
-	// address, unless that is a wildcard.
+	// address, and for a wildcard the host's address on the route to the
+	// lock servers.
 	Advertise   string
 	LockPrefix  string        // reserved key prefix of lock items
 	LockTTL     int           // default grant lifetime, seconds

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -96,13 +97,19 @@ func New(cfg Config) (*Server, error) {
 }
 
 // advertise tells the other proxies where this one takes forwarded lock
-// commands: Config.Advertise, else the listener's address unless it is a
-// wildcard, which other hosts could not dial.
+// commands: Config.Advertise, else the listener's address. A wildcard
+// address cannot be dialled: it is advertised with the host's address on
+// the route to the lock servers, which the other proxies, reaching the
+// same lock servers, most likely reach too (and one that cannot only
+// serves its names itself, at polling speed).
 func (s *Server) advertise(l net.Addr) {
 	addr := s.cfg.Advertise
-	if addr == "" {
-		if ta, ok := l.(*net.TCPAddr); ok && !ta.IP.IsUnspecified() {
+	if ta, ok := l.(*net.TCPAddr); ok && addr == "" {
+		if !ta.IP.IsUnspecified() {
 			addr = ta.String()
+		} else if ip := s.routeToLockServers(); ip != nil {
+			addr = net.JoinHostPort(ip.String(), strconv.Itoa(ta.Port))
+			s.cfg.Logger.Info("listening on a wildcard address: advertising the one the lock servers are reached from; set --advertise if other proxies reach this one elsewhere", "advertise", addr)
 		}
 	}
 	if addr == "" {
@@ -110,6 +117,24 @@ func (s *Server) advertise(l net.Addr) {
 		return
 	}
 	s.locks.Advertise(addr)
+}
+
+// routeToLockServers returns this host's address on the route to the
+// first lock server it can find one for; nil if none. (A UDP socket
+// connected to a server picks the route without sending anything.)
+func (s *Server) routeToLockServers() net.IP {
+	for _, srv := range s.cfg.LockServers {
+		c, err := net.Dial("udp", srv.Addr)
+		if err != nil {
+			continue
+		}
+		ua, _ := c.LocalAddr().(*net.UDPAddr)
+		c.Close()
+		if ua != nil && !ua.IP.IsUnspecified() {
+			return ua.IP
+		}
+	}
+	return nil
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
