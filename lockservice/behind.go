@@ -28,7 +28,7 @@ import (
 //   - one that has stood on the replica, unchanged, for longer than a
 //     write's vote window since this process first saw it there.
 //
-// The second is what an add still on its way needs. Its fence may be
+// The wait is for an add still on its way. Its fence may be
 // older than prev's (taken from a clock before a grant that has come and
 // gone since), and its writer counts every replica that took it: written
 // over on one of them while it waits for another, it would be granted on
@@ -41,7 +41,8 @@ import (
 // cannot meet. (A change from a version whose grant ended elsewhere
 // meanwhile can; see ARCHITECTURE.md for that gap.)
 //
-// A newer grant is never written over: it is its writer's to undo.
+// Anything else (a newer grant, another state of the same grant) is left
+// to its writer.
 func mayReplace(r *replica, item string, i int, held state, cas uint64, prev *version) bool {
 	switch {
 	case bytes.Equal(held.value, prev.value):
