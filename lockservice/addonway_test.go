@@ -54,12 +54,13 @@ func TestAnAddOnItsWayKeepsItsReplicas(t *testing.T) {
 	}
 	home := startService(t, f, config())
 
-	f["b:1"].set(true, 0) // the first grant is on a and c only
+	// The first grant is on a and c only: its add to b is held back until
+	// the test ends.
+	t.Cleanup(f["b:1"].stallOn(func(b []byte) bool { return bytes.Contains(b, []byte(" o first\r\n")) }))
 	first, err := tryLock(home, "k", "first")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f["b:1"].set(false, 0)
 
 	slow := &heldConn{Conn: f["a:1"], match: []byte(" o late\r\n"), reached: make(chan struct{}), open: make(chan struct{})}
 	late, err := New(config(), func(addr string) Conn {
