@@ -58,6 +58,10 @@ type replica struct {
 	// from before they were sent.
 	confirmed atomic.Int64
 
+	// seen is how long copies a change found behind have stood here
+	// (see mayReplace).
+	seen sightings
+
 	mu        sync.Mutex
 	fresh     bool   // trust a server without a marker: it was just started for us
 	known     string // the marker value trusted; "" until adopted
@@ -364,6 +368,7 @@ func (r *replica) announce() {
 }
 
 func (r *replica) recoverLocked(until time.Time, why string) {
+	r.seen.forget()
 	if until.After(r.until) {
 		if !time.Now().Before(r.until) {
 			r.log.Warn("lock server lost its lock state: refusing writes to it until every grant it may have held has run out",

@@ -60,6 +60,40 @@ type version struct {
 	// stand there for the grant's whole ttl, and with one other replica
 	// down no new grant could find a majority.
 	released atomic.Bool
+	// replaced are the cas arrays of the versions this one's writes
+	// replaced on a majority, the latest first, up to keptReplaced (see
+	// supersedes).
+	replaced [][]uint64
+}
+
+// keptReplaced is how many replaced versions a version remembers.
+const keptReplaced = 4
+
+// chain is what a write over prev replaces: prev's cas array, and those
+// prev replaced, up to keptReplaced (none for an add).
+func chain(prev *version) [][]uint64 {
+	if prev == nil {
+		return nil
+	}
+	return append(append(make([][]uint64, 0, keptReplaced), prev.cas), prev.replaced[:min(len(prev.replaced), keptReplaced-1)]...)
+}
+
+// supersedes reports whether replica i holds, at cas, an item that v's
+// writes replaced on a majority: an earlier state of v's grant, or the
+// grant it was handed on from, as that replica took it. That state was
+// changed, released or handed on by a write that won, so it can never be
+// in force again. mayReplace writes over only the grants handed on from;
+// an earlier state of the same grant is judged by its change number.
+func (v *version) supersedes(i int, cas uint64) bool {
+	if cas == 0 {
+		return false
+	}
+	for _, r := range v.replaced {
+		if i < len(r) && atomic.LoadUint64(&r[i]) == cas {
+			return true
+		}
+	}
+	return false
 }
 
 // held is the state v names; none when v is nil (an add).
@@ -139,7 +173,23 @@ type outcome struct {
 	ttl   int
 	err   error
 	added bool // a write that added the item: nothing was there before
+	// stray: the write took, but answered after its vote window (see
+	// voteWindow). It counts for nothing, and is undone with the rest
+	// when the write fails.
+	stray bool
 }
+
+// voteWindow is how long after a write begins its replicas' answers count
+// as votes: an answer past it took, but says nothing. It bounds how long
+// after a copy landed on a replica its writer may still count it (see
+// mayReplace), so it is also how long a replica found behind stays out of
+// the changes. An exchange's own deadline (a timeout) lets an answer
+// through well within it, a dial and a catch-up's read before the write
+// included.
+func voteWindow(r *replica) time.Duration { return 2 * r.timeout }
+
+// errStray: a replica took a write after its vote window.
+var errStray = errors.New("lockservice: lock server answered after the write's vote window")
 
 // fanOut runs op on every replica at once and collects outcomes until
 // enough decides the result: it returns as soon as done says so, so a
@@ -192,6 +242,26 @@ func tally(outs []outcome) (ok int, err error) {
 		}
 	}
 	return ok, err
+}
+
+// errNoMajority: a change or a release found neither a majority that
+// took it nor one that refused it, the others not answering.
+var errNoMajority = errors.New("lockservice: too few lock servers answered")
+
+// refused reports whether a majority refused a change or a release: its
+// grant changed or gone there (a replica that held nothing, and was
+// added to, says it is gone). Fewer refusals, the other replicas not
+// answering, say nothing of the grant: told "changed", the manager would
+// read it again and find no more. Unavailable is the answer then, as when
+// two replicas of three are down.
+func refused(outs []outcome, replicas, need int) bool {
+	n := 0
+	for _, o := range outs {
+		if errors.Is(o.err, lockext.ErrStoreExists) || errors.Is(o.err, lockext.ErrStoreMiss) || o.added && (o.err == nil || o.stray) {
+			n++
+		}
+	}
+	return n > replicas-need
 }
 
 // unanswered is why too few replicas answered: a layout clash, else the
@@ -288,6 +358,7 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 	case len(best) >= need:
 		// The same bytes under different change numbers: the lower ones
 		// missed a change that came back to these bytes, and are behind.
+		noteBehind(reps, k.Item, outs, best[0].value)
 		ver := &version{state: best[0].state, cas: make([]uint64, len(reps)), ttl: best[0].ttl}
 		it := lockext.Item{Value: best[0].value, Version: ver, TTL: best[0].ttl}
 		for _, o := range best {
@@ -308,12 +379,23 @@ func (s *store) Get(ctx context.Context, k lockext.Key) (lockext.Item, error) {
 		// from there finds each replica's cas by value. The newest may
 		// also be an add that lost, not yet undone: the item is disputed.
 		v := newest(outs, len(best))
+		noteBehind(reps, k.Item, outs, v.value)
 		return lockext.Item{Value: v.value, Version: &version{state: v, cas: make([]uint64, len(reps)), ttl: -1}, TTL: -1, Disputed: true}, nil
 	case misses > 0:
 		return lockext.Item{}, lockext.ErrStoreMiss
 	}
 	_, err := tally(outs)
 	return lockext.Item{}, err
+}
+
+// noteBehind notes the copies older than v where they stand, so that a
+// change can tell how long they have (see mayReplace).
+func noteBehind(reps []*replica, item string, outs []outcome, v []byte) {
+	for _, o := range outs {
+		if o.err == nil && olderGrant(o.value, v) {
+			reps[o.i].seen.standing(item, o.cas, voteWindow(reps[o.i]))
+		}
+	}
 }
 
 // newest is, of the values that n of the replicas answered alike, the one
@@ -383,13 +465,13 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		v.cas = v.one[:]
 		return v, nil
 	}
-	ver := &version{state: st, cas: make([]uint64, len(reps)), ttl: ttl}
+	ver := &version{state: st, cas: make([]uint64, len(reps)), ttl: ttl, replaced: chain(prev)}
 	var mu sync.Mutex
 	resolved, failed := false, false
 	var pending []outcome
 	undo := func(o outcome) {
 		switch {
-		case o.err != nil:
+		case o.err != nil && !o.stray:
 		case o.added:
 			reps[o.i].undo(k.Item, o.cas)
 		default:
@@ -404,8 +486,13 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		count = s.tallyChange
 	}
 	need := s.majority()
+	sent := time.Now()
 	outs := fanOut(reps, func(i int, r *replica) outcome {
-		return swapOn(ctx, i, r, k.Item, st, ttl, prev)
+		o := swapOn(ctx, i, r, k.Item, st, ttl, prev)
+		if o.err == nil && time.Since(sent) > voteWindow(r) {
+			o.err, o.stray = errStray, true
+		}
+		return o
 	}, func(outs []outcome) bool {
 		ok, err := count(outs)
 		return ok >= need || len(outs)-ok > len(reps)-need || errors.Is(err, lockext.ErrStoreMiss)
@@ -419,9 +506,9 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		f := failed
 		mu.Unlock()
 		switch {
-		case f, o.err == nil && o.added && ver.released.Load():
+		case f, (o.err == nil || o.stray) && o.added && ver.released.Load():
 			undo(o)
-		case o.err == nil:
+		case o.err == nil, o.stray:
 			atomic.StoreUint64(&ver.cas[o.i], o.cas)
 		case errors.Is(o.err, lockext.ErrStoreExists):
 			s.overwrite(k.Item, ttl, reps[o.i], ver, o.i)
@@ -436,11 +523,17 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 		for _, o := range append(outs, late...) {
 			undo(o)
 		}
+		if prev != nil && errors.Is(err, lockext.ErrStoreExists) && !refused(outs, len(reps), need) {
+			err = errNoMajority
+			if e := unanswered(outs); e != nil {
+				err = e
+			}
+		}
 		return nil, err
 	}
 	for _, o := range append(outs, late...) {
 		switch {
-		case o.err == nil:
+		case o.err == nil, o.stray:
 			atomic.StoreUint64(&ver.cas[o.i], o.cas)
 		case errors.Is(o.err, lockext.ErrStoreExists):
 			go s.overwrite(k.Item, ttl, reps[o.i], ver, o.i)
@@ -449,24 +542,22 @@ func (s *store) write(ctx context.Context, k lockext.Key, value []byte, ttl int,
 	return ver, nil
 }
 
-// overwrite catches up a replica that refused a write which won its
-// majority because it held an older grant (a lower fence): a losing
-// contender's add not yet undone, or a grant it missed the end of. Left
-// there, the next change would find it again and again while clients
-// contend, and the replica would stay out of every version until its copy
-// expired (one other replica out would then stall the name).
-//
-// Nothing else is written over. By the time the refusal is handled the
-// majority may have moved on: the same grant changed by another process
-// (a level released, an extend) or handed on. Written back over that, a
-// state that is gone would stand on this replica, and two such replicas
-// are a majority for a change based on it. A newer fence is left to the
-// contender that added it, which undoes its add when it loses.
+// overwrite catches up replica i, which refused a write that won its
+// majority. A grant the write's version supersedes is written over at
+// once, by the cas it was read with. Anything else is left to the next
+// change of the name (see mayReplace), which finds the majority as it is
+// then: by the time the refusal is handled this write's grant may have
+// ended, and the copy here be an add on its way that has won since. The
+// copy is noted, so that the next change knows how long it has stood.
 func (s *store) overwrite(item string, ttl int, r *replica, ver *version, i int) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	held, cas, _, err := r.get(ctx, item)
-	if err != nil || bytes.Equal(held.value, ver.value) || !sameOrStale(held, ver.state) {
+	switch {
+	case err != nil, !olderGrant(held.value, ver.value):
+		return
+	case !ver.supersedes(i, cas):
+		r.seen.standing(item, cas, voteWindow(r))
 		return
 	}
 	if c, err := r.write(ctx, item, ver.state, ttl, cas); err == nil {
@@ -477,8 +568,8 @@ func (s *store) overwrite(item string, ttl int, r *replica, ver *version, i int)
 // swapOn writes value on replica r: added when prev is nil; else in place
 // of prev's value, by its cas when known, and otherwise (unknown, or
 // changed since: a replica that missed a write or lost its items) by the
-// cas of what r holds if that is prev's value or an older grant, or added
-// if r holds nothing. So the replicas that fell behind catch up with every change,
+// cas of what r holds if mayReplace allows, or added if r holds nothing.
+// So the replicas that fell behind catch up with the changes they missed,
 // and a lock held for long is back on all of them. Adds are checked
 // against the marker like any grant.
 func swapOn(ctx context.Context, i int, r *replica, item string, st state, ttl int, prev *version) outcome {
@@ -495,28 +586,11 @@ func swapOn(ctx context.Context, i int, r *replica, item string, st state, ttl i
 		c = 0
 	case err != nil:
 		return outcome{i: i, err: err}
-	case !sameOrStale(held, prev.state):
+	case !mayReplace(r, item, i, held, c, prev):
 		return outcome{i: i, err: lockext.ErrStoreExists}
 	}
 	nc, err := r.write(ctx, item, st, ttl, c)
 	return outcome{i: i, cas: nc, err: err, added: c == 0}
-}
-
-// sameOrStale reports whether a replica that holds held may be written
-// over as if it held want: it does (the same bytes, at want's change or
-// an earlier one: a replica behind, never one ahead), or it holds an older
-// grant (a lower fence) that it missed the end of. An older grant can
-// never be current again: want, granted after it, was once on a majority,
-// and a grant regains no majority it lost. A newer value (another
-// writer's, on its way) is left alone, and so are want's bytes written
-// again since want, at a later change.
-func sameOrStale(held, want state) bool {
-	if bytes.Equal(held.value, want.value) {
-		return held.change == 0 || want.change == 0 || held.change <= want.change
-	}
-	h, ok1 := lockext.Fence(held.value)
-	w, ok2 := lockext.Fence(want.value)
-	return ok1 && ok2 && h < w
 }
 
 // CompareAndDelete releases prev on every replica of the name. A replica
@@ -540,14 +614,20 @@ func (s *store) CompareAndDelete(ctx context.Context, k lockext.Key, v lockext.V
 		return outcome{i: i, err: deleteOn(ctx, i, r, k.Item, prev)}
 	}, s.decide(len(reps)), nil)
 	ok, err := tally(outs)
-	if ok >= s.majority() {
+	switch {
+	case ok >= s.majority():
 		return nil
+	case errors.Is(err, lockext.ErrStoreExists) && !refused(outs, len(reps), s.majority()):
+		if e := unanswered(outs); e != nil {
+			return e
+		}
+		return errNoMajority
 	}
 	return err
 }
 
 // deleteOn deletes prev's value from replica r, by its cas when known,
-// else by the cas of what r holds if that is prev's value.
+// else by the cas of what r holds if mayReplace allows.
 func deleteOn(ctx context.Context, i int, r *replica, item string, prev *version) error {
 	if cas := prev.casAt(i); cas != 0 {
 		err := r.del(ctx, item, cas)
@@ -564,7 +644,7 @@ func deleteOn(ctx context.Context, i int, r *replica, item string, prev *version
 		return nil
 	case err != nil:
 		return err
-	case !sameOrStale(held, prev.state):
+	case !mayReplace(r, item, i, held, c, prev):
 		return lockext.ErrStoreExists
 	}
 	if err := r.del(ctx, item, c); err != nil && !errors.Is(err, lockext.ErrStoreMiss) {
