@@ -202,7 +202,11 @@ func TestLockWildcardListenerAdvertisesItsRoute(t *testing.T) {
 		}
 	}
 	if name == "" {
-		t.Fatalf("no name is homed at %s (home of w-0: %q)", want, srv.LockHome("w-0"))
+		homes := map[string]int{}
+		for i := 0; i < 1000; i++ {
+			homes[srv.LockHome(fmt.Sprintf("w-%d", i))]++
+		}
+		t.Fatalf("no name is homed at %s (homes: %v)", want, homes)
 	}
 	cl := testmc.Dial(t, other)
 	fence := strings.Fields(cl.RoundTrip("lock " + name + " 30 0"))[1]

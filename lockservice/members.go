@@ -36,6 +36,14 @@ type members struct {
 	key  string // registry item: beside the marker, out of every lock name's reach
 	self member
 
+	// writing is held through each renewal of the registry, one after
+	// another: a renewal reads this proxy's entry as it starts, and one
+	// that started before advertise (or before a leave) would, ending
+	// after the renewal that followed it, write the old entry back and set
+	// the old view: a proxy just started would count itself out of the
+	// homes for a second, and write itself out of the registry.
+	writing sync.Mutex
+
 	mu   sync.Mutex
 	live []member // sorted by instance
 }
@@ -174,6 +182,8 @@ func (ms *members) renew(ctx context.Context, conn Conn) ([]member, error) {
 // it: the names it is home for are still served here, where their state
 // is, while its connections finish.
 func (ms *members) leave(ctx context.Context, conns []Conn) {
+	ms.writing.Lock()
+	defer ms.writing.Unlock()
 	for _, c := range conns {
 		ms.renew(ctx, c)
 	}
@@ -182,6 +192,8 @@ func (ms *members) leave(ctx context.Context, conns []Conn) {
 // refresh renews the registration on every lock server and takes the
 // union of what they hold as the live members.
 func (ms *members) refresh(ctx context.Context, conns []Conn) {
+	ms.writing.Lock()
+	defer ms.writing.Unlock()
 	seen := make(map[string]member)
 	ok := false
 	for _, c := range conns {

@@ -1,0 +1,39 @@
+package lockservice
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// A renewal of the registry that started before the proxy advertised its
+// address, and ends after the renewal that followed it, must not leave the
+// proxy out: neither out of its own view of the homes (it would forward
+// its own names for a second) nor out of the registry (it would write its
+// entry out).
+func TestRenewalFromBeforeAdvertiseLeavesNobodyOut(t *testing.T) {
+	mc := newFakeMC()
+	ms := newMembers("__memcachedlock:", "me", "layout")
+	var first atomic.Bool
+	resume := mc.stallOn(func([]byte) bool { return first.CompareAndSwap(false, true) })
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); ms.refresh(ctx, []Conn{mc}) }() // held at its first read
+	within(time.Second, first.Load)
+	ms.advertise("127.0.0.1:1")
+	go func() { defer wg.Done(); ms.refresh(ctx, []Conn{mc}) }()
+	// Without the renewals in turn, the second writes the entry now.
+	within(time.Second, func() bool { return bytes.Contains(mc.value(ms.key), []byte("127.0.0.1:1")) })
+	resume()
+	wg.Wait()
+	if m, ok := ms.home("any"); !ok || m.instance != "me" {
+		t.Errorf("home of any name, in the proxy's own view: %+v, want itself", m)
+	}
+	if !bytes.Contains(mc.value(ms.key), []byte("127.0.0.1:1")) {
+		t.Errorf("registry %q lacks the proxy", mc.value(ms.key))
+	}
+}
