@@ -206,7 +206,10 @@ func (s *Service) Advertise(addr string) {
 	s.refreshMembers()
 }
 
-func (s *Service) refreshMembers() { s.onRegistry(s.members.refresh) }
+func (s *Service) refreshMembers() (read bool) {
+	s.onRegistry(func(ctx context.Context, conns []Conn) { read = s.members.refresh(ctx, conns) })
+	return read
+}
 
 // onRegistry runs f over the connections to every lock server, which all
 // hold the registry.
