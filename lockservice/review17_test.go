@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -124,5 +125,33 @@ func TestChangeOfAnUnnumberedVersionFailsOnceNumbered(t *testing.T) {
 		if !errors.Is(err, lockext.ErrStoreExists) {
 			t.Errorf("%d replicas: a change of the unnumbered version before the extend: %v, want ErrStoreExists", n, err)
 		}
+	}
+}
+
+// A late grant the home keeps is held by the session, to be released when
+// it closes; by then the session may hold a later grant of the name (the
+// client was told of the late one by asking again, released it, and took
+// the lock again, while the home decided). A connection holds one grant of
+// a name at a time, the one with the highest fence: the later one must be
+// released at close, not the late one, or it stands for its ttl with its
+// connection gone.
+func TestLateGrantKeptDoesNotHideALaterOne(t *testing.T) {
+	f := fakes("a:1")
+	cfg := testConfig(t, 1, 30, "a:1")
+	s := startService(t, f, cfg)
+	home := newSlowHome(t, true)
+	register(f["a:1"], cfg, member{instance: "slow", addr: home.addr, token: "t",
+		expires: time.Now().Add(time.Hour).UnixMilli()})
+	s.refreshMembers()
+	if m, _ := s.members.home("k"); m.instance != "slow" {
+		t.Fatalf("home of k is %+v", m)
+	}
+	ss := s.NewSession()
+	ss.forwarded = map[string]uint64{"k": 9} // the connection's lock, granted by the home after the late one
+	ss.late(lockext.Request{Name: "k", TTL: 10}, "slow", []string{"LOCKED", "5", "10", "1", "o", "7"})
+	ss.Close(context.Background())
+	want := []string{"R k 5 7 slow", "U k 9"}
+	if got := home.given(); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("given back and released at the home: %q, want %q", got, want)
 	}
 }
