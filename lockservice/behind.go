@@ -42,11 +42,16 @@ import (
 // meanwhile can; see ARCHITECTURE.md for that gap.)
 //
 // Anything else (a newer grant, another state of the same grant) is left
-// to its writer.
+// to its writer. Only the copy's change number may be unknown: a copy
+// numbered where prev has none (a grant an older proxy wrote) was written
+// by a newer proxy, maybe after prev was read (a state that is gone),
+// maybe before an older proxy's write that missed this replica (then it
+// is behind, and stays out until the next grant: a cost of mixed
+// versions, not a risk).
 func mayReplace(r *replica, item string, i int, held state, cas uint64, prev *version) bool {
 	switch {
 	case bytes.Equal(held.value, prev.value):
-		return held.change == 0 || prev.change == 0 || held.change <= prev.change
+		return held.change == 0 || prev.change != 0 && held.change <= prev.change
 	case !olderGrant(held.value, prev.value):
 		return false
 	case prev.supersedes(i, cas):

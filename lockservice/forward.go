@@ -244,6 +244,12 @@ func (l *peerLink) abandon(tag uint64, ch chan []string, late func([]string), la
 	l.mu.Lock()
 	if l.pending == nil || l.pending[tag] != ch { // the link broke, or the answer came
 		l.mu.Unlock()
+		// An answer that came as the caller gave up (its select found both
+		// ready and picked the give-up) is in ch, owed to late like one
+		// that comes later.
+		if f, ok := answered(ch); ok && late != nil {
+			go late(f)
+		}
 		return
 	}
 	if late == nil || l.awaited >= maxAwaited {
@@ -278,6 +284,24 @@ func (l *peerLink) abandon(tag uint64, ch chan []string, late func([]string), la
 			}
 		}
 	}()
+}
+
+// answered returns the final answer already in ch, if any (past a W,
+// from a home of an older version).
+func answered(ch chan []string) ([]string, bool) {
+	for {
+		select {
+		case f, ok := <-ch:
+			if !ok {
+				return nil, false
+			}
+			if f[0] != "W" {
+				return f, true
+			}
+		default:
+			return nil, false
+		}
+	}
 }
 
 // cancel tells the home to cancel the request tag, sent on nc.

@@ -190,8 +190,9 @@ func (ms *members) leave(ctx context.Context, conns []Conn) {
 }
 
 // refresh renews the registration on every lock server and takes the
-// union of what they hold as the live members.
-func (ms *members) refresh(ctx context.Context, conns []Conn) {
+// union of what they hold as the live members; false when none answered
+// (the view is then the last one read).
+func (ms *members) refresh(ctx context.Context, conns []Conn) bool {
 	ms.writing.Lock()
 	defer ms.writing.Unlock()
 	seen := make(map[string]member)
@@ -209,7 +210,7 @@ func (ms *members) refresh(ctx context.Context, conns []Conn) {
 		}
 	}
 	if !ok {
-		return // keep the last view rather than forget everybody
+		return false // keep the last view rather than forget everybody
 	}
 	// Only one process listens at an address: of two entries there (a
 	// proxy replaced in place, the old one's entry not yet expired) the
@@ -230,4 +231,5 @@ func (ms *members) refresh(ctx context.Context, conns []Conn) {
 	ms.mu.Lock()
 	ms.live = live
 	ms.mu.Unlock()
+	return true
 }

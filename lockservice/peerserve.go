@@ -264,28 +264,35 @@ func (s *Service) pause(d time.Duration) bool {
 // times off its own clock, so clocks out of step do not matter). Such a
 // proxy runs, whatever its address answers: a firewall that rejects the
 // connections between proxies makes a live one refuse them, and its
-// clients may hold their locks.
+// clients may hold their locks. A registry that cannot be read says
+// nothing, and so may be renewed.
 func (s *Service) renewing(instance string) bool {
-	first, ok := s.entry(instance)
+	first, ok, read := s.entry(instance)
+	if !read {
+		return true
+	}
 	if !ok {
 		return false
 	}
 	if !s.pause(2 * memberRenew) {
 		return true // closing: nothing is released, the ttl ends it
 	}
-	second, ok := s.entry(instance)
-	return ok && second.expires > first.expires
+	second, ok, read := s.entry(instance)
+	return !read || ok && second.expires > first.expires
 }
 
-// entry reads the registry's entry for the proxy instance afresh.
-func (s *Service) entry(instance string) (member, bool) {
-	s.refreshMembers()
+// entry reads the registry's entry for the proxy instance afresh; read
+// is false when no lock server answered.
+func (s *Service) entry(instance string) (m member, ok, read bool) {
+	if !s.refreshMembers() {
+		return member{}, false, false
+	}
 	for _, m := range s.members.list() {
 		if m.instance == instance {
-			return m, true
+			return m, true, true
 		}
 	}
-	return member{}, false
+	return member{}, false, true
 }
 
 // peerGoneAfterTries asks peerGone a few times, a timeout apart: a busy

@@ -206,7 +206,10 @@ func (s *Service) Advertise(addr string) {
 	s.refreshMembers()
 }
 
-func (s *Service) refreshMembers() { s.onRegistry(s.members.refresh) }
+func (s *Service) refreshMembers() (read bool) {
+	s.onRegistry(func(ctx context.Context, conns []Conn) { read = s.members.refresh(ctx, conns) })
+	return read
+}
 
 // onRegistry runs f over the connections to every lock server, which all
 // hold the registry.
@@ -378,7 +381,7 @@ func (ss *Session) Lock(ctx context.Context, req lockext.Request) (lockext.Grant
 		return lockext.Grant{}, err
 	}
 	if req.Owner == "" {
-		ss.holdForwarded(req.Name, g.Fence)
+		ss.holdForwarded(req.Name, g.Fence, false)
 		g.Owner = "conn:" + g.Owner
 	}
 	return g, nil
@@ -409,14 +412,18 @@ func grantFrom(f []string, name, instance string) (lockext.Grant, error) {
 
 // holdForwarded remembers a connection's lock that a home granted, to be
 // released there when the session closes; once it has closed, the lock is
-// released now.
-func (ss *Session) holdForwarded(name string, fence uint64) {
+// released now. A connection holds one grant of a name at a time: a grant
+// just made is it, but a late one (see late) may be noted after a later
+// grant, which its higher fence tells, and must not hide it.
+func (ss *Session) holdForwarded(name string, fence uint64, late bool) {
 	ss.mu.Lock()
 	if !ss.closed {
 		if ss.forwarded == nil {
 			ss.forwarded = make(map[string]uint64)
 		}
-		ss.forwarded[name] = fence
+		if !late || fence > ss.forwarded[name] {
+			ss.forwarded[name] = fence
+		}
 		ss.mu.Unlock()
 		return
 	}
@@ -443,7 +450,7 @@ func (ss *Session) late(req lockext.Request, instance string, f []string) {
 	ss.svc.cfg.Logger.Info("a home granted a lock after its request was given up", "name", req.Name, "fence", g.Fence,
 		"home", instance, "given_back", err == nil)
 	if err != nil && req.Owner == "" {
-		ss.holdForwarded(req.Name, g.Fence)
+		ss.holdForwarded(req.Name, g.Fence, true)
 	}
 }
 
