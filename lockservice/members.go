@@ -184,9 +184,29 @@ func (ms *members) renew(ctx context.Context, conn Conn) ([]member, error) {
 func (ms *members) leave(ctx context.Context, conns []Conn) {
 	ms.writing.Lock()
 	defer ms.writing.Unlock()
-	for _, c := range conns {
-		ms.renew(ctx, c)
+	ms.renewAll(ctx, conns)
+}
+
+// renewal is one lock server's answer to renew.
+type renewal struct {
+	live []member
+	err  error
+}
+
+// renewAll renews the registration on every lock server at once, so that
+// one paused or slow costs the others nothing.
+func (ms *members) renewAll(ctx context.Context, conns []Conn) []renewal {
+	out := make([]renewal, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i].live, out[i].err = ms.renew(ctx, c)
+		}()
 	}
+	wg.Wait()
+	return out
 }
 
 // refresh renews the registration on every lock server and takes the
@@ -197,13 +217,12 @@ func (ms *members) refresh(ctx context.Context, conns []Conn) bool {
 	defer ms.writing.Unlock()
 	seen := make(map[string]member)
 	ok := false
-	for _, c := range conns {
-		list, err := ms.renew(ctx, c)
-		if err != nil {
+	for _, r := range ms.renewAll(ctx, conns) {
+		if r.err != nil {
 			continue
 		}
 		ok = true
-		for _, m := range list {
+		for _, m := range r.live {
 			if old, dup := seen[m.instance]; !dup || m.expires > old.expires {
 				seen[m.instance] = m
 			}

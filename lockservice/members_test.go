@@ -37,3 +37,23 @@ func TestRenewalFromBeforeAdvertiseLeavesNobodyOut(t *testing.T) {
 		t.Errorf("registry %q lacks the proxy", mc.value(ms.key))
 	}
 }
+
+// One lock server paused costs the registry nothing: the others are asked
+// at the same time, not after it has used up the time they share.
+func TestRegistryRenewedPastAPausedServer(t *testing.T) {
+	f := fakes("a:1", "b:1", "c:1")
+	ms := newMembers("__memcachedlock:", "me", "layout")
+	ms.advertise("127.0.0.1:1")
+	gate := f["a:1"].hold()
+	defer close(gate)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if !ms.refresh(ctx, []Conn{f["a:1"], f["b:1"], f["c:1"]}) {
+		t.Fatal("nothing read with only the first of three lock servers paused")
+	}
+	for _, n := range []string{"b:1", "c:1"} {
+		if !bytes.Contains(f[n].value(ms.key), []byte("127.0.0.1:1")) {
+			t.Errorf("%s: registry %q lacks the proxy", n, f[n].value(ms.key))
+		}
+	}
+}
