@@ -87,3 +87,33 @@ func TestReplicaBehindOnTheSameBytesIsCaughtUp(t *testing.T) {
 		t.Errorf("a change over items an older proxy wrote: %v", err)
 	}
 }
+
+// A grant written by a proxy older than the change numbers carries none;
+// once a newer proxy changes it (an extend), it does. A version read
+// before that, without a number, is of a state that is gone, even though
+// the bytes are the same again: a change of it must fail, as it fails
+// for a numbered one. Compared by bytes because the version has no
+// number, it succeeded on every replica: the double grant the numbers
+// prevent, for every grant that outlives the upgrade of its proxies.
+func TestChangeOfAnUnnumberedVersionFailsOnceNumbered(t *testing.T) {
+	for _, n := range []int{1, 3} {
+		f := fakes("a:1", "b:1", "c:1")
+		s := newTestService(t, f, n, 30, "a:1", "b:1", "c:1")
+		st, ctx, k := s.store, context.Background(), lockext.Key{Name: "k", Item: "__memcachedlock:k"}
+		granted := []byte("7 x 1 o owner")
+		for _, mc := range f {
+			mc.put(k.Item, granted, 1<<40) // as an older proxy wrote it: no number
+		}
+		it, err := st.Get(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.CompareAndSwap(ctx, k, granted, 20, it.Version); err != nil { // the owner's extend
+			t.Fatal(err)
+		}
+		_, err = st.CompareAndSwap(ctx, k, []byte("8 x 1 o next"), 10, it.Version)
+		if !errors.Is(err, lockext.ErrStoreExists) {
+			t.Errorf("%d replicas: a change of the unnumbered version before the extend: %v, want ErrStoreExists", n, err)
+		}
+	}
+}

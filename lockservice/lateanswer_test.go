@@ -117,3 +117,56 @@ func TestLateGrantFromTheHomeIsGivenBack(t *testing.T) {
 		})
 	}
 }
+
+// A forwarded lock's answer may come just as its caller gives up: read
+// takes the tag out of pending and puts the answer in the caller's
+// channel, and the caller's select, with that answer and its give-up both
+// ready, picks the give-up (select picks at random). The grant in it then
+// reached nobody, like one that comes later: it goes to late, to be given
+// back, not dropped to stand for its ttl.
+func TestAbandonPassesOnAnAnswerThatJustCame(t *testing.T) {
+	l := &peerLink{pending: make(map[uint64]chan []string)}
+	ch := make(chan []string, 2)
+	ch <- []string{"LOCKED", "5", "10", "1", "o", "7"} // delivered by read: tag 1 is no longer pending
+	got := make(chan []string, 1)
+	l.abandon(1, ch, func(f []string) { got <- f }, time.Minute)
+	select {
+	case f := <-got:
+		if f[0] != "LOCKED" {
+			t.Errorf("late got %q", f)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the answer that came as its caller gave up was dropped: the grant in it stands for its ttl")
+	}
+	if l.awaited != 0 {
+		t.Errorf("awaited %d, want 0", l.awaited)
+	}
+}
+
+// A late grant the home keeps is held by the session, to be released when
+// it closes; by then the session may hold a later grant of the name (the
+// client was told of the late one by asking again, released it, and took
+// the lock again, while the home decided). A connection holds one grant of
+// a name at a time, the one with the highest fence: the later one must be
+// released at close, not the late one, or it stands for its ttl with its
+// connection gone.
+func TestLateGrantKeptDoesNotHideALaterOne(t *testing.T) {
+	f := fakes("a:1")
+	cfg := testConfig(t, 1, 30, "a:1")
+	s := startService(t, f, cfg)
+	home := newSlowHome(t, true)
+	register(f["a:1"], cfg, member{instance: "slow", addr: home.addr, token: "t",
+		expires: time.Now().Add(time.Hour).UnixMilli()})
+	s.refreshMembers()
+	if m, _ := s.members.home("k"); m.instance != "slow" {
+		t.Fatalf("home of k is %+v", m)
+	}
+	ss := s.NewSession()
+	ss.forwarded = map[string]uint64{"k": 9} // the connection's lock, granted by the home after the late one
+	ss.late(lockext.Request{Name: "k", TTL: 10}, "slow", []string{"LOCKED", "5", "10", "1", "o", "7"})
+	ss.Close(context.Background())
+	want := []string{"R k 5 7 slow", "U k 9"}
+	if got := home.given(); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("given back and released at the home: %q, want %q", got, want)
+	}
+}

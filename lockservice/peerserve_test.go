@@ -2,9 +2,11 @@ package lockservice
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,5 +115,64 @@ func TestRefusingPeerThatRenewsIsNotGone(t *testing.T) {
 		if _, err := tryLock(s, name, "next"); (err == nil) != c.released {
 			t.Errorf("%s: lock after its link broke: %v, want released %v", c.instance, err, c.released)
 		}
+	}
+}
+
+// registryBlind is a lock server as one proxy reaches it: while blind is
+// set, what that proxy asks of the registry fails (a lock server it
+// cannot reach for a moment, or one paused ahead of the others, which
+// uses up the time a refresh of the registry has for all of them).
+type registryBlind struct {
+	*fakeMC
+	blind *atomic.Bool
+}
+
+func (r registryBlind) Exchange(ctx context.Context, batch, reply []byte) ([]byte, error) {
+	if r.blind.Load() && bytes.Contains(batch, []byte("\x01members")) {
+		return nil, errFakeDown
+	}
+	return r.fakeMC.Exchange(ctx, batch, reply)
+}
+
+// A home that cannot read the registry cannot tell whether a proxy
+// renews its entry: what it read before stands still in its own view.
+// A proxy that refuses connections (a firewall between the proxies) and
+// renews its entry runs, and its clients may hold their connection
+// locks: a home that reads nothing must keep them, as it keeps those of
+// a proxy it cannot reach.
+func TestUnreadableRegistryDoesNotMakeARenewingPeerGone(t *testing.T) {
+	f := fakes("a:1")
+	cfg := testConfig(t, 1, 5, "a:1")
+	var blind atomic.Bool
+	s, err := New(cfg, func(addr string) Conn { return registryBlind{f[addr], &blind} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	refusing := l.Addr().String()
+	l.Close()
+	live := newTestService(t, f, 1, 5, "a:1")
+	live.Advertise(refusing) // renews every second from now on
+	s.refreshMembers()
+	conn := live.cfg.Instance + ":1"
+	g, err := s.manager.LockConn(context.Background(), lockext.Request{Name: "k", TTL: 5}, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := newConnGrants()
+	got, ok := held.note("L", []string{"k", "5", "0", "x", "c", conn}, fmt.Sprintf("LOCKED %d 5 1 %s", g.Fence, conn))
+	if !ok {
+		t.Fatal("grant not noted")
+	}
+	held.know(got, s.members.list())
+	if !s.peerGone(held.proxies[live.cfg.Instance]) {
+		t.Fatal("its address does not refuse connections")
+	}
+	blind.Store(true)
+	s.releaseIfGone(held)
+	blind.Store(false)
+	if _, err := tryLock(s, "k", "next"); err == nil {
+		t.Error("a live proxy's connection lock was released while the registry could not be read")
 	}
 }
