@@ -177,6 +177,8 @@ func (ms *members) renew(ctx context.Context, conn Conn) ([]member, error) {
 	return nil, fmt.Errorf("lockservice: registry contended")
 }
 
+func byInstance(a, b member) int { return strings.Compare(a.instance, b.instance) }
+
 // leave writes this proxy's entry out of the registry on every lock
 // server, once it advertises no address. Its own view is kept, itself in
 // it: the names it is home for are still served here, where their state
@@ -212,9 +214,16 @@ func (ms *members) renewAll(ctx context.Context, conns []Conn) []renewal {
 // refresh renews the registration on every lock server and takes the
 // union of what they hold as the live members; false when none answered
 // (the view is then the last one read).
+//
+// A proxy that advertises an address is one of the homes in its own view,
+// whether or not its renewal reached a lock server (all down, or the
+// registry contended): else it would forward its own names, for a second
+// or until the lock servers answer again.
 func (ms *members) refresh(ctx context.Context, conns []Conn) bool {
 	ms.writing.Lock()
 	defer ms.writing.Unlock()
+	me := ms.me()
+	me.expires = time.Now().Add(memberLease).UnixMilli()
 	seen := make(map[string]member)
 	ok := false
 	for _, r := range ms.renewAll(ctx, conns) {
@@ -228,8 +237,17 @@ func (ms *members) refresh(ctx context.Context, conns []Conn) bool {
 			}
 		}
 	}
-	if !ok {
-		return false // keep the last view rather than forget everybody
+	if !ok { // keep the last view rather than forget everybody
+		ms.mu.Lock()
+		if me.addr != "" && !slices.ContainsFunc(ms.live, func(m member) bool { return m.instance == me.instance }) {
+			ms.live = append(slices.Clone(ms.live), me)
+			slices.SortFunc(ms.live, byInstance)
+		}
+		ms.mu.Unlock()
+		return false
+	}
+	if me.addr != "" {
+		seen[me.instance] = me
 	}
 	// Only one process listens at an address: of two entries there (a
 	// proxy replaced in place, the old one's entry not yet expired) the
@@ -246,7 +264,7 @@ func (ms *members) refresh(ctx context.Context, conns []Conn) bool {
 	for _, m := range byAddr {
 		live = append(live, m)
 	}
-	slices.SortFunc(live, func(a, b member) int { return strings.Compare(a.instance, b.instance) })
+	slices.SortFunc(live, byInstance)
 	ms.mu.Lock()
 	ms.live = live
 	ms.mu.Unlock()

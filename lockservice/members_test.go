@@ -57,3 +57,20 @@ func TestRegistryRenewedPastAPausedServer(t *testing.T) {
 		}
 	}
 }
+
+// A proxy that advertises is one of the homes in its own view even when
+// its renewal reached no lock server (all of them down, or the registry
+// contended by other proxies' renewals): else it forwards its own names.
+func TestAdvertisedProxyIsAHomeWithoutTheRegistry(t *testing.T) {
+	var blind atomic.Bool
+	blind.Store(true)
+	mc := registryBlind{newFakeMC(), &blind}
+	ms := newMembers("__memcachedlock:", "me", "layout")
+	ms.advertise("127.0.0.1:1")
+	if ms.refresh(context.Background(), []Conn{mc}) {
+		t.Fatal("the registry was read")
+	}
+	if m, ok := ms.home("any"); !ok || m.instance != "me" {
+		t.Errorf("home of any name, in the proxy's own view: %+v, want itself", m)
+	}
+}
