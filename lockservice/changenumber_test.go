@@ -10,6 +10,14 @@ import (
 	"github.com/memcachedlock/memcachedlock/lockext"
 )
 
+// storeOnThree is the store of a service over three fake lock servers,
+// each name on the given number of them, and the key of name k.
+func storeOnThree(t *testing.T, replicas int) (map[string]*fakeMC, *store, lockext.Key) {
+	f := fakes("a:1", "b:1", "c:1")
+	s := newTestService(t, f, replicas, 30, "a:1", "b:1", "c:1")
+	return f, s.store, lockext.Key{Name: "k", Item: "__memcachedlock:k"}
+}
+
 // A change of a version the item has moved on from must fail, even when
 // the item holds the same bytes again: an extend rewrites a grant as it
 // was (a new ttl only), and an rlock level taken and released elsewhere
@@ -20,9 +28,8 @@ import (
 // holds, so every replica must be checked, not just the cas.
 func TestChangeOfAnOlderVersionFailsOnTheSameBytes(t *testing.T) {
 	for _, n := range []int{1, 3} {
-		f := fakes("a:1", "b:1", "c:1")
-		s := newTestService(t, f, n, 30, "a:1", "b:1", "c:1")
-		st, ctx, k := s.store, context.Background(), lockext.Key{Name: "k", Item: "__memcachedlock:k"}
+		_, st, k := storeOnThree(t, n)
+		ctx := context.Background()
 		granted := []byte("7 x 1 o owner")
 		v1, err := st.Add(ctx, k, granted, 10)
 		if err != nil {
@@ -46,9 +53,8 @@ func TestChangeOfAnOlderVersionFailsOnTheSameBytes(t *testing.T) {
 // up with the others. So is one whose item a proxy older than the change
 // numbers wrote (no number: its bytes decide).
 func TestReplicaBehindOnTheSameBytesIsCaughtUp(t *testing.T) {
-	f := fakes("a:1", "b:1", "c:1")
-	s := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1")
-	st, ctx, k := s.store, context.Background(), lockext.Key{Name: "k", Item: "__memcachedlock:k"}
+	f, st, k := storeOnThree(t, 3)
+	ctx := context.Background()
 	granted := []byte("7 x 1 o owner")
 	v1, err := st.Add(ctx, k, granted, 10)
 	if err != nil {
@@ -97,9 +103,8 @@ func TestReplicaBehindOnTheSameBytesIsCaughtUp(t *testing.T) {
 // prevent, for every grant that outlives the upgrade of its proxies.
 func TestChangeOfAnUnnumberedVersionFailsOnceNumbered(t *testing.T) {
 	for _, n := range []int{1, 3} {
-		f := fakes("a:1", "b:1", "c:1")
-		s := newTestService(t, f, n, 30, "a:1", "b:1", "c:1")
-		st, ctx, k := s.store, context.Background(), lockext.Key{Name: "k", Item: "__memcachedlock:k"}
+		f, st, k := storeOnThree(t, n)
+		ctx := context.Background()
 		granted := []byte("7 x 1 o owner")
 		for _, mc := range f {
 			mc.put(k.Item, granted, 1<<40) // as an older proxy wrote it: no number
