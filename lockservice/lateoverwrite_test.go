@@ -18,7 +18,7 @@ import (
 // TestCrossStress: an rlock's last unlock answered UNLOCKED 1.)
 func TestLateRefusalKeepsANewerChange(t *testing.T) {
 	f := fakes("a:1", "b:1", "c:1")
-	s := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1")
+	s := onThree(t, f)
 	ctx := context.Background()
 	sess := s.NewSession()
 	req := lockext.Request{Name: "k", TTL: 30, Owner: "o", Reentrant: true}
@@ -56,7 +56,7 @@ func TestLateRefusalKeepsANewerChange(t *testing.T) {
 	}
 
 	f["a:1"].set(true, 0)
-	other := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1") // knows nothing of the grant
+	other := onThree(t, f) // knows nothing of the grant
 	if left, err := other.NewSession().Unlock(ctx, "k", g.Fence); err != nil || left != 0 {
 		t.Fatalf("the last level's unlock with one replica down: %d levels left, %v", left, err)
 	}
@@ -68,7 +68,7 @@ func TestLateRefusalKeepsANewerChange(t *testing.T) {
 // and with another replica down no new grant can find a majority.
 func TestLateAddAfterTheReleaseIsUndone(t *testing.T) {
 	f := fakes("a:1", "b:1", "c:1")
-	s := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1")
+	s := onThree(t, f)
 	const item = "__memcachedlock:k"
 	resume := f["c:1"].stallOn(func(b []byte) bool {
 		return bytes.HasPrefix(b, []byte("ms "+item)) && bytes.Contains(b, []byte(" o first\r\n"))

@@ -24,7 +24,7 @@ import (
 // replica that held the grant, and clients were told "recovering".)
 func TestLosingAddIsNoGrant(t *testing.T) {
 	f := fakes("a:1", "b:1", "c:1")
-	s := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1")
+	s := onThree(t, f)
 	ctx := context.Background()
 	first, err := s.NewSession().Lock(ctx, lockext.Request{Name: "k", TTL: 30, Owner: "first"})
 	if err != nil {

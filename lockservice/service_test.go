@@ -48,6 +48,13 @@ func newTestService(t *testing.T, fakes map[string]*fakeMC, replicas, maxTTL int
 	return startService(t, fakes, testConfig(t, replicas, maxTTL, names...))
 }
 
+// onThree runs a service over the fakes a:1, b:1 and c:1, every name on
+// all three: the setting of the tests of replicas that fall behind.
+func onThree(t *testing.T, f map[string]*fakeMC) *Service {
+	t.Helper()
+	return newTestService(t, f, 3, 30, "a:1", "b:1", "c:1")
+}
+
 func fakes(names ...string) map[string]*fakeMC {
 	m := make(map[string]*fakeMC)
 	for _, n := range names {

@@ -21,7 +21,7 @@ import (
 // the holder's extend and unlock work with the other replica still down.
 func TestStaleReplicaDoesNotDisownTheHolder(t *testing.T) {
 	f := fakes("a:1", "b:1", "c:1")
-	s := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1")
+	s := onThree(t, f)
 	ctx := context.Background()
 	first, err := tryLock(s, "k", "first")
 	if err != nil {
@@ -38,7 +38,7 @@ func TestStaleReplicaDoesNotDisownTheHolder(t *testing.T) {
 	}
 	f["b:1"].set(false, 0)
 	f["a:1"].set(true, 0)
-	other := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1") // knows nothing of the grant
+	other := onThree(t, f) // knows nothing of the grant
 	disowned := func(err error) bool {
 		return errors.Is(err, lockext.ErrNotOwner) || errors.Is(err, lockext.ErrNotFound)
 	}
@@ -63,7 +63,7 @@ func TestStaleReplicaDoesNotDisownTheHolder(t *testing.T) {
 // The holder's unlock is unavailable, never NOT_OWNER.
 func TestSplitReplicasDoNotDisownTheHolder(t *testing.T) {
 	f := fakes("a:1", "b:1", "c:1")
-	s := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1")
+	s := onThree(t, f)
 	ctx := context.Background()
 	g, err := tryLock(s, "k", "holder")
 	if err != nil {
@@ -71,7 +71,7 @@ func TestSplitReplicasDoNotDisownTheHolder(t *testing.T) {
 	}
 	f["b:1"].put("__memcachedlock:k", fmt.Appendf(nil, "%d x 1 o contender", g.Fence+1), 1<<40)
 	f["c:1"].set(true, 0)
-	other := newTestService(t, f, 3, 30, "a:1", "b:1", "c:1") // knows nothing of the grant
+	other := onThree(t, f) // knows nothing of the grant
 	if _, err := other.NewSession().Unlock(ctx, "k", g.Fence); errors.Is(err, lockext.ErrNotOwner) || errors.Is(err, lockext.ErrNotFound) {
 		t.Fatalf("the holder's unlock, its replicas split: %v", err)
 	}
